@@ -1,0 +1,67 @@
+"""One OpenTelemetry trace from your code, through an Amazon SageMaker endpoint, into the
+model container and back, carried in the request's CustomAttributes.
+
+Public names are imported on first use, so ``import sm_tracing`` has no side effects and
+loads no optional integration.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from sm_tracing.version import __version__
+
+if TYPE_CHECKING:
+    from sm_tracing._asgi import ASGIMiddleware
+    from sm_tracing._configure import configure
+    from sm_tracing._container import continue_trace
+    from sm_tracing._handler import trace_handler
+    from sm_tracing._instrumentor import SageMakerInstrumentor, instrument, uninstrument
+    from sm_tracing._propagation import extract_context, inject_context, strip_context
+    from sm_tracing._wsgi import WSGIMiddleware
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "ASGIMiddleware": "_asgi",
+    "SageMakerInstrumentor": "_instrumentor",
+    "WSGIMiddleware": "_wsgi",
+    "configure": "_configure",
+    "continue_trace": "_container",
+    "extract_context": "_propagation",
+    "inject_context": "_propagation",
+    "instrument": "_instrumentor",
+    "strip_context": "_propagation",
+    "trace_handler": "_handler",
+    "uninstrument": "_instrumentor",
+}
+
+__all__ = [
+    "ASGIMiddleware",
+    "SageMakerInstrumentor",
+    "WSGIMiddleware",
+    "__version__",
+    "configure",
+    "continue_trace",
+    "extract_context",
+    "inject_context",
+    "instrument",
+    "strip_context",
+    "trace_handler",
+    "uninstrument",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sm_tracing' has no attribute {name!r}")
+    value = getattr(import_module(f"sm_tracing.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
