@@ -1,0 +1,184 @@
+"""The CustomAttributes codec: merge, strip, find and the budget, case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from sm_tracing import _codec
+
+KEYS = frozenset({"traceparent", "tracestate", "baggage", "traceresponse"})
+DROP = ("baggage", "tracestate")
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+PAIRS = [("traceparent", TP)]
+
+
+def merge(value: str | None, pairs: list[tuple[str, str]] = PAIRS, **kw: bool) -> str | None:
+    merged, _ = _codec.merge(value, pairs, KEYS, DROP, **kw)
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, f"traceparent={TP}"),
+        ("", f"traceparent={TP}"),
+        ("accept_eula=true", f"accept_eula=true;traceparent={TP}"),
+        ("accept_eula=true;", f"accept_eula=true;traceparent={TP};"),
+        ("a=1;b=2", f"a=1;b=2;traceparent={TP}"),
+        ("a=1; b=2", f"a=1; b=2;traceparent={TP}"),
+        ("tfs-model-name=m", f"tfs-model-name=m,traceparent={TP}"),
+        ("tfs-model-name=m,tfs-method=predict", f"tfs-model-name=m,tfs-method=predict,traceparent={TP}"),
+        ("x-starting-token=abc", f"x-starting-token=abc;traceparent={TP}"),
+        ("a=1,b=2", f"a=1,b=2,traceparent={TP}"),
+        ("a=1;b=x,y", f"a=1;b=x,y;traceparent={TP}"),
+        ("a=1;;b=2", f"a=1;;b=2;traceparent={TP}"),
+    ],
+)
+def test_merge_keeps_the_callers_pairs_and_separator(value: str | None, expected: str) -> None:
+    """Ours go after the caller's pairs, joined with the separator the value already uses."""
+    assert merge(value) == expected
+
+
+def test_merge_replaces_an_earlier_traceparent_instead_of_adding_a_second() -> None:
+    """A stale traceparent (any case) is replaced, never duplicated."""
+    merged = merge("a=1;TraceParent=00-old-old-01;b=2")
+    assert merged == f"a=1;b=2;traceparent={TP}"
+    assert merged.lower().count("traceparent=") == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "3f2b6c1e-8a4d-4c2b-9a77-2d1c5e6f7a80",
+        '{"request_id": "r1", "mode": "fast"}',
+        '{"a":"b=c"}',
+        "my-api-name",
+        "YWJjZA==",
+        "a=1;justtext",
+        " ",
+    ],
+)
+def test_merge_leaves_opaque_values_alone_by_default(value: str) -> None:
+    """A value that is not a key=value list (UUID, JSON, an API name) is not touched."""
+    merged, reason = _codec.merge(value, PAIRS, KEYS, DROP)
+    assert merged is None
+    assert reason == _codec.SKIP_OPAQUE
+
+
+def test_merge_appends_to_opaque_values_when_told() -> None:
+    """With opaque=True ours are appended with ';' and still found and stripped again."""
+    value = "3f2b6c1e-8a4d-4c2b-9a77-2d1c5e6f7a80"
+    merged = merge(value, opaque=True)
+    assert merged == f"{value};traceparent={TP}"
+    assert _codec.find(merged, KEYS) == {"traceparent": TP}
+    assert _codec.strip(merged, KEYS) == value
+
+
+@pytest.mark.parametrize("value", ["é=1", "a=1\n", "a=\x00", "a=1\tb=2", "x" * 1025])
+def test_merge_skips_values_sagemaker_would_reject(value: str) -> None:
+    """Non-ASCII, control characters and oversized values are left for botocore to judge."""
+    merged, reason = _codec.merge(value, PAIRS, KEYS, DROP)
+    assert merged is None
+    assert reason == _codec.SKIP_INVALID
+
+
+def test_budget_edge_a_1000_character_value_leaves_no_room() -> None:
+    """A 1000-character caller value cannot take a 67-character pair: skipped, not truncated."""
+    value = "k=" + "v" * 998
+    merged, reason = _codec.merge(value, PAIRS, KEYS, DROP)
+    assert merged is None
+    assert reason == _codec.SKIP_BUDGET
+
+
+def test_budget_exactly_1024_fits() -> None:
+    """A merged value of exactly 1024 characters is sent."""
+    room = 1024 - len(f";traceparent={TP}") - 2
+    value = "k=" + "v" * room
+    merged = merge(value)
+    assert merged is not None
+    assert len(merged) == 1024
+
+
+def test_budget_drops_baggage_then_tracestate_never_traceparent() -> None:
+    """Over budget, baggage goes first, then tracestate; the parent stays as long as it fits."""
+    pairs = [("traceparent", TP), ("tracestate", "v" * 200), ("baggage", "b" * 300)]
+    base = "k=" + "v" * 600
+    assert merge(base, pairs) == f"{base};traceparent={TP};tracestate={'v' * 200}"
+    bigger = "k=" + "v" * 800
+    assert merge(bigger, pairs) == f"{bigger};traceparent={TP}"
+    small = "k=1"
+    assert merge(small, pairs) == f"k=1;traceparent={TP};tracestate={'v' * 200};baggage={'b' * 300}"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"accept_eula=true;traceparent={TP}", "accept_eula=true"),
+        (f"traceparent={TP};accept_eula=true", "accept_eula=true"),
+        (f"a=1; traceparent={TP}; b=2", "a=1; b=2"),
+        (f"tfs-model-name=m,traceparent={TP},tracestate=x%3Dy", "tfs-model-name=m"),
+        (f"accept_eula=true;traceparent={TP};", "accept_eula=true;"),
+        (f"traceparent={TP}", ""),
+        ("a=1;b=2", "a=1;b=2"),
+        ("3f2b6c1e-uuid", "3f2b6c1e-uuid"),
+        (f"a=1;traceresponse={TP}", "a=1"),
+        ("traceparentish=1", "traceparentish=1"),
+    ],
+)
+def test_strip_removes_only_ours(value: str, expected: str) -> None:
+    """Strip leaves the caller's tokens verbatim, in order, with their separator."""
+    assert _codec.strip(value, KEYS) == expected
+
+
+def test_find_decodes_our_values_and_ignores_the_callers() -> None:
+    """Our values come back decoded; the caller's keys and odd tokens are passed over."""
+    state = _codec.encode_value("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+    value = f"accept_eula=true;junk;traceparent={TP};tracestate={state}"
+    assert _codec.find(value, KEYS) == {
+        "traceparent": TP,
+        "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+    }
+
+
+def test_find_last_value_wins() -> None:
+    """Two traceparents: the last one is taken, as JumpStart's own parser would."""
+    value = f"traceparent=00-{'1' * 32}-{'2' * 16}-01;traceparent={TP}"
+    assert _codec.find(value, KEYS) == {"traceparent": TP}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", "k1=v1;p=1,k2=v%202", "a b", "100%", "é"],
+)
+def test_encoding_round_trips_and_is_safe_under_both_separators(raw: str) -> None:
+    """Encoded values carry no separator, '=' or raw '%', and decode to the original."""
+    encoded = _codec.encode_value(raw)
+    assert not set(encoded) & set(",;= ")
+    assert encoded.isascii()
+    assert _codec.decode_value(encoded) == raw
+
+
+def test_traceparent_needs_no_encoding() -> None:
+    """A W3C traceparent is hex and '-': sent as it is."""
+    assert _codec.encode_value(TP) is TP
+
+
+def test_decode_keeps_malformed_escapes() -> None:
+    """An escape that is not valid UTF-8 is kept rather than raising."""
+    assert _codec.decode_value("%FF%FE") == "%FF%FE"
+
+
+@pytest.mark.parametrize(
+    ("value", "sep"),
+    [
+        ("accept_eula=true", ";"),
+        ("tfs-model-name=m", ","),
+        ("a=1;b=2", ";"),
+        ("a=1,b=2", ","),
+        ("tfs-model-name=m,tfs-signature-name=a;b", ","),
+        ("a=1;b=x,y", ";"),
+    ],
+)
+def test_separator_follows_the_value(value: str, sep: str) -> None:
+    """The separator is read from the value; a lone tfs-* pair means TensorFlow Serving's ','."""
+    assert _codec.separator(value) == sep
