@@ -75,14 +75,18 @@ def merge_context(
     try:
         propagator.inject(pairs, context=context, setter=_SETTER)
     except Exception:
-        _logger.warning("propagator %r failed to inject; sending as it was", propagator, exc_info=True)
+        _logger.warning(
+            "propagator %r failed to inject; sending as it was", propagator, exc_info=True
+        )
         return None, "the propagator failed"
     if not pairs:
         return None, "no trace context to send"
     return _codec.merge(custom_attributes, pairs, our_keys(propagator), DROP_ORDER, opaque=opaque)
 
 
-def inject_context(custom_attributes: str | None = None, context: Context | None = None) -> str | None:
+def inject_context(
+    custom_attributes: str | None = None, context: Context | None = None
+) -> str | None:
     """The CustomAttributes to send: *custom_attributes* with the current (or given) trace
     context merged in by the configured propagator.
 
@@ -139,7 +143,8 @@ def strip_context(custom_attributes: str | None) -> str | None:
 
 def format_traceresponse(span_context: SpanContext) -> str:
     """The W3C ``traceresponse`` value of *span_context*."""
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    ctx = span_context
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 def parse_traceresponse(value: str) -> SpanContext | None:

@@ -27,7 +27,10 @@ def merge(value: str | None, pairs: list[tuple[str, str]] = PAIRS, **kw: bool) -
         ("a=1;b=2", f"a=1;b=2;traceparent={TP}"),
         ("a=1; b=2", f"a=1; b=2;traceparent={TP}"),
         ("tfs-model-name=m", f"tfs-model-name=m,traceparent={TP}"),
-        ("tfs-model-name=m,tfs-method=predict", f"tfs-model-name=m,tfs-method=predict,traceparent={TP}"),
+        (
+            "tfs-model-name=m,tfs-method=predict",
+            f"tfs-model-name=m,tfs-method=predict,traceparent={TP}",
+        ),
         ("x-starting-token=abc", f"x-starting-token=abc;traceparent={TP}"),
         ("a=1,b=2", f"a=1,b=2,traceparent={TP}"),
         ("a=1;b=x,y", f"a=1;b=x,y;traceparent={TP}"),
