@@ -1,0 +1,93 @@
+"""The ``sm-tracing`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from sm_tracing.version import __version__
+
+_DEMO_HELP = """\
+See one trace from a boto3 client into a model container, with no AWS account, no Docker and
+no network. The demo starts an example model container (a Flask app behind
+sm_tracing.WSGIMiddleware, under gunicorn), a local SageMaker runtime in front of it, and an
+instrumented boto3 client; it makes a plain, a streamed and an asynchronous invocation and
+prints each trace as a tree: client and container spans, with durations.
+
+The async invocation becomes a trace of its own in the container, linked to the client's
+span: nobody waits for an async request, so it is not a child of the call that queued it.
+
+With --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) every span is also exported there
+over OTLP/HTTP, and each trace's Jaeger link is printed. To see them in Jaeger:
+
+  docker run --rm -p 16686:16686 -p 4318:4318 jaegertracing/all-in-one
+  sm-tracing demo --otlp-endpoint http://localhost:4318
+
+Needs the demo extra: pip install 'sm-tracing[demo]'. Exits 0 when every trace joined
+(and, with --otlp-endpoint, was exported), 1 otherwise.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sm-tracing",
+        description="OpenTelemetry tracing through Amazon SageMaker endpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run a traced invocation end to end on this machine and print the traces",
+        description=_DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="also export every span to this OTLP/HTTP endpoint, such as Jaeger's "
+        "http://localhost:4318 (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, else none)",
+    )
+    demo.add_argument(
+        "--jaeger-url",
+        metavar="URL",
+        default="http://localhost:16686",
+        help="the Jaeger UI that trace links point to (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=25.0,
+        help="give up after this long (default: %(default)s)",
+    )
+    demo.add_argument("-v", "--verbose", action="store_true", help="log what sm_tracing does")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sm-tracing`` with *argv* (default: the command line); the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "demo":
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("sm_tracing").setLevel(logging.DEBUG)
+    from sm_tracing._demo import run
+
+    return run(
+        out=sys.stdout,
+        otlp_endpoint=args.otlp_endpoint or None,
+        jaeger_url=args.jaeger_url,
+        timeout=args.timeout,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The demo's model container: a small Flask app behind :class:`sm_tracing.WSGIMiddleware`.
+
+Served by gunicorn as ``sm_tracing._demo_app:create_app()``. It answers ``GET /ping`` and
+``POST /invocations`` with a JSON body ``{"inputs": "...", "stream": false, "chunks": 3,
+"delay": 0.05}``: a plain request gets JSON back, a streamed one gets ``chunks`` lines, the
+app sleeping ``delay`` seconds before each. The handler's own spans (``preprocess``,
+``predict``, ``generate``) sit under the container span. The CustomAttributes the handler
+received are returned in the response body and as the response's CustomAttributes, so a
+caller can see that its own values arrived and came back.
+
+Tracing is set up with :func:`sm_tracing.configure` from the usual ``OTEL_*`` variables, in
+each worker, after gunicorn forks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sm_tracing._wsgi import WSGIMiddleware
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+SERVICE_NAME = "demo-model-container"
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+def create_app() -> Flask:
+    """Configure tracing and build the traced Flask app."""
+    try:
+        from flask import Flask, Response, request
+    except ImportError as exc:
+        raise ImportError("the demo container needs Flask: pip install 'sm-tracing[demo]'") from exc
+    from opentelemetry import trace
+
+    import sm_tracing
+
+    sm_tracing.configure(os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME)
+    tracer = trace.get_tracer("sm_tracing.demo")
+    flask_app = Flask("sm_tracing_demo")
+
+    @flask_app.get("/ping")
+    def ping() -> Response:
+        return Response("", status=200)
+
+    @flask_app.post("/invocations")
+    def invocations() -> Response:
+        custom_attributes = request.headers.get(HEADER)
+        headers = {HEADER: custom_attributes} if custom_attributes else {}
+        with tracer.start_as_current_span("preprocess"):
+            payload: dict[str, Any] = json.loads(request.get_data() or b"{}")
+            text = str(payload.get("inputs", ""))
+            chunks = int(payload.get("chunks", 3))
+            delay = float(payload.get("delay", 0.05))
+        if payload.get("stream"):
+
+            def generate() -> Iterator[bytes]:
+                # Runs as gunicorn sends the body: the middleware keeps the container span
+                # open, and current here, until the last chunk has gone.
+                with tracer.start_as_current_span("generate") as span:
+                    for index in range(chunks):
+                        time.sleep(delay)
+                        yield f"{text} {index + 1}/{chunks}\n".encode()
+                    span.set_attribute("demo.chunks", chunks)
+
+            return Response(generate(), mimetype="text/plain", headers=headers)
+        with tracer.start_as_current_span("predict"):
+            time.sleep(delay)
+            outputs = text.upper()
+        body = {"outputs": outputs, "custom_attributes": custom_attributes}
+        return Response(json.dumps(body), mimetype="application/json", headers=headers)
+
+    flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+    return flask_app

@@ -1,0 +1,171 @@
+"""``sm-tracing demo``: run for real, as its own process, and its verdict on joined traces."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sm_tracing import _demo
+from sm_tracing._demo_receiver import ReceivedSpan
+from tests._otlp_receiver import OTLPReceiver
+
+SCRIPT = Path(sys.executable).with_name("sm-tracing")
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``sm-tracing demo`` console script (or its entry point), in a clean
+    environment without OTEL_* variables."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sm_tracing._cli"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["PYTHONIOENCODING"] = "utf-8"
+    return subprocess.run(
+        [*command, "demo", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=60,
+    )
+
+
+def test_demo_runs_green() -> None:
+    """The demo exits 0 well within 30 seconds and prints three traces, each with the client
+    span and, under it (or linked, for async), the container span."""
+    started = time.monotonic()
+    result = run_demo()
+    assert time.monotonic() - started < 30
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "OK: 3 invocations" in out
+    for title in ("plain: InvokeEndpoint", "streamed: InvokeEndpointWithResponseStream"):
+        section = out.split(title, 1)[1].split("\n\n", 1)[0]
+        assert len(re.findall(r"trace [0-9a-f]{32}", section)) == 1
+        assert "SageMaker Runtime." in section
+        assert "└─ POST /invocations" in section
+        assert "demo-realtime-model" in section
+    section = out.split("async: InvokeEndpointAsync", 1)[1].split("\n\n", 1)[0]
+    client_trace, container_trace = re.findall(r"trace ([0-9a-f]{32})", section)[:2]
+    assert client_trace != container_trace
+    assert f"of trace {client_trace[:8]})" in section
+    assert "demo-async-model" in section
+    assert "/trace/" not in out  # no Jaeger links when nothing is exported
+
+
+def test_demo_exports_and_links_to_jaeger() -> None:
+    """With --otlp-endpoint every span (client and containers) also reaches that endpoint, and
+    each trace gets its link under --jaeger-url."""
+    with OTLPReceiver() as collector:
+        result = run_demo("--otlp-endpoint", collector.url, "--jaeger-url", "http://jaeger:1/")
+        assert result.returncode == 0, result.stdout + result.stderr
+        spans = collector.spans
+    links = set(re.findall(r"http://jaeger:1/trace/([0-9a-f]{32})", result.stdout))
+    assert len(links) == 4  # plain, streamed, and async's two linked traces
+    assert links <= {span.trace_id for span in spans}
+    services = {span.service for span in spans}
+    assert {"demo-client", "demo-realtime-model", "demo-async-model"} <= services
+
+
+def test_demo_fails_when_export_fails() -> None:
+    """An --otlp-endpoint nobody listens on makes the demo fail with a clear message."""
+    with OTLPReceiver() as closed:
+        dead = closed.url
+    result = run_demo("--otlp-endpoint", dead)
+    assert result.returncode == 1
+    assert f"could not export to {dead}/v1/traces" in result.stdout
+
+
+def span(name: str, span_id: str, parent: str | None, service: str, **kw: object) -> ReceivedSpan:
+    """A received span, ids made of one repeated character."""
+    fields: dict[str, object] = {
+        "trace_id": "1" * 32,
+        "span_id": span_id * 16,
+        "parent_id": None if parent is None else parent * 16,
+        "name": name,
+        "kind": "internal",
+        "start_ns": 0,
+        "end_ns": 1_000_000,
+        "service": service,
+        "scope": "s",
+    }
+    fields.update(kw)
+    return ReceivedSpan(**fields)  # type: ignore[arg-type]
+
+
+def clients() -> list[ReceivedSpan]:
+    """The three client spans of a demo run, in three traces."""
+    return [
+        span("SageMaker Runtime.InvokeEndpoint", "a", None, "demo-client"),
+        span("SageMaker Runtime.InvokeEndpointWithResponseStream", "b", None, "demo-client",
+             trace_id="2" * 32),
+        span("SageMaker Runtime.InvokeEndpointAsync", "c", None, "demo-client",
+             trace_id="3" * 32),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("containers", "problems"),
+    [
+        (
+            [
+                span("POST /invocations", "d", "a", "m"),
+                span("POST /invocations", "e", "b", "m", trace_id="2" * 32),
+                span("POST /invocations", "f", None, "m", trace_id="4" * 32,
+                     links=(("3" * 32, "c" * 16),)),
+            ],
+            [],
+        ),
+        (
+            [
+                span("POST /invocations", "d", None, "m", trace_id="5" * 32),
+                span("POST /invocations", "e", "b", "m", trace_id="2" * 32),
+            ],
+            ["plain: no container span is a child of the client span",
+             "async: no container span is linked to the client span"],
+        ),
+    ],
+)  # fmt: skip
+def test_verdict(containers: list[ReceivedSpan], problems: list[str]) -> None:
+    """The demo passes only when each container span is the client span's child (or, for
+    async, linked to it), and names each scenario that did not join."""
+    out = io.StringIO()
+    assert _demo._report([*clients(), *containers], out, None) == problems
+
+
+def test_verdict_missing_client_span() -> None:
+    """A client span that never arrived is reported, not skipped."""
+    out = io.StringIO()
+    problems = _demo._report(clients()[1:], out, None)
+    assert problems[0] == "plain: expected one client span, got 0"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("http://localhost:4318", "http://localhost:4318/v1/traces"),
+        ("http://localhost:4318/", "http://localhost:4318/v1/traces"),
+        ("http://collector/otlp/v1/traces", "http://collector/otlp/v1/traces"),
+    ],
+)
+def test_traces_url(endpoint: str, expected: str) -> None:
+    """A base endpoint gets /v1/traces; a URL with a path is used as it is."""
+    assert _demo.traces_url(endpoint) == expected
+
+
+def test_container_that_dies_is_reported(tmp_path: Path) -> None:
+    """A container process that exits before answering /ping stops the demo with its log."""
+    log = tmp_path / "container.log"
+    log.write_text("ModuleNotFoundError: No module named 'flask'\n")
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait(30)
+    container = _demo._Container(process, "http://127.0.0.1:1", log, "realtime")
+    with pytest.raises(_demo.DemoError, match="the realtime container exited") as caught:
+        container.wait_ready(time.monotonic() + 10)
+    assert "No module named 'flask'" in str(caught.value)
