@@ -1,0 +1,163 @@
+"""A tiny model container on a loopback thread, and a plain boto3 client, for LocalRuntime tests.
+
+The container is an ``http.server`` speaking HTTP/1.1 with keep-alive, like the serving stacks
+behind SageMaker: a fixed-size answer gets a Content-Length, an iterable one is sent chunked,
+one chunk at a time, and an iterable that raises cuts the connection mid-body. It records
+what reached it, so tests can check what the runtime forwards, and answers with whatever
+handler the test installs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the container received it."""
+
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    port: int  # the runtime's side of the connection it came on
+
+
+@dataclass
+class Reply:
+    """What the container answers: a body (bytes, or chunks to stream), status and headers."""
+
+    body: bytes | Iterable[bytes]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+Handler = Callable[[Seen], Reply]
+
+
+def echo(seen: Seen) -> Reply:
+    """Answer with the body upper-cased, as ``application/x-echo``."""
+    return Reply(seen.body.upper(), content_type="application/x-echo")
+
+
+class _ContainerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _ContainerServer
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        container = self.server.container
+        if self.path != "/invocations" and not (
+            self.path.startswith("/models/") and self.path.endswith("/invoke")
+        ):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        seen = Seen(
+            self.path,
+            {name.lower(): value for name, value in self.headers.items()},
+            body,
+            self.client_address[1],
+        )
+        container.record(seen)
+        reply = container.handler(seen)
+        self.send_response(reply.status)
+        if reply.content_type:
+            self.send_header("Content-Type", reply.content_type)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if isinstance(reply.body, bytes):
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in reply.body:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        except Exception:
+            # A model that fails mid-stream: the connection ends without the last chunk.
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ContainerServer(ThreadingHTTPServer):
+    def __init__(self, container: ModelContainer) -> None:
+        self.container = container
+        super().__init__(("127.0.0.1", 0), _ContainerHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the runtime cut a connection on close: expected in some tests
+
+
+class ModelContainer:
+    """A model container answering ``/invocations`` and ``/models/<name>/invoke``."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.handler: Handler = echo
+        self._lock = threading.Lock()
+        self._server = _ContainerServer(self)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def record(self, seen: Seen) -> None:
+        with self._lock:
+            self.seen.append(seen)
+
+    def __enter__(self) -> ModelContainer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def runtime_client(url: str, **config: Any) -> Any:
+    """A plain boto3 ``sagemaker-runtime`` client for *url*, with fake credentials."""
+    return boto3.session.Session().client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="AKIDLOCAL",
+        aws_secret_access_key="local-secret",
+        config=Config(retries={"total_max_attempts": 1}, **config),
+    )
+
+
+def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handler:
+    """A handler streaming *parts*; with a *gate*, the second part waits for it (5 s at most)."""
+
+    def handler(seen: Seen) -> Reply:
+        def body() -> Iterator[bytes]:
+            yield parts[0]
+            if gate is not None:
+                yield parts[1] if gate.wait(5) else b"late"
+                return
+            yield from parts[1:]
+
+        return Reply(
+            body(),
+            content_type="application/jsonlines",
+            headers={"X-Amzn-SageMaker-Custom-Attributes": "x-next-token=2"},
+        )
+
+    return handler
