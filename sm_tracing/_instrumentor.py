@@ -1,0 +1,145 @@
+"""Installing and removing the client hook: ``instrument()``, ``uninstrument()`` and the
+``SageMakerInstrumentor`` that ``opentelemetry-instrument`` loads from its entry point.
+
+The hook wraps ``_make_api_call`` on botocore's (and aiobotocore's) client base class, so every
+``sagemaker-runtime`` client is covered, whichever session made it and whether it was made
+before or after ``instrument()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from functools import partial
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.trace import TracerProvider
+
+from sm_tracing._client import ClientHook, EndpointFilter
+from sm_tracing._container import get_tracer
+
+_logger = logging.getLogger(__name__)
+
+_METHOD = "_make_api_call"
+# wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has only
+# ObjectProxy.
+_PROXY_TYPES: tuple[Any, ...] = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
+_OPTIONS = frozenset({"endpoints", "inject_opaque", "inference_id_from_trace", "record_echo"})
+
+
+class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Traces every SageMaker runtime invocation and carries its context in CustomAttributes.
+
+    ``instrument()`` takes ``tracer_provider`` and the options of :func:`instrument`; like every
+    OpenTelemetry instrumentor it is a singleton and a second ``instrument()`` changes nothing.
+    """
+
+    _hook: ClientHook | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("botocore >= 1.34",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        options = {key: value for key, value in kwargs.items() if key in _OPTIONS}
+        hook = ClientHook(get_tracer(kwargs.get("tracer_provider")), **options)
+        import botocore.client
+
+        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+        # aiobotocore (and aiohttp under it) is patched when the application imports it, or
+        # now if it already has: importing it here would slow every boto3-only start-up.
+        wrapt.register_post_import_hook(partial(_wrap_aio, hook), "aiobotocore.client")
+        self._hook = hook
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        hook, self._hook = self._hook, None
+        if hook is None:
+            return
+        hook.unhook()
+        import sys
+
+        import botocore.client
+
+        _unwrap(botocore.client.BaseClient, hook.wrap_sync)
+        aio_client = sys.modules.get("aiobotocore.client")
+        if aio_client is not None:
+            _unwrap(aio_client.AioBaseClient, hook.wrap_aio)
+
+
+def _wrap_aio(hook: ClientHook, module: Any) -> None:
+    # Import hooks can't be unregistered: one left by an earlier instrument() finds its hook
+    # disabled and does nothing.
+    if hook.enabled:
+        wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
+
+
+def _unwrap(owner: type, wrapper: Any) -> None:
+    """Take our wrapper out of *owner*'s ``_make_api_call``, wherever it sits in the chain.
+
+    Another instrumentation may have wrapped on top of ours; removing the outermost wrapper,
+    as a plain unwrap does, would take theirs away instead. Where ours can't be spliced out it
+    stays, disabled, and passes every call straight through.
+    """
+    parent: Any = None
+    node: Any = owner.__dict__.get(_METHOD)
+    while isinstance(node, _PROXY_TYPES):
+        if getattr(node, "_self_wrapper", None) == wrapper:
+            inner = node.__wrapped__
+            try:
+                if parent is None:  # ours is the outermost wrapper
+                    setattr(owner, _METHOD, inner)
+                else:
+                    parent.__wrapped__ = inner
+            except Exception:
+                _logger.debug("left a disabled wrapper on %s.%s", owner.__name__, _METHOD)
+            return
+        parent, node = node, getattr(node, "__wrapped__", None)
+
+
+def instrument(
+    tracer_provider: TracerProvider | None = None,
+    *,
+    endpoints: Collection[str] | EndpointFilter | None = None,
+    inject_opaque: bool = False,
+    inference_id_from_trace: bool = False,
+    record_echo: bool = True,
+) -> None:
+    """Trace every ``sagemaker-runtime`` client call and carry its context in CustomAttributes.
+
+    Covers InvokeEndpoint, InvokeEndpointWithResponseStream and InvokeEndpointAsync on every
+    client, made before or after this call, from any boto3 or botocore session, and from
+    aiobotocore when it is installed.
+
+    - ``endpoints``: where to inject: None for every endpoint, a collection of endpoint names,
+      or a callable ``(endpoint_name, params) -> bool``. Spans are made either way.
+    - ``inject_opaque``: also append to a CustomAttributes value that is not a ``key=value``
+      list (a bare UUID, JSON), which is otherwise sent untouched.
+    - ``inference_id_from_trace``: fill an unset ``InferenceId`` with the trace id, so Data
+      Capture records join the trace.
+    - ``record_echo``: record the container's ``traceresponse`` echo on the client span and
+      remove it from the response's CustomAttributes; False leaves the response as it came.
+
+    Calling it again while instrumented changes nothing; ``uninstrument()`` first to change
+    the options.
+    """
+    instrumentor = SageMakerInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        _logger.debug("SageMaker calls are already instrumented; options left as they were")
+        return
+    instrumentor.instrument(
+        tracer_provider=tracer_provider,
+        endpoints=endpoints,
+        inject_opaque=inject_opaque,
+        inference_id_from_trace=inference_id_from_trace,
+        record_echo=record_echo,
+    )
+
+
+def uninstrument() -> None:
+    """Stop tracing SageMaker calls: no more spans or injection, on any client."""
+    instrumentor = SageMakerInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()

@@ -1,0 +1,289 @@
+"""Helpers for the client-side tests: real botocore clients whose signed requests are captured
+on the wire, canned SageMaker responses, an AWS event-stream encoder and a loopback server."""
+
+from __future__ import annotations
+
+import binascii
+import io
+import json
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import botocore.session
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from urllib3.response import HTTPResponse
+
+REGION = "us-east-1"
+URL = f"https://runtime.sagemaker.{REGION}.amazonaws.com"
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+CREDENTIALS = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+    "aws_session_token": "testing",
+}
+REQUEST_ID = "4b1d2c3e-0000-4000-8000-00000000abcd"
+TRACEPARENT_RE = re.compile(r"traceparent=00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+OPERATIONS = {
+    "invoke_endpoint": "InvokeEndpoint",
+    "invoke_endpoint_with_response_stream": "InvokeEndpointWithResponseStream",
+    "invoke_endpoint_async": "InvokeEndpointAsync",
+}
+
+
+def call_params(method: str, **extra: Any) -> dict[str, Any]:
+    """The minimal valid parameters of *method*, plus *extra*."""
+    params: dict[str, Any] = {"EndpointName": "my-endpoint"}
+    if method == "invoke_endpoint_async":
+        params["InputLocation"] = "s3://bucket/input.json"
+    else:
+        params["Body"] = b'{"inputs": "hi"}'
+        params["ContentType"] = "application/json"
+    params.update(extra)
+    return params
+
+
+# -- canned responses ---------------------------------------------------------------------
+
+
+@dataclass
+class Canned:
+    """A response to give on the wire."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return (
+        bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+    )
+
+
+def event_message(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message: prelude, its CRC, string headers, payload, message CRC."""
+    raw_headers = b"".join(_header(name, value) for name, value in headers.items())
+    total = 12 + len(raw_headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(raw_headers))
+    prelude += struct.pack(">I", binascii.crc32(prelude))
+    message = prelude + raw_headers + payload
+    return message + struct.pack(">I", binascii.crc32(message))
+
+
+def payload_part(data: bytes) -> bytes:
+    """A ``PayloadPart`` event of InvokeEndpointWithResponseStream."""
+    return event_message(
+        {
+            ":event-type": "PayloadPart",
+            ":message-type": "event",
+            ":content-type": "application/octet-stream",
+        },
+        data,
+    )
+
+
+def model_stream_error(message: str = "the model failed") -> bytes:
+    """A ``ModelStreamError`` exception event."""
+    return event_message(
+        {
+            ":exception-type": "ModelStreamError",
+            ":message-type": "exception",
+            ":content-type": "application/json",
+        },
+        json.dumps({"Message": message, "ErrorCode": "424"}).encode(),
+    )
+
+
+def canned_for(operation: str, custom_attributes: str | None = None, **kw: Any) -> Canned:
+    """A successful response of *operation*, optionally carrying response CustomAttributes."""
+    headers = {"x-amzn-RequestId": REQUEST_ID}
+    if custom_attributes is not None:
+        headers[HEADER] = custom_attributes
+    if operation == "InvokeEndpoint":
+        headers["Content-Type"] = "application/json"
+        headers["x-Amzn-Invoked-Production-Variant"] = "variant-a"
+        return Canned(200, headers | kw.get("headers", {}), b'{"outputs": "hello"}')
+    if operation == "InvokeEndpointWithResponseStream":
+        headers["Content-Type"] = "application/vnd.amazon.eventstream"
+        headers["X-Amzn-SageMaker-Content-Type"] = "application/jsonlines"
+        headers["x-Amzn-Invoked-Production-Variant"] = "variant-a"
+        chunks = kw.get("chunks", [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n'])
+        body = b"".join(payload_part(chunk) for chunk in chunks) + kw.get("tail", b"")
+        return Canned(200, headers, body)
+    headers["Content-Type"] = "application/json"
+    headers["X-Amzn-SageMaker-OutputLocation"] = "s3://bucket/out/abc.out"
+    headers["X-Amzn-SageMaker-FailureLocation"] = "s3://bucket/failures/abc.out"
+    return Canned(202, headers, json.dumps({"InferenceId": "inference-from-sagemaker"}).encode())
+
+
+def model_error() -> Canned:
+    """The 424 ModelError SageMaker answers when the container fails."""
+    body = json.dumps(
+        {
+            "__type": "ModelError",
+            "Message": "Received server error (500) from primary",
+            "OriginalStatusCode": 500,
+            "OriginalMessage": "boom",
+            "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/x",
+        }
+    ).encode()
+    return Canned(424, {"x-amzn-RequestId": REQUEST_ID, "Content-Type": "application/json"}, body)
+
+
+# -- capturing the signed request -----------------------------------------------------------
+
+
+class Wire:
+    """A ``before-send`` handler: records each signed request and answers it with a canned
+    response, so the request botocore would send is what the tests read."""
+
+    def __init__(self, respond: Callable[[AWSPreparedRequest], Canned] | None = None) -> None:
+        self.requests: list[AWSPreparedRequest] = []
+        self.respond = respond or (lambda request: canned_for(_operation_of(request)))
+
+    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        self.requests.append(request)
+        canned = self.respond(request)
+        raw = HTTPResponse(
+            body=io.BytesIO(canned.body),
+            headers=canned.headers,
+            status=canned.status,
+            preload_content=False,
+        )
+        return AWSResponse(request.url, canned.status, canned.headers, raw)
+
+    def attach(self, client: Any) -> Any:
+        client.meta.events.register("before-send.sagemaker-runtime", self)
+        return client
+
+    @property
+    def last(self) -> AWSPreparedRequest:
+        return self.requests[-1]
+
+    def custom_attributes(self, index: int = -1) -> str | None:
+        """The CustomAttributes header as sent, or None when the request had none."""
+        value = header(self.requests[index].headers, HEADER)
+        return None if value is None else value
+
+
+def header(headers: Mapping[str, Any], name: str) -> str | None:
+    """*name* from *headers*, matched case-insensitively, as text."""
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def signed_headers(request: AWSPreparedRequest) -> list[str]:
+    """The SignedHeaders list of the request's SigV4 Authorization header."""
+    authorization = header(request.headers, "Authorization") or ""
+    match = re.search(r"SignedHeaders=([^,]+)", authorization)
+    assert match is not None, authorization
+    return match.group(1).split(";")
+
+
+def _operation_of(request: AWSPreparedRequest) -> str:
+    if request.url.endswith("/invocations-response-stream"):
+        return "InvokeEndpointWithResponseStream"
+    if request.url.endswith("/async-invocations"):
+        return "InvokeEndpointAsync"
+    return "InvokeEndpoint"
+
+
+def make_client(session: Any = None, wire: Wire | None = None, **kwargs: Any) -> Any:
+    """A real sagemaker-runtime client with fake credentials, answered by *wire*."""
+    if session is None:
+        session = botocore.session.get_session()
+    client = session.create_client("sagemaker-runtime", region_name=REGION, **CREDENTIALS, **kwargs)
+    if wire is not None:
+        wire.attach(client)
+    return client
+
+
+def traceparent_of(value: str | None) -> tuple[str, str]:
+    """The (trace id, span id) of the traceparent in a CustomAttributes value."""
+    assert value is not None
+    match = TRACEPARENT_RE.search(value)
+    assert match is not None, value
+    return match.group(1), match.group(2)
+
+
+# -- a loopback server, for clients that can't be answered in-process ------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        self.server.received.append(
+            Received("POST", self.path, {k: v for k, v in self.headers.items()}, body)
+        )
+        canned = self.server.respond(self.path)
+        self.send_response(canned.status)
+        for name, value in canned.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(canned.body)))
+        self.end_headers()
+        self.wfile.write(canned.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, respond: Callable[[str], Canned]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.respond = respond
+        self.received: list[Received] = []
+
+
+def _respond_by_path(path: str) -> Canned:
+    if path.endswith("/invocations-response-stream"):
+        return canned_for("InvokeEndpointWithResponseStream")
+    if path.endswith("/async-invocations"):
+        return canned_for("InvokeEndpointAsync")
+    return canned_for("InvokeEndpoint")
+
+
+@contextmanager
+def loopback(respond: Callable[[str], Canned] = _respond_by_path) -> Iterator[_Server]:
+    """A threaded HTTP server on 127.0.0.1 and an ephemeral port, answering with *respond*."""
+    server = _Server(respond)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def endpoint_url(server: _Server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def payloads(events: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The bytes of the PayloadPart events of a stream."""
+    return [event["PayloadPart"]["Bytes"] for event in events]

@@ -1,0 +1,204 @@
+"""aiobotocore clients, talking to a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _client_support import (
+    CREDENTIALS,
+    HEADER,
+    REGION,
+    call_params,
+    endpoint_url,
+    loopback,
+    model_error,
+    payloads,
+    traceparent_of,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode, Tracer
+
+import sm_tracing
+
+aiobotocore_session = pytest.importorskip("aiobotocore.session")
+
+CHUNKS = [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n']
+
+
+@pytest.fixture
+def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
+    """sm_tracing instrumented with this test's provider, removed afterwards."""
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    yield
+    sm_tracing.uninstrument()
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    with loopback() as running:
+        yield running
+
+
+def _client(server: Any) -> Any:
+    session = aiobotocore_session.get_session()
+    return session.create_client(
+        "sagemaker-runtime", region_name=REGION, endpoint_url=endpoint_url(server), **CREDENTIALS
+    )
+
+
+def _sent(server: Any, index: int = -1) -> str | None:
+    headers = {k.lower(): v for k, v in server.received[index].headers.items()}
+    return headers.get(HEADER.lower())
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("method", ["invoke_endpoint", "invoke_endpoint_async"])
+def test_aio_call_injects_and_makes_a_span(
+    server: Any, exporter: InMemorySpanExporter, tracer: Tracer, method: str
+) -> None:
+    """An aiobotocore call sends the client span in its signed CustomAttributes, under the
+    caller's span."""
+
+    async def main() -> None:
+        async with _client(server) as client:
+            with tracer.start_as_current_span("caller"):
+                response = await getattr(client, method)(
+                    **call_params(method, CustomAttributes="accept_eula=true")
+                )
+            if method == "invoke_endpoint":
+                assert await response["Body"].read() == b'{"outputs": "hello"}'
+
+    asyncio.run(main())
+    (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("SageMaker")]
+    sent = _sent(server)
+    assert sent is not None and sent.startswith("accept_eula=true;traceparent=")
+    assert traceparent_of(sent)[1] == f"{span.context.span_id:016x}"
+    assert span.parent is not None
+    headers = {k.lower(): v for k, v in server.received[-1].headers.items()}
+    assert "x-amzn-sagemaker-custom-attributes" in headers["authorization"]
+    assert span.attributes["aws.sagemaker.endpoint.name"] == "my-endpoint"
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_aio_stream_span_ends_after_async_for(server: Any, exporter: InMemorySpanExporter) -> None:
+    """``async for`` over the stream reads every event; the span ends after the last one."""
+    seen_open: list[bool] = []
+
+    async def main() -> list[Any]:
+        async with _client(server) as client:
+            response = await client.invoke_endpoint_with_response_stream(
+                **call_params("invoke_endpoint_with_response_stream")
+            )
+            events = []
+            async for event in response["Body"]:
+                seen_open.append(not exporter.get_finished_spans())
+                events.append(event)
+            return events
+
+    events = asyncio.run(main())
+    assert payloads(events) == CHUNKS
+    assert seen_open == [True, True, True]
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["aws.sagemaker.stream.chunk_count"] == 3
+    assert span.attributes["aws.sagemaker.stream.outcome"] == "complete"
+    assert traceparent_of(_sent(server))[1] == f"{span.context.span_id:016x}"
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_aio_stream_closed_early(server: Any, exporter: InMemorySpanExporter) -> None:
+    """Closing an aiobotocore stream after one event ends the span as closed."""
+
+    async def main() -> None:
+        async with _client(server) as client:
+            response = await client.invoke_endpoint_with_response_stream(
+                **call_params("invoke_endpoint_with_response_stream")
+            )
+            body = response["Body"]
+            async for _ in body:
+                break
+            body.close()
+
+    asyncio.run(main())
+    gc.collect()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["aws.sagemaker.stream.outcome"] == "closed"
+    assert span.attributes["aws.sagemaker.stream.chunk_count"] == 1
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_aio_model_error(exporter: InMemorySpanExporter) -> None:
+    """A ModelError from an aiobotocore call is recorded and raised unchanged."""
+
+    async def main() -> None:
+        with loopback(lambda path: model_error()) as failing:
+            async with _client(failing) as client:
+                with pytest.raises(client.exceptions.ModelError):
+                    await client.invoke_endpoint(**call_params("invoke_endpoint"))
+
+    asyncio.run(main())
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["http.response.status_code"] == 424
+
+
+def test_aio_uninstrument(
+    tracer_provider: TracerProvider, server: Any, exporter: InMemorySpanExporter
+) -> None:
+    """After uninstrument() an aiobotocore client already used neither injects nor traces."""
+
+    async def main() -> None:
+        async with _client(server) as client:
+            sm_tracing.instrument(tracer_provider=tracer_provider)
+            await client.invoke_endpoint(**call_params("invoke_endpoint"))
+            sm_tracing.uninstrument()
+            await client.invoke_endpoint(**call_params("invoke_endpoint"))
+
+    asyncio.run(main())
+    assert _sent(server, 0) is not None
+    assert _sent(server, 1) is None
+    assert len(exporter.get_finished_spans()) == 1
+
+
+@pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
+def test_aio_with_upstream_makes_one_span(
+    tracer_provider: TracerProvider, server: Any, exporter: InMemorySpanExporter, order: str
+) -> None:
+    """With the upstream aiobotocore instrumentation on, there is one CLIENT span, theirs,
+    with our attributes, and it is the parent sent in CustomAttributes."""
+    from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
+    from opentelemetry.trace import SpanKind
+
+    def ours() -> None:
+        sm_tracing.instrument(tracer_provider=tracer_provider)
+
+    def theirs() -> None:
+        AiobotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
+
+    async def main() -> None:
+        async with _client(server) as client:
+            for _ in range(2):
+                await client.invoke_endpoint(**call_params("invoke_endpoint"))
+
+    installs = [ours, theirs] if order == "ours-first" else [theirs, ours]
+    for install in installs:
+        install()
+    try:
+        asyncio.run(main())
+    finally:
+        if order == "ours-first":
+            AiobotocoreInstrumentor().uninstrument()
+            sm_tracing.uninstrument()
+        else:
+            sm_tracing.uninstrument()
+            AiobotocoreInstrumentor().uninstrument()
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert len(spans) == 2
+    for index, span in enumerate(spans):
+        assert span.instrumentation_scope.name != "sm_tracing"
+        assert span.attributes["aws.sagemaker.endpoint.name"] == "my-endpoint"
+        assert traceparent_of(_sent(server, index))[1] == f"{span.context.span_id:016x}"

@@ -1,0 +1,148 @@
+"""Alongside opentelemetry-instrumentation-botocore: one CLIENT span per call, theirs, enriched,
+and the injected parent is that span, whichever was instrumented first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from _client_support import Wire, call_params, canned_for, make_client, traceparent_of
+from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import sm_tracing
+
+OTHER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture(params=["ours-first", "theirs-first"])
+def both(request: pytest.FixtureRequest, tracer_provider: TracerProvider) -> Iterator[str]:
+    """Both instrumentations on, in either order; both off afterwards, in reverse order."""
+    ours: Callable[[], None] = lambda: sm_tracing.instrument(tracer_provider=tracer_provider)  # noqa: E731
+    theirs: Callable[[], None] = lambda: BotocoreInstrumentor().instrument(  # noqa: E731
+        tracer_provider=tracer_provider
+    )
+    order = [ours, theirs] if request.param == "ours-first" else [theirs, ours]
+    for install in order:
+        install()
+    yield request.param
+    if request.param == "ours-first":
+        BotocoreInstrumentor().uninstrument()
+        sm_tracing.uninstrument()
+    else:
+        sm_tracing.uninstrument()
+        BotocoreInstrumentor().uninstrument()
+
+
+def _client_spans(exporter: InMemorySpanExporter) -> list[Any]:
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+@pytest.mark.usefixtures("both")
+@pytest.mark.parametrize(
+    "method", ["invoke_endpoint", "invoke_endpoint_async", "invoke_endpoint_with_response_stream"]
+)
+def test_one_client_span_and_it_is_the_injected_parent(
+    exporter: InMemorySpanExporter, method: str
+) -> None:
+    """Exactly one CLIENT span per call, carrying our SageMaker attributes, and the
+    traceparent sent names it."""
+    wire = Wire()
+    client = make_client(wire=wire)
+    for _ in range(2):  # the first call registers the handlers; the second uses them
+        response = getattr(client, method)(**call_params(method, CustomAttributes="a=1"))
+        if method == "invoke_endpoint_with_response_stream":
+            list(response["Body"])
+    spans = _client_spans(exporter)
+    assert len(spans) == 2
+    for index, span in enumerate(spans):
+        sent = wire.custom_attributes(index)
+        assert sent is not None and sent.startswith("a=1;traceparent=")
+        assert traceparent_of(sent) == (
+            f"{span.context.trace_id:032x}",
+            f"{span.context.span_id:016x}",
+        )
+        assert span.attributes["aws.sagemaker.endpoint.name"] == "my-endpoint"
+        assert span.attributes["rpc.service"] == "SageMaker Runtime"
+
+
+@pytest.mark.usefixtures("both")
+def test_their_span_gets_the_response_attributes_and_echo(exporter: InMemorySpanExporter) -> None:
+    """The invoked variant and the container echo are recorded on their span, and the echo is
+    taken out of the response."""
+    wire = Wire(
+        lambda request: canned_for(
+            "InvokeEndpoint", f"x=1;traceresponse=00-{OTHER_TRACE}-00f067aa0ba902b7-01"
+        )
+    )
+    client = make_client(wire=wire)
+    response = client.invoke_endpoint(**call_params("invoke_endpoint"))
+    assert response["CustomAttributes"] == "x=1"
+    (span,) = _client_spans(exporter)
+    assert span.attributes["aws.sagemaker.invoked_production_variant"] == "variant-a"
+    assert span.attributes["aws.sagemaker.container.trace_id"] == OTHER_TRACE
+    assert len(span.links) == 1
+
+
+def test_uninstrument_ours_leaves_theirs_working(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Removing ours (instrumented first) keeps their wrapper and span, and stops injection,
+    including the handlers on a client already used."""
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
+    try:
+        wire = Wire()
+        client = make_client(wire=wire)
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        sm_tracing.uninstrument()
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+    finally:
+        BotocoreInstrumentor().uninstrument()
+        sm_tracing.uninstrument()
+    assert wire.custom_attributes(0) is not None
+    assert wire.custom_attributes(1) is None
+    first, second = _client_spans(exporter)
+    assert "aws.sagemaker.endpoint.name" in first.attributes
+    assert "aws.sagemaker.endpoint.name" not in second.attributes
+
+
+def test_uninstrument_theirs_makes_ours_take_over(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """When the upstream instrumentation goes, our own span takes over on the same client,
+    still one CLIENT span per call."""
+    BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    try:
+        wire = Wire()
+        client = make_client(wire=wire)
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        # Ours is the outer wrapper here, so theirs must be spliced out, not ours.
+        _remove_upstream_only()
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+    finally:
+        sm_tracing.uninstrument()
+    first, second = _client_spans(exporter)
+    assert first.instrumentation_scope.name.startswith("opentelemetry.instrumentation.botocore")
+    assert second.instrumentation_scope.name == "sm_tracing"
+    for index, span in enumerate((first, second)):
+        assert traceparent_of(wire.custom_attributes(index))[1] == f"{span.context.span_id:016x}"
+
+
+def _remove_upstream_only() -> None:
+    """Uninstrument the upstream instrumentation whatever the wrapper order."""
+    import botocore.client
+    import botocore.endpoint
+
+    from sm_tracing._instrumentor import _unwrap
+
+    instrumentor = BotocoreInstrumentor()
+    _unwrap(botocore.client.BaseClient, instrumentor._patched_api_call)
+    from opentelemetry.instrumentation.utils import unwrap
+
+    unwrap(botocore.endpoint.Endpoint, "prepare_request")
+    instrumentor._is_instrumented_by_opentelemetry = False
