@@ -15,7 +15,6 @@ import logging
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +22,6 @@ from botocore.exceptions import ClientError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -86,9 +84,6 @@ _BEFORE_ID = "sm_tracing.inject"
 _AFTER_ID = "sm_tracing.response"
 _MAX_WARNED = 1024
 _UPSTREAM_MODULE = "opentelemetry.instrumentation.botocore"
-_TRACEPARENT_LENGTH = 55  # version 00: "00-" + 32 + "-" + 16 + "-" + 2
-_STAND_IN = "00-" + "0" * 32 + "-" + "0" * 16 + "-00"
-_STAND_IN_PAIR = "traceparent=" + _STAND_IN
 
 Started = tuple[Span, object]
 
@@ -313,7 +308,9 @@ class ClientHook:
                 span.set_attribute(INFERENCE_ID, inference_id)
         if self.filtering and not self._wanted(params):
             return
-        merged, reason = _merge(params.get("CustomAttributes"), context, self.inject_opaque)
+        merged, reason = _propagation.merge_context(
+            params.get("CustomAttributes"), context, opaque=self.inject_opaque
+        )
         if merged is not None:
             params["CustomAttributes"] = merged
         elif reason == _codec.SKIP_BUDGET:
@@ -434,47 +431,6 @@ class ClientHook:
             except Exception:
                 _logger.warning("could not unregister the handlers of %r", client, exc_info=True)
         self._hooked.clear()
-
-
-def _merge(value: str | None, context: Context, opaque: bool) -> tuple[str | None, str | None]:
-    """``merge_context``, with the caller's value laid out once: callers send the same few
-    values over and over, and re-parsing them on every call is most of the merge's cost."""
-    propagator = get_global_textmap()
-    pairs: list[tuple[str, str]] = []
-    try:
-        propagator.inject(pairs, context=context, setter=_propagation._SETTER)
-    except Exception:
-        _logger.warning(
-            "propagator %r failed to inject; sending as it was", propagator, exc_info=True
-        )
-        return None, "the propagator failed"
-    if len(pairs) == 1:
-        key, traceparent = pairs[0]
-        if key == "traceparent" and len(traceparent) == _TRACEPARENT_LENGTH:
-            layout = _layout(value, opaque, _propagation.our_keys(propagator))
-            if isinstance(layout, str):
-                return None, layout
-            return layout[0] + traceparent + layout[1], None
-    if not pairs:
-        return None, "no trace context to send"
-    keys = _propagation.our_keys(propagator)
-    return _codec.merge(value, pairs, keys, _propagation.DROP_ORDER, opaque=opaque)
-
-
-@lru_cache(maxsize=256)
-def _layout(value: str | None, opaque: bool, keys: frozenset[str]) -> tuple[str, str] | str:
-    """What goes before and after a lone traceparent merged into *value*, or why it can't be.
-
-    A traceparent has a fixed length, so merging a stand-in of that length gives the same
-    layout and the same budget decision as the real one.
-    """
-    stand_in = (("traceparent", _STAND_IN),)
-    merged, reason = _codec.merge(value, stand_in, keys, _propagation.DROP_ORDER, opaque=opaque)
-    if merged is None:
-        return reason or _codec.SKIP_BUDGET
-    # Ours is the last traceparent: the caller's own were dropped, and ours go after their pairs.
-    at = merged.rindex(_STAND_IN_PAIR) + len("traceparent=")
-    return merged[:at], merged[at + _TRACEPARENT_LENGTH :]
 
 
 def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from functools import lru_cache
 from urllib.parse import unquote
 
 MAX_LENGTH = 1024
@@ -145,7 +146,7 @@ def _is_ours(token: str, keys: Collection[str]) -> bool:
 def merge(
     value: str | None,
     pairs: Sequence[tuple[str, str]],
-    keys: Collection[str],
+    keys: frozenset[str],
     drop_order: Sequence[str] = (),
     *,
     opaque: bool = False,
@@ -157,31 +158,50 @@ def merge(
     keys in *drop_order* are dropped one by one; the value is never truncated. An opaque
     *value* is left alone unless *opaque* is true, when ours are appended with ``;``.
     """
-    if not value:
-        sep, prefix, suffix = ";", "", ""
-    else:
-        if not is_valid(value):
-            return None, SKIP_INVALID
-        sep, tokens, is_list = split(value)
-        if not is_list:
-            if not opaque or not value.strip():
-                return None, SKIP_OPAQUE
-            sep, tokens = ";", [value]
-        kept = [token for token in tokens if not _is_ours(token, keys)]
-        # Ours go before a trailing separator, so parsers see the same shape as before.
-        end = len(kept)
-        while end and not kept[end - 1].strip():
-            end -= 1
-        prefix = sep.join(kept[:end]) + sep if end else ""
-        suffix = sep + sep.join(kept[end:]) if end < len(kept) else ""
+    frame = _frame(value, keys, opaque)
+    if isinstance(frame, str):
+        return None, frame
+    prefix, sep, suffix = frame
+    room = MAX_LENGTH - len(prefix) - len(suffix)
+    if len(pairs) == 1:  # the common case: a lone traceparent
+        key, val = pairs[0]
+        ours = f"{key}={val}"
+        if len(ours) <= room:
+            return prefix + ours + suffix, None
+        return None, SKIP_BUDGET
     dropped: set[str] = set()
     for drop in (None, *drop_order):
         if drop is not None:
             dropped.add(drop)
         ours = sep.join(f"{key}={val}" for key, val in pairs if key not in dropped)
         if not ours:
-            return None, SKIP_BUDGET
-        merged = prefix + ours + suffix
-        if len(merged) <= MAX_LENGTH:
-            return merged, None
+            break
+        if len(ours) <= room:
+            return prefix + ours + suffix, None
     return None, SKIP_BUDGET
+
+
+@lru_cache(maxsize=512)
+def _frame(value: str | None, keys: frozenset[str], opaque: bool) -> tuple[str, str, str] | str:
+    """What goes before and after our pairs in *value*, and their separator; or why none can.
+
+    Cached: callers send the same few values over and over, and parsing them is most of the
+    cost of a merge.
+    """
+    if not value:
+        return "", ";", ""
+    if not is_valid(value):
+        return SKIP_INVALID
+    sep, tokens, is_list = split(value)
+    if not is_list:
+        if not opaque or not value.strip():
+            return SKIP_OPAQUE
+        sep, tokens = ";", [value]
+    kept = [token for token in tokens if not _is_ours(token, keys)]
+    # Ours go before a trailing separator, so parsers see the same shape as before.
+    end = len(kept)
+    while end and not kept[end - 1].strip():
+        end -= 1
+    prefix = sep.join(kept[:end]) + sep if end else ""
+    suffix = sep + sep.join(kept[end:]) if end < len(kept) else ""
+    return prefix, sep, suffix

@@ -23,6 +23,7 @@ TRACERESPONSE = "traceresponse"
 _W3C_KEYS = frozenset({"traceparent", "tracestate", "baggage", TRACERESPONSE})
 # Over budget these go first, in this order; the trace parent itself is never dropped.
 DROP_ORDER = ("baggage", "tracestate")
+_ECHO_KEYS = frozenset({TRACERESPONSE})
 
 
 class _PairSetter(Setter[MutableSequence[tuple[str, str]]]):
@@ -165,7 +166,7 @@ def echo_value(custom_attributes: str | None, span: trace.Span) -> str | None:
     if not span_context.is_valid:
         return None
     pair = ((TRACERESPONSE, format_traceresponse(span_context)),)
-    merged, reason = _codec.merge(custom_attributes, pair, (TRACERESPONSE,))
+    merged, reason = _codec.merge(custom_attributes, pair, _ECHO_KEYS)
     if merged is None:
         _logger.debug("no trace echo in the response CustomAttributes: %s", reason)
     return merged

@@ -350,12 +350,25 @@ def test_a_failing_propagator_does_not_break_the_call(
     ],
 )
 @pytest.mark.parametrize("opaque", [False, True])
-def test_cached_layout_merges_like_the_codec(tracer: Any, value: str | None, opaque: bool) -> None:
-    """The client's cached merge gives exactly what merge_context gives, skips included."""
-    from sm_tracing._client import _merge
+def test_cached_layout_merges_each_call_its_own_context(
+    tracer: Any, value: str | None, opaque: bool
+) -> None:
+    """The codec lays a value out once; every later merge still carries its own span."""
     from sm_tracing._propagation import merge_context
 
-    with tracer.start_as_current_span("caller"):
-        context = otel_context.get_current()
-        for _ in range(2):  # the second time from the cache
-            assert _merge(value, context, opaque) == merge_context(value, context, opaque=opaque)
+    results = []
+    for _ in range(2):  # the second time the caller's value comes from the cache
+        with tracer.start_as_current_span("caller") as span:
+            merged, reason = merge_context(value, otel_context.get_current(), opaque=opaque)
+        results.append((merged, reason, span.get_span_context()))
+    (first, first_reason, first_span), (second, second_reason, second_span) = results
+    assert first_reason == second_reason
+    if first is None:
+        assert second is None
+        return
+    assert second is not None
+    for merged, span_context in ((first, first_span), (second, second_span)):
+        assert f"-{span_context.span_id:016x}-" in merged
+    assert first.replace(f"{first_span.trace_id:032x}-{first_span.span_id:016x}", "X") == (
+        second.replace(f"{second_span.trace_id:032x}-{second_span.span_id:016x}", "X")
+    )
