@@ -1,0 +1,331 @@
+"""Where the CustomAttributes of a request are, in each serving stack's own objects.
+
+A carrier gives the raw CustomAttributes of each request it holds (one, or one per request of
+a batch), the SageMaker attributes of the container span, hides our keys from the application
+and puts the trace echo into the response. Discovery is by shape, not by import, so no serving
+stack is imported here: a toolkit / Multi Model Server / TorchServe ``context`` (it has
+``request_processor``), a DJL Serving ``Input`` (``get_property`` and ``get_batches``), or the
+current Flask request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import weakref
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
+
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from sm_tracing import _propagation
+from sm_tracing._container import Invocation
+
+_logger = logging.getLogger(__name__)
+
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+HEADER_LOWER = HEADER.lower()
+# The SageMaker headers that reach a container, and the span attribute each one becomes.
+SAGEMAKER_HEADERS = (
+    ("x-amzn-sagemaker-inference-id", "aws.sagemaker.inference_id"),
+    ("x-amzn-sagemaker-target-model", "aws.sagemaker.target_model"),
+    ("x-amzn-sagemaker-session-id", "aws.sagemaker.session_id"),
+)
+STATUS_CODE = "http.response.status_code"
+_ECHO_PREFIX = _propagation.TRACERESPONSE + "=00-"
+_FLAGS = tuple(f"-{flags:02x}" for flags in range(256))
+
+
+def echo_pair(span_context: SpanContext) -> str:
+    """``traceresponse=<value>`` as ``format_traceresponse`` writes it, made cheaply: this is
+    on every response of the middlewares."""
+    return (
+        _ECHO_PREFIX
+        + span_context.trace_id.to_bytes(16, "big").hex()
+        + "-"
+        + span_context.span_id.to_bytes(8, "big").hex()
+        + _FLAGS[span_context.trace_flags]
+    )
+
+
+CustomAttributesGetter = Callable[[tuple[Any, ...], dict[str, Any]], "str | None"]
+
+# The raw value each model-server request came with, kept after we strip it from the headers
+# the handler sees, so a second decorated function of the same request still finds its parent.
+_originals: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+class Carrier(Protocol):
+    """The CustomAttributes of the request(s) one handler call serves."""
+
+    def values(self) -> Sequence[str | None]:
+        """The raw CustomAttributes of each request: one entry, or one per batched request."""
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        """The SageMaker span attributes of request *index*."""
+
+    def reveal(self) -> None:
+        """Show the handler the CustomAttributes without our keys."""
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        """Echo *invocation*'s span into request *index*'s response; note a 5xx status."""
+
+
+def set_status_code(span: Span, code: int) -> None:
+    """Record the HTTP status *code* on *span*, ERROR for a 5xx."""
+    span.set_attribute(STATUS_CODE, code)
+    if code >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def find_header(headers: Mapping[Any, Any], lowered: str) -> tuple[Any, Any]:
+    """The ``(key, value)`` of the string header named *lowered*, in any case, or Nones."""
+    for key, value in headers.items():
+        if isinstance(key, str) and isinstance(value, str) and key.lower() == lowered:
+            return key, value
+    return None, None
+
+
+def sagemaker_attributes(headers: Mapping[Any, Any]) -> dict[str, AttributeValue]:
+    """The span attributes of the SageMaker headers present in *headers* (any case)."""
+    attributes: dict[str, AttributeValue] = {}
+    wanted = dict(SAGEMAKER_HEADERS)
+    for key, value in headers.items():
+        if isinstance(key, str) and isinstance(value, str):
+            attribute = wanted.get(key.lower())
+            if attribute is not None:
+                attributes[attribute] = value
+    return attributes
+
+
+class ExplicitCarrier:
+    """CustomAttributes the user's own callable pulls out of the handler's arguments."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def values(self) -> Sequence[str | None]:
+        return (self._value,)
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        return {}
+
+    def reveal(self) -> None:
+        pass  # the handler reads the value its own way: nothing of ours to rewrite
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        pass  # no response object is known
+
+
+class ModelServerCarrier:
+    """A sagemaker-inference-toolkit / Multi Model Server / TorchServe ``context``.
+
+    Request headers come from ``get_all_request_header(idx)`` (skipping non-string values,
+    which are per-parameter content types), the echo goes back with
+    ``set_response_header(idx, ...)``, merged after what the handler set.
+    """
+
+    __slots__ = ("_context", "_count", "_headers")
+
+    def __init__(self, context: Any, count: int) -> None:
+        self._context = context
+        self._count = count
+        self._headers: list[MutableMapping[Any, Any]] = [
+            context.get_all_request_header(index) or {} for index in range(count)
+        ]
+
+    def values(self) -> Sequence[str | None]:
+        values: list[str | None] = []
+        processors = self._context.request_processor
+        for index, headers in enumerate(self._headers):
+            value = find_header(headers, HEADER_LOWER)[1]
+            if value is None:
+                value = _original(processors[index])
+            values.append(value)
+        return values
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        return sagemaker_attributes(self._headers[index])
+
+    def reveal(self) -> None:
+        processors = self._context.request_processor
+        for index, headers in enumerate(self._headers):
+            key, value = find_header(headers, HEADER_LOWER)
+            if key is None:
+                continue
+            stripped = _propagation.strip_context(value)
+            if stripped == value:
+                continue
+            # A processor that takes no weak reference has nothing remembered.
+            with contextlib.suppress(TypeError):
+                _originals[processors[index]] = value
+            if stripped:
+                headers[key] = stripped
+            else:
+                del headers[key]
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        context = self._context
+        status = context.get_response_status(index)
+        code = status[0] if isinstance(status, tuple) else status
+        if isinstance(code, int):
+            set_status_code(invocation.span, code)
+        key, value = find_header(context.get_response_headers(index) or {}, HEADER_LOWER)
+        merged = invocation.echo(value)
+        if merged is not None:
+            context.set_response_header(index, key or HEADER, merged)
+
+
+def _original(processor: Any) -> str | None:
+    try:
+        return _originals.get(processor)
+    except TypeError:
+        return None
+
+
+class DJLCarrier:
+    """A DJL Serving ``Input``: SageMaker's CustomAttributes arrive split into properties.
+
+    DJL splits the header on ``;`` and each pair on ``=``, so the trace context is rebuilt from
+    the properties named like our keys (or read whole from a property named like the header).
+    Properties are left as they are: the handler never sees the header itself. The echo goes
+    into the returned ``Output`` with ``add_property``, for a single request.
+    """
+
+    __slots__ = ("_inputs", "_properties")
+
+    def __init__(self, inputs: Any) -> None:
+        self._inputs = inputs
+        is_batch = getattr(inputs, "is_batch", None)
+        batches = inputs.get_batches() if is_batch is not None and is_batch() else (inputs,)
+        self._properties: list[Mapping[Any, Any]] = [
+            getattr(item, "properties", None) or {} for item in batches
+        ]
+
+    def values(self) -> Sequence[str | None]:
+        keys = _propagation.our_keys()
+        values: list[str | None] = []
+        for properties in self._properties:
+            header, pairs = None, []
+            for key, value in properties.items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    continue
+                lowered = key.lower()
+                if lowered == HEADER_LOWER:
+                    header = value
+                elif lowered in keys:
+                    pairs.append(f"{lowered}={value}")
+            values.append(header if header is not None else ";".join(pairs) or None)
+        return values
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        return sagemaker_attributes(self._properties[index])
+
+    def reveal(self) -> None:
+        pass  # properties named like our keys are harmless to a DJL handler
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        if len(self._properties) != 1:
+            return  # batched outputs have no per-request header we know how to set
+        code = getattr(result, "code", None)
+        if isinstance(code, int):
+            set_status_code(invocation.span, code)
+        properties = getattr(result, "properties", None)
+        add_property = getattr(result, "add_property", None)
+        if not isinstance(properties, Mapping) or add_property is None:
+            return
+        key, value = find_header(properties, HEADER_LOWER)
+        merged = invocation.echo(value)
+        if merged is not None:
+            add_property(key or HEADER, merged)
+
+
+class FlaskCarrier:
+    """The current Flask request: the header is read and rewritten in its WSGI environ, and
+    the echo is added to the response by ``after_this_request``."""
+
+    __slots__ = ("_environ",)
+
+    _KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+
+    def __init__(self, environ: MutableMapping[str, Any]) -> None:
+        self._environ = environ
+
+    def values(self) -> Sequence[str | None]:
+        value = self._environ.get(self._KEY)
+        return (value if isinstance(value, str) else None,)
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        environ = self._environ
+        attributes: dict[str, AttributeValue] = {}
+        for header, attribute in SAGEMAKER_HEADERS:
+            value = environ.get("HTTP_" + header.upper().replace("-", "_"))
+            if isinstance(value, str):
+                attributes[attribute] = value
+        return attributes
+
+    def reveal(self) -> None:
+        value = self._environ.get(self._KEY)
+        if not isinstance(value, str):
+            return
+        stripped = _propagation.strip_context(value)
+        if stripped:
+            self._environ[self._KEY] = stripped
+        else:
+            del self._environ[self._KEY]
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        import flask
+
+        span = invocation.span
+
+        def add_echo(response: Any) -> Any:
+            try:
+                merged = _propagation.echo_value(response.headers.get(HEADER), span)
+                if merged is not None:
+                    response.headers[HEADER] = merged
+            except Exception:
+                _logger.warning("could not add the trace echo to the response", exc_info=True)
+            return response
+
+        flask.after_this_request(add_echo)
+
+
+def discover(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    getter: CustomAttributesGetter | None,
+    batch: bool | None,
+) -> Carrier | None:
+    """The carrier of a handler call, or None when there is none to find. Never raises."""
+    try:
+        if getter is not None:
+            return ExplicitCarrier(getter(args, kwargs))
+        previous: object = None
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (str, bytes, bytearray, int, float, list, tuple, dict)):
+                previous = arg
+                continue
+            processors = getattr(arg, "request_processor", None)
+            if processors is not None and hasattr(arg, "get_all_request_header"):
+                count = len(processors)
+                if not count:
+                    return None
+                if batch is None:
+                    # A batch handler (TorchServe's handle(data, context)) gets a list of one
+                    # entry per request just before the context; a toolkit function gets one.
+                    batch = isinstance(previous, list) and len(previous) == count
+                return ModelServerCarrier(arg, count if batch else 1)
+            if hasattr(arg, "get_batches") and hasattr(arg, "get_property"):
+                return DJLCarrier(arg)
+            previous = arg
+        flask = sys.modules.get("flask")
+        if flask is not None and flask.has_request_context():
+            return FlaskCarrier(flask.request.environ)
+    except Exception:
+        _logger.warning("could not find the CustomAttributes of this call", exc_info=True)
+    return None

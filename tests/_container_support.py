@@ -1,0 +1,237 @@
+"""What the container-side tests share: a caller's context, spans written to a file by a
+server process, apps served by real gunicorn and uvicorn, and DJL-shaped Input/Output."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, Tracer
+
+import sm_tracing
+
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+SPANS_ENV = "SM_TRACING_TEST_SPANS"
+
+
+def caller(tracer: Tracer, value: str | None = None) -> tuple[str, SpanContext]:
+    """CustomAttributes as a caller under its own span sends them, and that span's context."""
+    with tracer.start_as_current_span("caller") as span:
+        merged = sm_tracing.inject_context(value)
+    assert merged is not None and "traceparent=" in merged
+    return merged, span.get_span_context()
+
+
+def echoed(value: str | None) -> SpanContext:
+    """The span context a response's CustomAttributes echo as ``traceresponse``."""
+    from sm_tracing._propagation import parse_traceresponse
+
+    assert value is not None
+    pairs = dict(token.split("=", 1) for token in value.replace(",", ";").split(";") if token)
+    context = parse_traceresponse(pairs["traceresponse"])
+    assert context is not None, value
+    return context
+
+
+def server_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+    """The spans this library's tracer made."""
+    return [
+        span
+        for span in spans
+        if span.instrumentation_scope is not None
+        and span.instrumentation_scope.name == "sm_tracing"
+    ]
+
+
+# --- a server process's spans ----------------------------------------------------------------
+
+
+class JsonLinesExporter(SpanExporter):
+    """Writes each span as a JSON line, for a test in another process to read."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            parent = span.parent
+            lines.append(
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "kind": span.kind.name,
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent_span_id": None if parent is None else f"{parent.span_id:016x}",
+                        "status": span.status.status_code.name,
+                        "attributes": dict(span.attributes or {}),
+                    }
+                )
+            )
+        with self._lock, open(self._path, "a", encoding="utf-8") as file:
+            file.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+
+def provider_from_env() -> TracerProvider:
+    """A TracerProvider exporting to the file named by ``SM_TRACING_TEST_SPANS``."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(os.environ[SPANS_ENV])))
+    return provider
+
+
+def read_spans(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The first *count* spans a server wrote to *path*, waiting for them a little."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = []
+        if path.exists():
+            spans = [json.loads(line) for line in path.read_text().splitlines() if line]
+        if len(spans) >= count or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- apps served by real servers ---------------------------------------------------------------
+
+
+def flask_app() -> Any:
+    """A Flask model server behind WSGIMiddleware: answers what CustomAttributes it saw and
+    sets a response CustomAttributes of its own."""
+    import flask
+
+    app = flask.Flask("container_test")
+
+    @app.post("/invocations")
+    def invocations() -> Any:
+        seen = flask.request.headers.get(HEADER)
+        response = flask.jsonify({"seen": seen})
+        response.headers[HEADER] = "x-next-token=abc"
+        return response
+
+    @app.get("/ping")
+    def ping() -> str:
+        return ""
+
+    app.wsgi_app = sm_tracing.WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, tracer_provider=provider_from_env()
+    )
+    return app
+
+
+def fastapi_app() -> Any:
+    """A FastAPI model server behind ASGIMiddleware, streaming its answer in chunks."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+
+    async def invocations(request: Request) -> StreamingResponse:
+        seen = request.headers.get(HEADER)
+
+        async def chunks() -> Any:
+            yield json.dumps({"seen": seen}).encode()
+            yield b"\n"
+
+        return StreamingResponse(chunks(), headers={HEADER: "x-next-token=abc"})
+
+    # The annotations are strings here (postponed evaluation) and Request is local.
+    invocations.__annotations__["request"] = Request
+    app.post("/invocations")(invocations)
+
+    @app.get("/ping")
+    async def ping() -> str:
+        return ""
+
+    return sm_tracing.ASGIMiddleware(app, tracer_provider=provider_from_env())
+
+
+def wait_until_serving(port: int, timeout: float = 30.0) -> None:
+    """Return once something accepts connections on *port*; raise after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+# --- DJL Serving's Input and Output, shaped like djl_python's (not on PyPI) ---------------------
+
+
+class DJLInput:
+    """Like ``djl_python.inputs.Input``: properties (request headers and the CustomAttributes
+    pairs DJL splits on ``;``), ``batch_XXX_`` prefixed in a batch."""
+
+    def __init__(self, properties: dict[str, str] | None = None) -> None:
+        self.properties: dict[str, str] = dict(properties or {})
+        self.content: dict[str, bytes] = {}
+
+    def is_batch(self) -> bool:
+        return "batch_size" in self.properties
+
+    def get_batch_size(self) -> int:
+        return int(self.properties.get("batch_size", "1"))
+
+    def get_batches(self) -> list[DJLInput]:
+        if not self.is_batch():
+            return [self]
+        batch = [DJLInput() for _ in range(self.get_batch_size())]
+        for key, value in self.properties.items():
+            if key.startswith("batch_") and key != "batch_size":
+                batch[int(key[6:9])].properties[key[10:]] = value
+        return batch
+
+    def get_properties(self) -> dict[str, str]:
+        return self.properties
+
+    def get_property(self, key: str) -> str | None:
+        return next((v for k, v in self.properties.items() if k.lower() == key.lower()), None)
+
+
+class DJLOutput:
+    """Like ``djl_python.outputs.Output``: a code, properties (response headers), content."""
+
+    def __init__(self, code: int = 200, message: str = "OK") -> None:
+        self.code = code
+        self.message = message
+        self.properties: dict[str, str] = {}
+        self.content: list[Any] = []
+
+    def add_property(self, key: str, val: str) -> DJLOutput:
+        self.properties[key] = val
+        return self
+
+    def add(self, value: Any, key: str | None = None) -> DJLOutput:
+        self.content.append((key, value))
+        return self
+
+
+def djl_properties(custom_attributes: str) -> dict[str, str]:
+    """The properties DJL Serving makes of a CustomAttributes value: split on ``;``, each
+    token on its first ``=``."""
+    properties = {}
+    for token in custom_attributes.split(";"):
+        key, sign, value = token.partition("=")
+        if sign:
+            properties[key.strip()] = value.strip()
+    return properties

@@ -1,0 +1,323 @@
+"""continue_trace and the Invocation primitive every container adapter is built on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from sm_tracing import _codec, _propagation, continue_trace
+from sm_tracing._container import read_carrier, remote_context_policy
+from tests._container_support import caller, echoed
+
+
+@pytest.fixture
+def global_propagator() -> Iterator[None]:
+    """Restore the global propagator a test replaces."""
+    saved = propagate.get_global_textmap()
+    yield
+    propagate.set_global_textmap(saved)
+
+
+class _Raising(TextMapPropagator):
+    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
+        raise RuntimeError("boom")
+
+    def extract(self, carrier: object, context: object = None, getter: object = None) -> Context:
+        raise RuntimeError("boom")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"traceparent"}
+
+
+def test_continue_trace_joins_the_callers_trace(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The container span is a SERVER child of the caller's span, current inside the block."""
+    value, parent = caller(tracer, "accept_eula=true")
+    exporter.clear()
+    with continue_trace(value, tracer_provider=tracer_provider) as span:
+        assert trace.get_current_span() is span
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name == "invocations"
+    assert finished.kind is SpanKind.SERVER
+    assert finished.context.trace_id == parent.trace_id
+    assert finished.parent is not None and finished.parent.span_id == parent.span_id
+
+
+def test_continue_trace_under_an_active_span_is_internal(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Under a local span of the same trace the container span is an INTERNAL child of it."""
+    value, _ = caller(tracer)
+    with continue_trace(value, tracer_provider=tracer_provider) as outer:  # noqa: SIM117
+        with continue_trace(value, name="inner", tracer_provider=tracer_provider):
+            pass
+    inner = exporter.get_finished_spans()[-2]
+    assert inner.name == "inner"
+    assert inner.kind is SpanKind.INTERNAL
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.get_span_context().span_id
+
+
+def test_link_policy_starts_a_new_trace_linked_to_the_caller(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """remote_context="link" gives a new root whose link names the caller's span."""
+    value, parent = caller(tracer)
+    with continue_trace(value, tracer_provider=tracer_provider, remote_context="link"):
+        pass
+    span = exporter.get_finished_spans()[-1]
+    assert span.parent is None
+    assert span.context.trace_id != parent.trace_id
+    assert [link.context.span_id for link in span.links] == [parent.span_id]
+
+
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_ignore_policy_starts_an_unrelated_root(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    """ "ignore", by argument or SM_TRACING_REMOTE_CONTEXT, makes a root with no link."""
+    value, parent = caller(tracer)
+    if source == "environment":
+        monkeypatch.setenv("SM_TRACING_REMOTE_CONTEXT", " Ignore ")
+        policy = None
+    else:
+        policy = "ignore"
+    with continue_trace(value, tracer_provider=tracer_provider, remote_context=policy):
+        pass
+    span = exporter.get_finished_spans()[-1]
+    assert span.parent is None
+    assert span.context.trace_id != parent.trace_id
+    assert not span.links
+
+
+def test_policy_argument_wins_and_bad_values_are_handled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The argument beats the environment; a bad argument raises, a bad variable is ignored."""
+    monkeypatch.setenv("SM_TRACING_REMOTE_CONTEXT", "link")
+    assert remote_context_policy() == "link"
+    assert remote_context_policy("continue") == "continue"
+    monkeypatch.setenv("SM_TRACING_REMOTE_CONTEXT", "follow")
+    assert remote_context_policy() == "continue"
+    with pytest.raises(ValueError, match="remote_context"):
+        remote_context_policy("follow")
+
+
+def test_sampling_follows_the_callers_flag(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Under "continue" an unsampled caller gives an unsampled (unexported) container span."""
+    unsampled = "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    with continue_trace(unsampled, tracer_provider=tracer_provider) as span:
+        assert not span.is_recording()
+        assert span.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert exporter.get_finished_spans() == ()
+
+
+HOSTILE = [
+    pytest.param("traceparent=00-zzzz-b7ad6b7169203331-01", id="malformed"),
+    pytest.param("traceparent=00-" + "0" * 32 + "-b7ad6b7169203331-01", id="zero-trace-id"),
+    pytest.param(
+        "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01;x=" + "a" * 1100,
+        id="oversized",
+    ),
+    pytest.param(
+        "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\x07", id="control"
+    ),
+    pytest.param(
+        "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01;é=1", id="non-ascii"
+    ),
+    pytest.param(
+        "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        id="version-00-with-extra",
+    ),
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("parsed", [False, True], ids=["raw", "read_carrier"])
+def test_hostile_input_gives_a_new_root_and_records_nothing_raw(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, value: str, parsed: bool
+) -> None:
+    """Malformed, oversized, control-character or non-ASCII carriers mean no parent, and
+    nothing of the raw value lands on the span."""
+    from sm_tracing._container import Invocation, get_tracer
+
+    pairs = read_carrier(value)[0] if parsed else None
+    invocation = Invocation(
+        value, tracer=get_tracer(tracer_provider), policy="continue", pairs=pairs
+    )
+    with invocation:
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None
+    assert span.context.trace_id != 0x0AF7651916CD43DD8448EB211C80319C
+    recorded = repr(dict(span.attributes or {})) + repr(span.events) + span.name
+    assert "traceparent" not in recorded
+    assert "b7ad6b7169203331" not in recorded
+
+
+def test_a_raising_propagator_gives_a_new_root(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    global_propagator: None,
+) -> None:
+    """A propagator that raises is survived: the request gets a new root span."""
+    value, parent = caller(tracer)
+    propagate.set_global_textmap(_Raising())
+    for pairs in (None, read_carrier(value)[0]):
+        from sm_tracing._container import Invocation, get_tracer
+
+        with Invocation(value, tracer=get_tracer(tracer_provider), policy="continue", pairs=pairs):
+            pass
+        span = exporter.get_finished_spans()[-1]
+        assert span.parent is None
+        assert span.context.trace_id != parent.trace_id
+
+
+class _AppError(Exception):
+    pass
+
+
+def test_an_exception_is_recorded_and_reraised_unchanged(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The block's exception propagates as the same object; the span has ERROR and the event,
+    and the context is detached."""
+    error = _AppError("model failed")
+    with pytest.raises(_AppError) as raised, continue_trace(None, tracer_provider=tracer_provider):
+        raise error
+    assert raised.value is error
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert [event.name for event in span.events] == ["exception"]
+
+
+def test_echo_merges_traceresponse_after_the_apps_value(
+    tracer_provider: TracerProvider,
+) -> None:
+    """echo() gives the app's response value with this span's traceresponse after it."""
+    invocation = continue_trace(None, tracer_provider=tracer_provider)
+    with invocation as span:
+        value = invocation.echo("x-next-token=abc")
+    assert value is not None and value.startswith("x-next-token=abc;traceresponse=")
+    assert echoed(value).span_id == span.get_span_context().span_id
+
+
+def test_start_without_attach_and_attach_later(tracer_provider: TracerProvider) -> None:
+    """start(attach=False) leaves the current context alone until attach()."""
+    from sm_tracing._container import Invocation, get_tracer
+
+    invocation = Invocation(None, tracer=get_tracer(tracer_provider), policy="continue")
+    span = invocation.start(attach=False)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    invocation.attach()
+    assert trace.get_current_span() is span
+    invocation.detach()
+    invocation.detach()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    invocation.end()
+    assert otel_context.get_current() == Context()
+
+
+@pytest.mark.parametrize(
+    ("value", "found", "stripped"),
+    [
+        ("accept_eula=true", {}, "accept_eula=true"),
+        ("traceparent=00-a-b-01", {"traceparent": "00-a-b-01"}, ""),
+        ("accept_eula=true;traceparent=t", {"traceparent": "t"}, "accept_eula=true"),
+        ("traceparent=t; accept_eula=true", {"traceparent": "t"}, "accept_eula=true"),
+        (" TraceParent = t ;a=1;", {"traceparent": "t"}, "a=1;"),
+        ("a=1;tracestate=k%3Dv%2Cw;b=2", {"tracestate": "k=v,w"}, "a=1;b=2"),
+        ("tfs-model-name=m,traceparent=t", {"traceparent": "t"}, "tfs-model-name=m"),
+        ("traceparent==x;a=1", {}, "traceparent==x;a=1"),
+        ("a=\x01;traceparent=t", {}, "a=\x01"),
+    ],
+)
+def test_read_carrier_cases(value: str, found: dict[str, str], stripped: str) -> None:
+    """read_carrier finds our pairs and strips them as the codec does, in one pass."""
+    assert read_carrier(value) == (found, stripped)
+
+
+_TOKEN = st.one_of(
+    st.sampled_from(
+        ["traceparent=t", "tracestate=a%3Db", " baggage = k=v", "TRACEPARENT=x", "a=1", " b=2 "]
+    ),
+    st.text(alphabet="ab=; ,%\x07é", max_size=6),
+)
+
+
+@given(st.lists(_TOKEN, max_size=6), st.sampled_from([";", ",", "; "]))
+def test_read_carrier_agrees_with_the_codec(tokens: list[str], sep: str) -> None:
+    """For any value, read_carrier gives the codec's find (when valid) and strip."""
+    value = sep.join(tokens)
+    keys = _propagation.our_keys()
+    expected_found = _codec.find(value, keys) if _codec.is_valid(value) else {}
+    assert read_carrier(value) == (expected_found, _codec.strip(value, keys))
+
+
+class _NoTracerProvider(TracerProvider):
+    def get_tracer(self, *args: object, **kwargs: object) -> Tracer:  # type: ignore[override]
+        raise RuntimeError("no tracer")
+
+
+class _NoSpanProvider(TracerProvider):
+    def get_tracer(self, *args: object, **kwargs: object) -> Tracer:  # type: ignore[override]
+        tracer = super().get_tracer(*args, **kwargs)  # type: ignore[arg-type]
+
+        def start_span(*_args: object, **_kwargs: object) -> trace.Span:
+            raise RuntimeError("no span")
+
+        tracer.start_span = start_span  # type: ignore[method-assign]
+        return tracer
+
+
+@pytest.mark.parametrize("provider", [_NoTracerProvider, _NoSpanProvider])
+def test_a_failing_tracer_provider_never_breaks_the_block(
+    tracer: Tracer, provider: type[TracerProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that fails to give a tracer, or a tracer that fails to start a span: the
+    block runs untraced, its exception comes through unchanged, and the failure is logged."""
+    value, _ = caller(tracer)
+    ran = []
+    with continue_trace(value, tracer_provider=provider()) as span:
+        ran.append(span.is_recording())
+    assert ran == [False]
+    error = _AppError("the block's own")
+    with pytest.raises(_AppError) as raised, continue_trace(value, tracer_provider=provider()):
+        raise error
+    assert raised.value is error
+    assert any(record.name == "sm_tracing._container" for record in caplog.records)
+
+
+@pytest.mark.parametrize("flags", [0x00, 0x01, 0x03, 0xFF])
+@pytest.mark.parametrize(
+    ("trace_id", "span_id"), [(1, 1), (0x0AF7651916CD43DD8448EB211C80319C, 2**64 - 1)]
+)
+def test_the_fast_echo_pair_is_the_w3c_traceresponse(
+    trace_id: int, span_id: int, flags: int
+) -> None:
+    """echo_pair writes exactly what format_traceresponse writes, flags included."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    from sm_tracing._carriers import echo_pair
+
+    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags))
+    assert echo_pair(context) == "traceresponse=" + _propagation.format_traceresponse(context)
