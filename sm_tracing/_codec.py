@@ -108,16 +108,15 @@ def find(value: str, keys: Collection[str]) -> dict[str, str]:
     Lenient on purpose: a pair appended to an opaque value is still found.
     """
     found: dict[str, str] = {}
-    lowered = value.lower()
-    if not any(key in lowered for key in keys):
-        return found
     for token in value.split(separator(value)):
-        key = _pair_key(token)
-        if key is None:
+        key, sign, rest = token.partition("=")
+        if not sign or rest[:1] == "=":
             continue
-        key = key.lower()
-        if key in keys:
-            found[key] = decode_value(token.partition("=")[2].strip())
+        key = key.strip()
+        lowered = key.lower()
+        # Every key of ours is plain ASCII, so no regex is needed to vet the ones we keep.
+        if lowered in keys and key.isascii():
+            found[lowered] = decode_value(rest.strip())
     return found
 
 

@@ -74,14 +74,7 @@ print(json.dumps({
     "mine",
     [
         "",
-        pytest.param(
-            "accept_eula=true;",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ModelServerCarrier.values() reads the header the first decorated "
-                "function already stripped when the caller's own pairs remain",
-            ),
-        ),
+        "accept_eula=true;",
     ],
 )
 def test_toolkit_example(mine: str) -> None:

@@ -246,24 +246,10 @@ PROVIDERS: dict[str, Callable[[], TracerProvider]] = {
     "get_tracer": RaisingTracerProvider,
     "start_span": RaisingSpanTracerProvider,
 }
-# Known defects, kept visible until fixed (then these marks go, or the tests fail as XPASS).
-_GET_TRACER_RAISES = pytest.mark.xfail(
-    strict=True,
-    reason="sm_tracing._container.get_tracer lets the provider's exception through, so "
-    "instrument(), the middleware, continue_trace() and trace_handler() raise",
-)
-_START_RAISES = pytest.mark.xfail(
-    strict=True,
-    reason="Invocation.__enter__ lets tracer.start_span's exception through continue_trace()",
-)
-GET_TRACER_FIXED = [pytest.param("get_tracer", marks=_GET_TRACER_RAISES), "start_span"]
-BOTH_FIXED = [
-    pytest.param("get_tracer", marks=_GET_TRACER_RAISES),
-    pytest.param("start_span", marks=_START_RAISES),
-]
+FAULTS = ["get_tracer", "start_span"]
 
 
-@pytest.mark.parametrize("fault", GET_TRACER_FIXED)
+@pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("method", METHODS)
 def test_client_call_survives_a_raising_tracer_provider(
     untraced: dict[str, dict[str, Any]],
@@ -328,7 +314,7 @@ def test_aiobotocore_calls_survive_faults(
     assert len(exporter.get_finished_spans()) == traced
 
 
-@pytest.mark.parametrize("fault", GET_TRACER_FIXED)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_container_requests_survive_a_raising_tracer_provider(
     caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
@@ -342,7 +328,7 @@ def test_container_requests_survive_a_raising_tracer_provider(
     assert logged(caplog, "sm_tracing")
 
 
-@pytest.mark.parametrize("fault", BOTH_FIXED)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_continue_trace_survives_a_raising_tracer_provider(
     caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
@@ -363,7 +349,7 @@ def test_continue_trace_survives_a_raising_tracer_provider(
     assert logged(caplog, "sm_tracing")
 
 
-@pytest.mark.parametrize("fault", GET_TRACER_FIXED)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_trace_handler_survives_a_raising_tracer_provider(
     caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
@@ -447,8 +433,13 @@ def _sink(kind: str) -> Sink:
         exporter, log = FailingExporter(), None
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
     elif kind == "raising-batch":
+        # A small queue: what waits for the export thread is bounded by it, not by the calls.
         exporter, log = FailingExporter(raises=True), "opentelemetry.sdk"
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter, max_queue_size=32, max_export_batch_size=8, schedule_delay_millis=10
+            )
+        )
     elif kind == "hanging-batch":
         # A small queue, so it fills: what does not fit is dropped, and that is logged.
         exporter, log = HangingExporter(), "opentelemetry.sdk"
@@ -559,10 +550,15 @@ def test_container_requests_survive_a_faulty_exporter(
 # -- memory stays bounded ----------------------------------------------------------------------
 
 
-def _growth(step: Callable[[], None], warm: int, measured: int) -> int:
-    """Bytes still allocated after *measured* more steps than after *warm* steps."""
+def _growth(
+    step: Callable[[], None], warm: int, measured: int, settle: Callable[[], object] = gc.collect
+) -> int:
+    """Bytes still allocated after *measured* more steps than after *warm* steps and *settle*."""
     for _ in range(warm):
         step()
+    # One export (and its failure, logged with a traceback) before measuring: the first one
+    # fills one-time caches (linecache reads the source files the traceback names).
+    settle()
     gc.collect()
     tracemalloc.start()
     try:
@@ -599,7 +595,9 @@ def test_client_memory_is_bounded_with_a_faulty_exporter(kind: str) -> None:
 
     sm_tracing.instrument(tracer_provider=sink.provider)
     try:
-        growth = _growth(step, warm=300, measured=1000)
+        # A hanging exporter never finishes a flush: there the queue only fills and drops.
+        settle = sink.provider.force_flush if kind == "raising-batch" else gc.collect
+        growth = _growth(step, warm=300, measured=1000, settle=settle)
     finally:
         sm_tracing.uninstrument()
         sink.close()

@@ -89,18 +89,11 @@ def test_gunicorn_workers_flush_on_graceful_shutdown(
     check_flushed(receiver, parents, time.monotonic() - started)
 
 
-_SIGTERM_LOSES_SPANS = pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn re-raises SIGTERM with the default handler after its shutdown, so atexit "
-    "never runs; ASGIMiddleware does not flush on lifespan.shutdown",
-)
-
-
 @pytest.mark.parametrize(
     "sig",
     [
         pytest.param(signal.SIGINT, id="SIGINT"),
-        pytest.param(signal.SIGTERM, id="SIGTERM", marks=_SIGTERM_LOSES_SPANS),
+        pytest.param(signal.SIGTERM, id="SIGTERM"),
     ],
 )
 def test_uvicorn_flushes_on_exit(receiver: OTLPReceiver, tmp_path: Path, sig: int) -> None:
