@@ -143,8 +143,13 @@ class ModelServerCarrier:
         processors = self._context.request_processor
         for index, headers in enumerate(self._headers):
             value = find_header(headers, HEADER_LOWER)[1]
-            if value is None:
-                value = _original(processors[index])
+            original = _original(processors[index])
+            # An earlier decorated function of this request took our keys out of the header
+            # the handler sees; the value remembered then still carries them.
+            if original is not None and (
+                value is None or value == _propagation.strip_context(original)
+            ):
+                value = original
             values.append(value)
         return values
 
