@@ -23,11 +23,9 @@ from sm_tracing._carriers import HEADER_LOWER, STATUS_CODE, echo_pair
 from sm_tracing._container import (
     Invocation,
     RemoteContext,
-    get_tracer,
     read_carrier,
-    remote_context_policy,
 )
-from sm_tracing._wsgi import model_name, traced_routes
+from sm_tracing._wsgi import middleware_setup, model_name
 
 _logger = logging.getLogger(__name__)
 
@@ -72,9 +70,9 @@ class ASGIMiddleware:
     ) -> None:
         self.app = app
         self._tracer_provider = tracer_provider
-        self._tracer = get_tracer(tracer_provider)
-        self._policy = remote_context_policy(remote_context)
-        self._routes = traced_routes(trace_ping, paths)
+        self._tracer, self._policy, self._routes = middleware_setup(
+            tracer_provider, remote_context, trace_ping, paths
+        )
         self._echo = echo
         self._name = name
 

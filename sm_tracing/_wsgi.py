@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from sm_tracing import _propagation
 from sm_tracing._carriers import HEADER, HEADER_LOWER, STATUS_CODE, echo_pair
@@ -66,6 +66,21 @@ def model_name(path: str) -> str | None:
     return None
 
 
+def middleware_setup(
+    tracer_provider: TracerProvider | None,
+    remote_context: RemoteContext | None,
+    trace_ping: bool,
+    paths: Iterable[str] | None,
+) -> tuple[Tracer, RemoteContext, dict[str, str]]:
+    """The tracer, the remote-context policy and the traced routes of a WSGI or ASGI
+    middleware, decided once, at construction."""
+    return (
+        get_tracer(tracer_provider),
+        remote_context_policy(remote_context),
+        traced_routes(trace_ping, paths),
+    )
+
+
 class WSGIMiddleware:
     """Trace the SageMaker invocations an app serves, continuing the caller's trace.
 
@@ -87,9 +102,9 @@ class WSGIMiddleware:
         name: str | None = None,
     ) -> None:
         self.app = app
-        self._tracer = get_tracer(tracer_provider)
-        self._policy = remote_context_policy(remote_context)
-        self._routes = traced_routes(trace_ping, paths)
+        self._tracer, self._policy, self._routes = middleware_setup(
+            tracer_provider, remote_context, trace_ping, paths
+        )
         self._echo = echo
         self._name = name
 
