@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
+
+import sm_tracing
+from tests._client_support import Wire, make_client
 
 
 @pytest.fixture
@@ -30,3 +34,23 @@ def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 def tracer(tracer_provider: TracerProvider) -> Tracer:
     """A tracer standing for the caller's own code."""
     return tracer_provider.get_tracer("tests")
+
+
+@pytest.fixture
+def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
+    """sm_tracing instrumented with this test's provider, removed afterwards."""
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    yield
+    sm_tracing.uninstrument()
+
+
+@pytest.fixture
+def wire() -> Wire:
+    """Captures the signed request of a client on the wire and answers it."""
+    return Wire()
+
+
+@pytest.fixture
+def client(wire: Wire) -> Any:
+    """A sagemaker-runtime client whose requests ``wire`` answers."""
+    return make_client(wire=wire)

@@ -31,14 +31,6 @@ CHUNKS = [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n']
 
 
 @pytest.fixture
-def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
-    """sm_tracing instrumented with this test's provider, removed afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    yield
-    sm_tracing.uninstrument()
-
-
-@pytest.fixture
 def server() -> Iterator[Any]:
     with loopback() as running:
         yield running

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from _client_support import (
     Wire,
     call_params,
     header,
-    make_client,
     signed_headers,
     traceparent_of,
 )
@@ -28,24 +26,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 import sm_tracing
 
 UUID = "7f9c2f2e-3b1a-4c7e-9d55-0a1b2c3d4e5f"
-
-
-@pytest.fixture
-def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
-    """sm_tracing instrumented with this test's provider, removed afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    yield
-    sm_tracing.uninstrument()
-
-
-@pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-def client(wire: Wire) -> Any:
-    return make_client(wire=wire)
 
 
 def _only_span(exporter: InMemorySpanExporter) -> Any:

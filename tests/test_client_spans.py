@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,24 +24,6 @@ import sm_tracing
 
 OTHER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CONTAINER_SPAN = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
-    """sm_tracing instrumented with this test's provider, removed afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    yield
-    sm_tracing.uninstrument()
-
-
-@pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-def client(wire: Wire) -> Any:
-    return make_client(wire=wire)
 
 
 def _client_span(exporter: InMemorySpanExporter) -> Any:

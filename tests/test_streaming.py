@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,24 +18,6 @@ import sm_tracing
 
 METHOD = "invoke_endpoint_with_response_stream"
 CHUNKS = [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n']
-
-
-@pytest.fixture
-def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
-    """sm_tracing instrumented with this test's provider, removed afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    yield
-    sm_tracing.uninstrument()
-
-
-@pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-def client(wire: Wire) -> Any:
-    return make_client(wire=wire)
 
 
 def _stream(client: Any) -> dict[str, Any]:
