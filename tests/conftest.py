@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -54,3 +57,32 @@ def wire() -> Wire:
 def client(wire: Wire) -> Any:
     """A sagemaker-runtime client whose requests ``wire`` answers."""
     return make_client(wire=wire)
+
+
+@pytest.fixture
+def global_propagator() -> Iterator[None]:
+    """Restore the global propagator a test replaces."""
+    saved = propagate.get_global_textmap()
+    yield
+    propagate.set_global_textmap(saved)
+
+
+class _RaisingPropagator(TextMapPropagator):
+    """Raises on inject and extract; lists its fields as the W3C one does."""
+
+    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
+        raise RuntimeError("boom")
+
+    def extract(self, carrier: object, context: object = None, getter: object = None) -> Context:
+        raise RuntimeError("boom")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"traceparent"}
+
+
+@pytest.fixture
+def raising_propagator(global_propagator: None) -> Callable[[], None]:
+    """Installs, when called, a global propagator whose inject and extract raise; restored
+    after the test."""
+    return lambda: propagate.set_global_textmap(_RaisingPropagator())

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
@@ -18,26 +17,6 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from sm_tracing import _codec, _propagation, continue_trace
 from sm_tracing._container import read_carrier, remote_context_policy
 from tests._container_support import caller, echoed
-
-
-@pytest.fixture
-def global_propagator() -> Iterator[None]:
-    """Restore the global propagator a test replaces."""
-    saved = propagate.get_global_textmap()
-    yield
-    propagate.set_global_textmap(saved)
-
-
-class _Raising(TextMapPropagator):
-    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
-        raise RuntimeError("boom")
-
-    def extract(self, carrier: object, context: object = None, getter: object = None) -> Context:
-        raise RuntimeError("boom")
-
-    @property
-    def fields(self) -> set[str]:
-        return {"traceparent"}
 
 
 def test_continue_trace_joins_the_callers_trace(
@@ -176,11 +155,11 @@ def test_a_raising_propagator_gives_a_new_root(
     tracer: Tracer,
     tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
-    global_propagator: None,
+    raising_propagator: Callable[[], None],
 ) -> None:
     """A propagator that raises is survived: the request gets a new root span."""
     value, parent = caller(tracer)
-    propagate.set_global_textmap(_Raising())
+    raising_propagator()
     for pairs in (None, read_carrier(value)[0]):
         from sm_tracing._container import Invocation, get_tracer
 

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from opentelemetry import baggage, propagate, trace
-from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sm_tracing import extract_context, inject_context, strip_context
 from sm_tracing._propagation import format_traceresponse, parse_traceresponse
-
-
-@pytest.fixture
-def global_propagator() -> Iterator[None]:
-    """Restore the global propagator a test replaces."""
-    saved = propagate.get_global_textmap()
-    yield
-    propagate.set_global_textmap(saved)
-
-
-class _Raising(TextMapPropagator):
-    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
-        raise RuntimeError("boom")
-
-    def extract(self, carrier: object, context: object = None, getter: object = None) -> Context:
-        raise RuntimeError("boom")
-
-    @property
-    def fields(self) -> set[str]:
-        return {"traceparent"}
 
 
 def test_inject_uses_the_current_span(tracer: Tracer) -> None:
@@ -99,10 +77,10 @@ def test_extract_gives_no_parent_for_malformed_input(value: str | None) -> None:
 
 
 def test_a_raising_propagator_costs_nothing_but_a_log(
-    global_propagator: None, caplog: pytest.LogCaptureFixture, tracer: Tracer
+    raising_propagator: Callable[[], None], caplog: pytest.LogCaptureFixture, tracer: Tracer
 ) -> None:
     """A propagator that raises: inject returns the input, extract no parent, both logged."""
-    propagate.set_global_textmap(_Raising())
+    raising_propagator()
     with caplog.at_level(logging.WARNING, logger="sm_tracing"), tracer.start_as_current_span("x"):
         assert inject_context("accept_eula=true") == "accept_eula=true"
     value = "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
