@@ -169,6 +169,72 @@ def client_floor() -> Scenario:
     return Scenario(call, check, provider.shutdown)
 
 
+# What ours records on the span of every call above: the span the issue asks for.
+START_ATTRIBUTES = {
+    "rpc.system": "aws-api",
+    "rpc.service": "SageMaker Runtime",
+    "rpc.method": "InvokeEndpoint",
+    "cloud.region": "us-east-1",
+    "server.address": "runtime.sagemaker.us-east-1.amazonaws.com",
+    "aws.sagemaker.endpoint.name": "bench-endpoint",
+}
+RESPONSE_ATTRIBUTES = ("aws.request_id", "http.response.status_code")
+VARIANT_ATTRIBUTE = "aws.sagemaker.invoked_production_variant"
+SPAN_ATTRIBUTES = frozenset({*START_ATTRIBUTES, *RESPONSE_ATTRIBUTES, VARIANT_ATTRIBUTE})
+
+
+def _expect_attributes(exporter: CountingExporter) -> None:
+    """The last span carries exactly the attributes above, the request's with their values."""
+    last = exporter.last
+    attributes = dict(last.attributes or {}) if last is not None else {}
+    _expect(
+        set(attributes) == SPAN_ATTRIBUTES
+        and all(attributes[key] == value for key, value in START_ATTRIBUTES.items()),
+        f"span attributes {attributes}, not the ones compared",
+    )
+
+
+def client_floor_attributes() -> Scenario:
+    """The floor's span with the attributes ours records: what the SDK itself charges for the
+    span, the inject and those attributes, with no code of ours."""
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind
+
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("bench.floor")
+    wire = Wire()
+    invoke_endpoint = _client(wire).invoke_endpoint
+
+    def call() -> object:
+        with tracer.start_as_current_span(
+            "SageMaker Runtime.InvokeEndpoint", kind=SpanKind.CLIENT, attributes=START_ATTRIBUTES
+        ) as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            response = invoke_endpoint(
+                EndpointName="bench-endpoint",
+                Body=REQUEST_BODY,
+                ContentType="application/json",
+                Accept="application/json",
+                CustomAttributes=APP_ATTRIBUTES,
+            )
+            metadata = response["ResponseMetadata"]
+            span.set_attributes(
+                {
+                    "aws.request_id": metadata["RequestId"],
+                    "http.response.status_code": metadata["HTTPStatusCode"],
+                    VARIANT_ATTRIBUTE: response["InvokedProductionVariant"],
+                }
+            )
+            return response["Body"].read()
+
+    def check(ops: int) -> None:
+        _expect(exporter.exported == ops, f"{exporter.exported} spans for {ops} calls")
+        _expect_attributes(exporter)
+
+    return Scenario(call, check, provider.shutdown)
+
+
 def client_upstream() -> Scenario:
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
@@ -209,6 +275,7 @@ def client_ours() -> Scenario:
             sent.startswith(APP_ATTRIBUTES) and "traceparent=00-" in sent,
             "the trace context was not merged into CustomAttributes",
         )
+        _expect_attributes(exporter)
 
     def close() -> None:
         sm_tracing.uninstrument()
@@ -435,6 +502,7 @@ def extract_ours() -> Scenario:
 BUILDERS: dict[str, Callable[[], Scenario]] = {
     "client-bare": client_bare,
     "client-floor": client_floor,
+    "client-floor-attributes": client_floor_attributes,
     "client-upstream": client_upstream,
     "client-ours": client_ours,
     "container-bare": container_bare,

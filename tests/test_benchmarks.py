@@ -237,6 +237,42 @@ def test_table_shows_added_costs_and_verdicts() -> None:
     assert "over by 20,000 instr" in table  # against 0.7 x 400,000
 
 
+def test_table_shows_where_the_cost_comes_from() -> None:
+    """The comparison rows print ours over the floor that records the same attributes, and
+    that floor over the plain one, with no verdict."""
+    costs = {**CLIENT_COSTS, "client-floor-attributes": 2_250_000.0, "client-ours": 2_300_000.0}
+    table = _report.group_table(CLIENT, _report.Results(instructions=costs), (200, 1200), 2000)
+    rows = [line for line in table.splitlines() if "no target" in line]
+    assert len(rows) == 2
+    assert "ours / floor + attributes" in rows[0] and "1.20 " in rows[0]  # 300k / 250k
+    assert "floor + attributes / floor" in rows[1] and "1.25 " in rows[1]  # 250k / 200k
+    assert not any(verdict in row for row in rows for verdict in (_report.MET, _report.NOT_MET))
+
+
+@pytest.mark.parametrize("missing", sorted(_scenarios.SPAN_ATTRIBUTES))
+def test_attribute_check_catches_a_different_span(missing: str) -> None:
+    """The client scenarios compared by attributes fail their check when the span lacks one."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    attributes = {key: "x" for key in _scenarios.SPAN_ATTRIBUTES if key != missing}
+    attributes.update({k: v for k, v in _scenarios.START_ATTRIBUTES.items() if k != missing})
+    exporter = _scenarios.CountingExporter()
+    exporter.export([ReadableSpan(name="span", attributes=attributes)])
+    with pytest.raises(_scenarios.ScenarioError, match="not the ones compared"):
+        _scenarios._expect_attributes(exporter)
+
+
+def test_attribute_check_passes_the_span_compared() -> None:
+    """The same check passes a span with exactly those attributes and values."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    attributes = {key: "x" for key in _scenarios.SPAN_ATTRIBUTES}
+    attributes.update(_scenarios.START_ATTRIBUTES)
+    exporter = _scenarios.CountingExporter()
+    exporter.export([ReadableSpan(name="span", attributes=attributes)])
+    _scenarios._expect_attributes(exporter)
+
+
 @pytest.mark.parametrize(
     ("ours", "expected"),
     [(2_240_000.0, 0.0), (2_200_000.0, 40_000.0), (2_250_000.0, -10_000.0)],
