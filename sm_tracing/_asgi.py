@@ -6,7 +6,8 @@ CustomAttributes without our keys; ``traceresponse`` is merged into the response
 CustomAttributes in the ``http.response.start`` message. The span ends with the last
 ``http.response.body`` (no ``more_body``), an ``http.disconnect``, or the app's exception or
 return, whichever is first. At ``lifespan`` shutdown the tracer provider is flushed before
-the server is told the app has stopped.
+the server is told the app has stopped. With ``inject_headers`` the app gets a copy of the
+scope whose ``headers`` carry the span's context, written by the configured propagator.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sm_tracing._container import (
     RemoteContext,
     read_carrier,
 )
-from sm_tracing._wsgi import middleware_setup, model_name
+from sm_tracing._wsgi import middleware_setup, model_name, trace_headers
 
 _logger = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ class ASGIMiddleware:
     Options: ``tracer_provider``; ``remote_context`` (``"continue"``, ``"link"`` or
     ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping`` (False);
     ``echo`` (True: ``traceresponse`` in the response CustomAttributes); ``paths`` (more
-    exact paths to trace); ``name`` (one span name for all).
+    exact paths to trace); ``name`` (one span name for all); ``inject_headers`` (else
+    ``SM_TRACING_INJECT_HEADERS``, else False: the span's context written by the configured
+    propagator into the request headers the app sees, replacing any it had, so an app that
+    traces from a ``traceparent`` header makes its spans children of ours).
     """
 
     def __init__(
@@ -67,11 +71,12 @@ class ASGIMiddleware:
         echo: bool = True,
         paths: Iterable[str] | None = None,
         name: str | None = None,
+        inject_headers: bool | None = None,
     ) -> None:
         self.app = app
         self._tracer_provider = tracer_provider
-        self._tracer, self._policy, self._routes = middleware_setup(
-            tracer_provider, remote_context, trace_ping, paths
+        self._tracer, self._policy, self._routes, self._inject_headers = middleware_setup(
+            tracer_provider, remote_context, trace_ping, paths, inject_headers
         )
         self._echo = echo
         self._name = name
@@ -134,12 +139,12 @@ class ASGIMiddleware:
         if model is not None and "aws.sagemaker.target_model" not in attributes:
             attributes["aws.sagemaker.target_model"] = model
         custom_attributes = pairs = None
+        replaced: RawHeaders | None = None
         if raw is not None:
             custom_attributes = raw.decode("latin-1")
             pairs, stripped = read_carrier(custom_attributes)
             if stripped != custom_attributes:
-                scope = dict(scope)
-                scope["headers"] = _replace(headers, stripped)
+                replaced = _replace(headers, stripped)
         invocation = Invocation(
             custom_attributes,
             name=self._name or f"{method} {route}",
@@ -149,6 +154,17 @@ class ASGIMiddleware:
             pairs=pairs,
         )
         invocation.start()
+        if self._inject_headers:
+            # The span's context is the current one now.
+            injected = with_trace_headers(
+                headers if replaced is None else replaced, invocation.span
+            )
+            if injected is not None:
+                replaced = injected
+        if replaced is not None:
+            # A copy: the server's scope and header list stay as they came.
+            scope = dict(scope)
+            scope["headers"] = replaced
         return scope, invocation
 
 
@@ -173,6 +189,26 @@ def _replace(headers: RawHeaders, stripped: str | None) -> list[tuple[bytes, byt
         elif value is not None:
             replaced.append((key, value))
     return replaced
+
+
+def with_trace_headers(headers: RawHeaders, span: Span) -> list[tuple[bytes, bytes]] | None:
+    """A new list of request *headers* carrying the context of *span*, the current span, as the
+    configured propagator writes it, in place of those of its fields they had; None (and the
+    failure logged) when there is nothing to write or it can't be written. Never raises."""
+    found = trace_headers(span, None)
+    if found is None:
+        return None
+    written, fields = found
+    try:
+        drop = {name.encode("latin-1") for name in (*fields, *written)}
+        items = [(key, value) for key, value in headers if key.lower() not in drop]
+        items.extend(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in written.items()
+        )
+    except Exception:
+        _logger.warning("could not write the trace context into the request headers", exc_info=True)
+        return None
+    return items
 
 
 def with_echo(headers: Iterable[Sequence[bytes]], span: Span) -> list[Sequence[bytes]] | None:

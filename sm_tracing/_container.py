@@ -59,6 +59,27 @@ def remote_context_policy(remote_context: str | None = None) -> RemoteContext:
     return "continue"
 
 
+INJECT_HEADERS_ENV = "SM_TRACING_INJECT_HEADERS"
+_ON = frozenset({"true", "1", "yes", "on"})
+_OFF = frozenset({"false", "0", "no", "off"})
+
+
+def inject_headers_option(inject_headers: bool | None = None) -> bool:
+    """Whether a middleware writes its span's context into the request headers the app sees:
+    the argument, else ``SM_TRACING_INJECT_HEADERS`` (true/false, 1/0, yes/no, on/off, in any
+    case), else off. Any other value in the environment is logged and means off."""
+    if inject_headers is not None:
+        return bool(inject_headers)
+    value = os.environ.get(INJECT_HEADERS_ENV, "").strip().lower()
+    if value in _ON:
+        return True
+    if value and value not in _OFF:
+        _logger.warning(
+            "ignoring %s=%r: expected true or false; not injecting", INJECT_HEADERS_ENV, value
+        )
+    return False
+
+
 @lru_cache(maxsize=32)
 def get_tracer(tracer_provider: TracerProvider | None = None) -> trace.Tracer:
     """This library's tracer from *tracer_provider*, or from the global one; a tracer that

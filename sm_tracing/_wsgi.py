@@ -8,7 +8,9 @@ without our keys; the response gets ``traceresponse`` merged into its CustomAttr
 the status line leaves. The span ends when the body is exhausted or closed (a streamed body is
 traced to its last chunk), or when the app returns a body already materialised as a list.
 The SageMaker attributes are set when the span starts; the HTTP ones (method, path, status)
-with the status, in one call, as this is every request's path.
+with the status, in one call, as this is every request's path. With ``inject_headers`` the
+configured propagator also writes the span's context into the request headers the app sees
+(``HTTP_TRACEPARENT`` ...), for an app that traces from them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from opentelemetry import context as otel_context
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
 from sm_tracing import _propagation
@@ -27,6 +31,7 @@ from sm_tracing._container import (
     RemoteContext,
     begin,
     get_tracer,
+    inject_headers_option,
     read_carrier,
     record_error,
     remote_context_policy,
@@ -71,14 +76,76 @@ def middleware_setup(
     remote_context: RemoteContext | None,
     trace_ping: bool,
     paths: Iterable[str] | None,
-) -> tuple[Tracer, RemoteContext, dict[str, str]]:
-    """The tracer, the remote-context policy and the traced routes of a WSGI or ASGI
-    middleware, decided once, at construction."""
+    inject_headers: bool | None = None,
+) -> tuple[Tracer, RemoteContext, dict[str, str], bool]:
+    """The tracer, the remote-context policy, the traced routes and whether to inject the
+    span's context into the request headers, of a WSGI or ASGI middleware, decided once, at
+    construction."""
     return (
         get_tracer(tracer_provider),
         remote_context_policy(remote_context),
         traced_routes(trace_ping, paths),
+        inject_headers_option(inject_headers),
     )
+
+
+class _LowerCaseSetter(Setter[dict[str, str]]):
+    def set(self, carrier: dict[str, str], key: str, value: str) -> None:
+        carrier[key.lower()] = value
+
+
+_SETTER = _LowerCaseSetter()
+_fields_cache: tuple[TextMapPropagator | None, dict[str, str]] = (None, {})
+
+
+def environ_key(name: str) -> str:
+    """The WSGI environ key of the request header *name*."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+def _fields(propagator: TextMapPropagator) -> dict[str, str]:
+    """The header names *propagator* reads and writes, lower-cased, each with its environ key."""
+    global _fields_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
+    cached_for, fields = _fields_cache
+    if cached_for is not propagator:
+        fields = {field.lower(): environ_key(field) for field in propagator.fields}
+        _fields_cache = (propagator, fields)
+    return fields
+
+
+def trace_headers(
+    span: Span, context: otel_context.Context | None
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The request headers (lower-cased names) the configured propagator writes for *context*
+    (the current one when None), whose span is *span*, and its fields (see ``_fields``), to
+    take out of the request before adding them. None when the span context is invalid, nothing
+    is written, or the propagator fails (logged). Never raises."""
+    try:
+        if not span.get_span_context().is_valid:
+            return None
+        propagator = get_global_textmap()
+        written: dict[str, str] = {}
+        propagator.inject(written, context=context, setter=_SETTER)
+        if not written:
+            return None
+        return written, _fields(propagator)
+    except Exception:
+        _logger.warning("could not write the trace context into the request headers", exc_info=True)
+        return None
+
+
+def inject_environ(environ: Environ, span: Span, context: otel_context.Context) -> None:
+    """Write *context*, whose span is *span*, into *environ* as the request headers the
+    configured propagator reads (``HTTP_TRACEPARENT`` ...), replacing those of its fields the
+    request had. Never raises: on failure the environ is left as it was."""
+    found = trace_headers(span, context)
+    if found is None:
+        return
+    written, fields = found
+    for key in fields.values():
+        environ.pop(key, None)
+    for name, value in written.items():
+        environ[fields.get(name) or environ_key(name)] = value
 
 
 class WSGIMiddleware:
@@ -87,7 +154,10 @@ class WSGIMiddleware:
     Options: ``tracer_provider``; ``remote_context`` (``"continue"``, ``"link"`` or
     ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping`` (False);
     ``echo`` (True: ``traceresponse`` in the response CustomAttributes); ``paths`` (more
-    exact paths to trace); ``name`` (one span name for all).
+    exact paths to trace); ``name`` (one span name for all); ``inject_headers`` (else
+    ``SM_TRACING_INJECT_HEADERS``, else False: the span's context written by the configured
+    propagator into the request headers the app sees, replacing any it had, so an app that
+    traces from a ``traceparent`` header makes its spans children of ours).
     """
 
     def __init__(
@@ -100,10 +170,11 @@ class WSGIMiddleware:
         echo: bool = True,
         paths: Iterable[str] | None = None,
         name: str | None = None,
+        inject_headers: bool | None = None,
     ) -> None:
         self.app = app
-        self._tracer, self._policy, self._routes = middleware_setup(
-            tracer_provider, remote_context, trace_ping, paths
+        self._tracer, self._policy, self._routes, self._inject_headers = middleware_setup(
+            tracer_provider, remote_context, trace_ping, paths, inject_headers
         )
         self._echo = echo
         self._name = name
@@ -151,6 +222,8 @@ class WSGIMiddleware:
                 raw,
                 pairs,
             )
+            if self._inject_headers:
+                inject_environ(environ, span, context)
             token = otel_context.attach(context)
         except Exception:
             _logger.warning("could not start the container span", exc_info=True)

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 
+import sm_tracing
 from sm_tracing import ASGIMiddleware
-from tests._container_support import HEADER, caller, echoed
+from tests._container_support import HEADER, caller, echoed, server_spans
 
 
 def _fastapi_app(response_attributes: str | None = None, status: int = 200) -> FastAPI:
@@ -297,3 +308,255 @@ def test_lifespan_shutdown_flushes_the_provider_first(exporter: InMemorySpanExpo
     finally:
         provider.shutdown()
     assert exported_at == {"lifespan.startup.complete": 0, "lifespan.shutdown.complete": 1}
+
+
+# --- inject_headers: the app sees our span's context in its request headers ---------------------
+
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+# A traceparent of some other trace, as a local proxy or a direct caller might send.
+STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _trace_app() -> FastAPI:
+    """A FastAPI app answering the trace headers it was given and the span current in it."""
+    app = FastAPI()
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> dict[str, Any]:
+        current = trace.get_current_span().get_span_context()
+        return {
+            **{name: request.headers.get(name) for name in TRACE_HEADERS},
+            "custom_attributes": request.headers.get(HEADER),
+            "current": f"{current.span_id:016x}",
+        }
+
+    return app
+
+
+def _traceparent(span: Any) -> str:
+    context = span.context
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+class _ScopeApp:
+    """A raw ASGI app that keeps the scope it gets and answers 200."""
+
+    def __init__(self) -> None:
+        self.scopes: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def headers(self, name: bytes) -> list[bytes]:
+        """The values of the header *name* (any case) in the last scope."""
+        return [value for key, value in self.scopes[-1]["headers"] if key.lower() == name]
+
+
+def _call(middleware: ASGIMiddleware, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """Drive one POST /invocations with *headers*; the scope the server handed over."""
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": headers}
+    asyncio.run(middleware(scope, _receive_nothing, _drop))
+    return scope
+
+
+@pytest.fixture
+def no_inject_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No SM_TRACING_INJECT_HEADERS from the shell; set it through the returned monkeypatch."""
+    monkeypatch.delenv("SM_TRACING_INJECT_HEADERS", raising=False)
+    return monkeypatch
+
+
+def test_inject_headers_gives_the_app_our_span_as_parent(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """inject_headers=True: the FastAPI app reads a traceparent with the caller's trace id and
+    the container span's id, beside CustomAttributes without our keys."""
+    value, parent = caller(tracer, "accept_eula=true")
+    exporter.clear()
+    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
+    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
+    (span,) = exporter.get_finished_spans()
+    assert span.context.trace_id == parent.trace_id
+    assert seen["traceparent"] == _traceparent(span)
+    assert seen["current"] == f"{span.context.span_id:016x}"
+    assert seen["custom_attributes"] == "accept_eula=true"
+
+
+@pytest.mark.parametrize(
+    ("carrier", "mine"),
+    [(False, None), (True, None), (True, "accept_eula=true")],
+    ids=["no-customattributes", "only-ours", "with-mine"],
+)
+def test_one_traceparent_and_the_servers_headers_untouched(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    carrier: bool,
+    mine: str | None,
+) -> None:
+    """Incoming traceparent headers (any case) and a stale tracestate give way to exactly one
+    traceparent, ours; the app gets a copy of the scope, the server's list is not changed."""
+    value, parent = caller(tracer, mine)
+    exporter.clear()
+    app = _ScopeApp()
+    middleware = ASGIMiddleware(app, tracer_provider=tracer_provider, inject_headers=True)
+    headers = [
+        (b"traceparent", STALE.encode()),
+        (b"Traceparent", STALE.encode()),
+        (b"tracestate", b"other=1"),
+        (b"content-type", b"application/json"),
+    ]
+    if carrier:
+        headers.append((HEADER.lower().encode(), value.encode()))
+    sent = list(headers)
+    scope = _call(middleware, headers)
+    (span,) = exporter.get_finished_spans()
+    assert (span.context.trace_id == parent.trace_id) is carrier
+    assert app.headers(b"traceparent") == [_traceparent(span).encode()]
+    assert app.headers(b"tracestate") == []
+    assert app.headers(b"content-type") == [b"application/json"]
+    assert app.headers(HEADER.lower().encode()) == ([] if mine is None else [mine.encode()])
+    assert app.scopes[0] is not scope
+    assert scope["headers"] is headers and headers == sent
+
+
+def test_nothing_is_written_for_an_invalid_span_context() -> None:
+    """A tracer that makes no valid span (no SDK) writes nothing, not even the baggage the
+    caller sent: the app gets the server's scope as it came."""
+    value = sm_tracing.inject_context(None, baggage.set_baggage("user", "alice"))
+    assert value is not None and "baggage=" in value
+    app = _ScopeApp()
+    middleware = ASGIMiddleware(
+        app, tracer_provider=trace.NoOpTracerProvider(), inject_headers=True
+    )
+    headers = [(HEADER.lower().encode(), value.encode()), (b"traceparent", STALE.encode())]
+    _call(middleware, headers)
+    assert app.headers(b"traceparent") == [STALE.encode()]
+    assert app.headers(b"baggage") == []
+
+
+def test_injection_is_off_by_default(
+    tracer: Tracer, tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
+) -> None:
+    """Without the option or the variable, the app gets the server's scope and headers."""
+    app = _ScopeApp()
+    middleware = ASGIMiddleware(app, tracer_provider=tracer_provider)
+    headers = [(b"traceparent", STALE.encode())]
+    scope = _call(middleware, headers)
+    assert app.scopes[0] is scope and scope["headers"] == [(b"traceparent", STALE.encode())]
+
+
+@pytest.mark.parametrize(("env", "on"), [("TRUE", True), ("off", False), ("sometimes", False)])
+def test_inject_headers_from_the_environment(
+    tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch, env: str, on: bool
+) -> None:
+    """SM_TRACING_INJECT_HEADERS turns injection on for a middleware built with the app only,
+    as a server's --middleware flag builds it; an unknown value means off."""
+    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", env)
+    app = _ScopeApp()
+    _call(ASGIMiddleware(app, tracer_provider=tracer_provider), [])
+    assert len(app.headers(b"traceparent")) == (1 if on else 0)
+
+
+def test_the_argument_wins_over_the_environment(
+    tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
+) -> None:
+    """inject_headers=False keeps the headers as they came even with the variable on."""
+    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", "true")
+    app = _ScopeApp()
+    _call(ASGIMiddleware(app, tracer_provider=tracer_provider, inject_headers=False), [])
+    assert app.headers(b"traceparent") == []
+
+
+@pytest.mark.parametrize("policy", ["link", "ignore"])
+def test_under_link_and_ignore_the_app_is_still_our_child(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    policy: Any,
+) -> None:
+    """Whatever the remote-context policy, the traceparent the app reads names our span, in
+    our span's trace, not the caller's."""
+    value, parent = caller(tracer)
+    exporter.clear()
+    app = ASGIMiddleware(
+        _trace_app(), tracer_provider=tracer_provider, inject_headers=True, remote_context=policy
+    )
+    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
+    (span,) = exporter.get_finished_spans()
+    assert span.context.trace_id != parent.trace_id
+    assert seen["traceparent"] == _traceparent(span)
+
+
+def test_a_raising_propagator_leaves_the_headers_as_they_were(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    raising_propagator: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A propagator that raises costs the app nothing: the request is served, its headers are
+    the ones sent, and one warning says what went wrong."""
+    value, _ = caller(tracer, "accept_eula=true")
+    raising_propagator()
+    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        response = _request(app, "POST", "/invocations", {HEADER: value, "traceparent": STALE})
+    assert response.status_code == 200
+    seen = response.json()
+    assert (seen["traceparent"], seen["custom_attributes"]) == (STALE, "accept_eula=true")
+    assert len([r for r in caplog.records if "request headers" in r.getMessage()]) == 1
+
+
+def test_tracestate_and_baggage_are_forwarded(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The composite propagator's tracestate and baggage, sent in CustomAttributes, reach the
+    app next to our traceparent."""
+    parent = SpanContext(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+        is_remote=False,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "value")]),
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    value = sm_tracing.inject_context(None, baggage.set_baggage("user", "alice", context))
+    assert value is not None
+    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
+    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is not None and span.parent.span_id == parent.span_id
+    assert seen["traceparent"] == _traceparent(span)
+    assert (seen["tracestate"], seen["baggage"]) == ("vendor=value", "user=alice")
+
+
+def test_fastapis_own_request_span_is_our_child(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """FastAPI's built-in request span, which takes its parent only from the request headers,
+    is a child of our container span in the caller's trace."""
+    if "telemetry" not in inspect.signature(FastAPI).parameters:
+        pytest.skip("this FastAPI has no built-in tracing")
+    value, parent = caller(tracer)
+    exporter.clear()
+    api = FastAPI(telemetry={"tracer_provider": tracer_provider, "operation_spans": False})
+
+    @api.post("/invocations")
+    async def invocations() -> dict[str, str]:
+        return {}
+
+    _request(
+        ASGIMiddleware(api, tracer_provider=tracer_provider, inject_headers=True),
+        "POST",
+        "/invocations",
+        {HEADER: value},
+    )
+    spans = exporter.get_finished_spans()
+    (ours,) = server_spans(spans)
+    (theirs,) = [span for span in spans if span is not ours]
+    assert theirs.kind is SpanKind.SERVER
+    assert ours.parent is not None and ours.parent.span_id == parent.span_id
+    assert theirs.context.trace_id == parent.trace_id
+    assert theirs.parent is not None and theirs.parent.span_id == ours.context.span_id

@@ -1,17 +1,24 @@
 """End to end: Flask behind WSGIMiddleware under a real gunicorn, FastAPI behind ASGIMiddleware
-under a real uvicorn, each in its own process on a loopback port, called over HTTP."""
+under a real uvicorn, each in its own process on a loopback port, called over HTTP; then the
+same servers with SM_TRACING_INJECT_HEADERS on, in front of apps that trace from the request's
+own headers."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.trace import Tracer
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Tracer
 
 from tests._container_support import (
     HEADER,
@@ -19,6 +26,7 @@ from tests._container_support import (
     caller,
     echoed,
     free_port,
+    provider_from_env,
     read_spans,
     wait_until_serving,
 )
@@ -48,6 +56,11 @@ SERVERS = {
         "tests._container_support:fastapi_app",
     ],
 }
+# The same servers in front of apps that trace from the request headers (below).
+INJECTING_SERVERS = {
+    "gunicorn": [*SERVERS["gunicorn"][:-1], "tests.test_servers:injecting_flask_app()"],
+    "uvicorn": [*SERVERS["uvicorn"][:-1], "tests.test_servers:injecting_fastapi_app"],
+}
 
 
 class Served:
@@ -58,16 +71,17 @@ class Served:
         self.spans = spans
 
 
-@pytest.fixture(scope="module", params=sorted(SERVERS))
-def served(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def serve(
+    args: list[str], spans: Path, environment: dict[str, str] | None = None
 ) -> Iterator[Served]:
-    """The server of this parameter, started once for the module."""
-    spans = tmp_path_factory.mktemp(request.param) / "spans.jsonl"
+    """A server process started with *args*, writing its spans to *spans*, stopped after."""
     port = free_port()
-    command = [sys.executable, *(arg.format(port=port) for arg in SERVERS[request.param])]
+    command = [sys.executable, *(arg.format(port=port) for arg in args)]
     env = {**os.environ, SPANS_ENV: str(spans), "PYTHONPATH": str(ROOT)}
     env.pop("SM_TRACING_REMOTE_CONTEXT", None)
+    env.pop("SM_TRACING_INJECT_HEADERS", None)
+    env.update(environment or {})
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         wait_until_serving(port)
@@ -79,6 +93,16 @@ def served(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The server of this parameter, started once for the module."""
+    spans = tmp_path_factory.mktemp(request.param) / "spans.jsonl"
+    with serve(SERVERS[request.param], spans) as server:
+        yield server
 
 
 def test_an_invocation_continues_the_callers_trace(served: Served, tracer: Tracer) -> None:
@@ -117,3 +141,103 @@ def test_ping_makes_no_span(served: Served) -> None:
     spans = read_spans(served.spans, before + 1)
     assert [span["name"] for span in spans[before:]] == ["POST /invocations"]
     assert spans[-1]["parent_span_id"] is None
+
+
+# --- inject_headers: apps that trace from the request's own headers ------------------------------
+
+
+def injecting_flask_app() -> Any:
+    """A Flask app whose view starts its own SERVER span from the request's headers, behind a
+    WSGIMiddleware built with the app only (SM_TRACING_INJECT_HEADERS decides)."""
+    import flask
+
+    import sm_tracing
+
+    provider = provider_from_env()
+    tracer = provider.get_tracer("app")
+    app = flask.Flask("injecting_test")
+
+    @app.post("/invocations")
+    def invocations() -> Any:
+        parent = propagate.extract(flask.request.headers)
+        with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
+            return {"traceparent": flask.request.headers.get("traceparent")}
+
+    @app.get("/ping")
+    def ping() -> str:
+        return ""
+
+    app.wsgi_app = sm_tracing.WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, tracer_provider=provider
+    )
+    return app
+
+
+def injecting_fastapi_app() -> Any:
+    """A FastAPI app traced by FastAPI itself (its built-in request span, which reads only the
+    request headers), or where this FastAPI has none, by its route from the request headers,
+    behind an ASGIMiddleware built with the app only but for the provider."""
+    from fastapi import FastAPI, Request
+
+    import sm_tracing
+
+    provider = provider_from_env()
+    builtin = "telemetry" in inspect.signature(FastAPI).parameters
+    api = FastAPI(telemetry={"tracer_provider": provider}) if builtin else FastAPI()
+    tracer = provider.get_tracer("app")
+
+    async def invocations(request: Request) -> dict[str, str | None]:
+        if not builtin:
+            parent = propagate.extract(request.headers)
+            with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
+                pass
+        return {"traceparent": request.headers.get("traceparent")}
+
+    # The annotations are strings here (postponed evaluation) and Request is local.
+    invocations.__annotations__["request"] = Request
+    api.post("/invocations")(invocations)
+
+    @api.get("/ping")
+    async def ping() -> str:
+        return ""
+
+    return sm_tracing.ASGIMiddleware(api, tracer_provider=provider)
+
+
+@pytest.fixture(scope="module", params=sorted(INJECTING_SERVERS))
+def injecting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The server of this parameter with SM_TRACING_INJECT_HEADERS=true, started once."""
+    spans = tmp_path_factory.mktemp(f"injecting-{request.param}") / "spans.jsonl"
+    environment = {"SM_TRACING_INJECT_HEADERS": "true"}
+    with serve(INJECTING_SERVERS[request.param], spans, environment) as server:
+        yield server
+
+
+def _children(path: Path, parent_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The spans in *path* whose parent is *parent_id*, once there is one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [s for s in read_spans(path, 0, timeout=0) if s["parent_span_id"] == parent_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def test_the_apps_own_span_joins_the_trace_under_ours(injecting: Served, tracer: Tracer) -> None:
+    """Over real HTTP, with SM_TRACING_INJECT_HEADERS=true: the app's own SERVER span, made
+    from the request's headers, is a child of the container span, which is a child of the
+    caller's span, all in the caller's trace."""
+    value, parent = caller(tracer, "accept_eula=true")
+    response = httpx.post(
+        injecting.url + "/invocations", headers={HEADER: value}, content=b"{}", timeout=10
+    )
+    assert response.status_code == 200
+    (ours,) = _children(injecting.spans, f"{parent.span_id:016x}")
+    assert ours["name"] == "POST /invocations" and ours["kind"] == "SERVER"
+    (theirs,) = _children(injecting.spans, ours["span_id"])
+    assert theirs["kind"] == "SERVER"
+    assert theirs["trace_id"] == ours["trace_id"] == f"{parent.trace_id:032x}"
+    trace_id, span_id = f"{parent.trace_id:032x}", ours["span_id"]
+    assert response.json()["traceparent"].startswith(f"00-{trace_id}-{span_id}-")

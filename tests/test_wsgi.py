@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 from werkzeug.test import Client
 
+import sm_tracing
 from sm_tracing import WSGIMiddleware
-from tests._container_support import HEADER, caller, echoed
+from tests._container_support import HEADER, caller, echoed, server_spans
 
 
 def _flask_app(response_attributes: str | None = None, status: int = 200) -> flask.Flask:
@@ -346,3 +356,274 @@ def test_the_remote_context_policy_applies(
     linked = [link.context.span_id for link in span.links]
     assert linked == ([parent.span_id] if policy == "link" else [])
     assert response.json is not None and response.json["seen"] == "accept_eula=true"
+
+
+# --- inject_headers: the app sees our span's context in its request headers ---------------------
+
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+# A traceparent of some other trace, as a local proxy or a direct caller might send.
+STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _trace_app() -> flask.Flask:
+    """A Flask app answering the trace headers it was given, the span current in the view, and
+    how many headers named traceparent the WSGI environ holds."""
+    app = flask.Flask("inject_test")
+
+    @app.post("/invocations")
+    def invocations() -> Any:
+        headers = flask.request.headers
+        current = trace.get_current_span().get_span_context()
+        return {
+            **{name: headers.get(name) for name in TRACE_HEADERS},
+            "custom_attributes": headers.get(HEADER),
+            "current": f"{current.span_id:016x}",
+        }
+
+    return app
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def _post(client: Client, headers: dict[str, str]) -> dict[str, Any]:
+    response = client.post("/invocations", buffered=True, headers=headers, json={})
+    assert response.status_code == 200
+    assert response.json is not None
+    return response.json
+
+
+@pytest.fixture
+def no_inject_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No SM_TRACING_INJECT_HEADERS from the shell; set it through the returned monkeypatch."""
+    monkeypatch.delenv("SM_TRACING_INJECT_HEADERS", raising=False)
+    return monkeypatch
+
+
+def test_inject_headers_gives_the_app_our_span_as_parent(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """inject_headers=True: the app reads a traceparent with the caller's trace id and the
+    container span's id and flags, beside CustomAttributes without our keys."""
+    value, parent = caller(tracer, "accept_eula=true")
+    exporter.clear()
+    client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=True)
+    seen = _post(client, {HEADER: value})
+    (span,) = exporter.get_finished_spans()
+    assert span.context.trace_id == parent.trace_id
+    assert seen["traceparent"] == _traceparent(
+        parent.trace_id, span.context.span_id, span.context.trace_flags
+    )
+    assert seen["current"] == f"{span.context.span_id:016x}"
+    assert seen["custom_attributes"] == "accept_eula=true"
+
+
+def test_an_incoming_traceparent_and_tracestate_are_replaced(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A traceparent the request already had (any case) gives way to ours, and a tracestate of
+    that other trace is not left beside it."""
+    value, parent = caller(tracer)
+    exporter.clear()
+    client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=True)
+    seen = _post(client, {HEADER: value, "TraceParent": STALE, "tracestate": "other=1"})
+    (span,) = exporter.get_finished_spans()
+    assert seen["traceparent"] == _traceparent(
+        parent.trace_id, span.context.span_id, span.context.trace_flags
+    )
+    assert seen["tracestate"] is None
+
+
+def test_injection_is_off_by_default(
+    tracer: Tracer, tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
+) -> None:
+    """Without the option or the variable, the app's trace headers are the ones sent."""
+    value, _ = caller(tracer)
+    client = _client(_trace_app().wsgi_app, tracer_provider)
+    seen = _post(client, {HEADER: value, "traceparent": STALE})
+    assert seen["traceparent"] == STALE
+    assert _post(client, {HEADER: value})["traceparent"] is None
+
+
+# What a caller under the trace below sends.
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN_ID = 0x00F067AA0BA902B7
+SENT = f"traceparent=00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"
+
+
+def _injected(client: Client) -> list[str | None]:
+    """The traceparent the app reads in two requests of the caller above, each checked to be
+    in the caller's trace when there is one."""
+    seen = [_post(client, {HEADER: SENT})["traceparent"] for _ in range(2)]
+    for traceparent in seen:
+        assert traceparent is None or traceparent.startswith(f"00-{TRACE_ID:032x}-")
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("true", "on"),
+        (" YES ", "on"),
+        ("1", "on"),
+        ("On", "on"),
+        ("false", "off"),
+        ("0", "off"),
+        ("no", "off"),
+        ("OFF", "off"),
+        ("", "off"),
+        ("maybe", "warned"),
+    ],
+)
+def test_inject_headers_from_the_environment(
+    tracer_provider: TracerProvider,
+    no_inject_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    env: str,
+    expected: str,
+) -> None:
+    """SM_TRACING_INJECT_HEADERS, read once when the middleware is built, turns injection on
+    or off in any case; an unknown value is warned about once and means off."""
+    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", env)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        client = _client(_trace_app().wsgi_app, tracer_provider)
+        seen = _injected(client)
+    assert [value is not None for value in seen] == [expected == "on"] * 2
+    warnings = [r for r in caplog.records if "SM_TRACING_INJECT_HEADERS" in r.getMessage()]
+    assert len(warnings) == (1 if expected == "warned" else 0)
+
+
+@pytest.mark.parametrize(("env", "argument"), [("true", False), ("false", True), ("maybe", True)])
+def test_the_argument_wins_over_the_environment(
+    tracer_provider: TracerProvider,
+    no_inject_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    env: str,
+    argument: bool,
+) -> None:
+    """inject_headers= decides whatever SM_TRACING_INJECT_HEADERS says, without reading it."""
+    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", env)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=argument)
+        seen = _injected(client)
+    assert [value is not None for value in seen] == [argument] * 2
+    assert not [r for r in caplog.records if "SM_TRACING_INJECT_HEADERS" in r.getMessage()]
+
+
+@pytest.mark.parametrize("policy", ["link", "ignore"])
+def test_under_link_and_ignore_the_app_is_still_our_child(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    policy: Any,
+) -> None:
+    """Whatever the remote-context policy, the traceparent the app reads names our span, in
+    our span's trace, not the caller's."""
+    value, parent = caller(tracer)
+    exporter.clear()
+    client = _client(
+        _trace_app().wsgi_app, tracer_provider, inject_headers=True, remote_context=policy
+    )
+    seen = _post(client, {HEADER: value})
+    (span,) = exporter.get_finished_spans()
+    assert span.context.trace_id != parent.trace_id
+    assert seen["traceparent"] == _traceparent(
+        span.context.trace_id, span.context.span_id, span.context.trace_flags
+    )
+
+
+def test_a_sampled_out_span_is_injected_with_flags_00(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A caller that sampled out (flags 00) gets a non-recording container span; the app still
+    reads its context, flags 00, so it makes the same decision."""
+    value = f"traceparent={_traceparent(TRACE_ID, CALLER_SPAN_ID, 0)}"
+    client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=True)
+    seen = _post(client, {HEADER: value})
+    assert exporter.get_finished_spans() == ()
+    assert seen["current"] != f"{CALLER_SPAN_ID:016x}"
+    assert seen["traceparent"] == f"00-{TRACE_ID:032x}-{seen['current']}-00"
+
+
+def test_nothing_is_written_for_an_invalid_span_context() -> None:
+    """A tracer that makes no valid span (no SDK) writes nothing, not even the baggage the
+    caller sent: the app's headers stay as they came."""
+    context = baggage.set_baggage("user", "alice")
+    value = sm_tracing.inject_context(None, context)
+    assert value is not None and "baggage=" in value
+    client = _client(_trace_app().wsgi_app, trace.NoOpTracerProvider(), inject_headers=True)
+    seen = _post(client, {HEADER: value, "traceparent": STALE})
+    assert seen["traceparent"] == STALE
+    assert seen["baggage"] is None
+
+
+def test_a_raising_propagator_leaves_the_headers_as_they_were(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    raising_propagator: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A propagator that raises costs the app nothing: the request is served, its trace
+    headers are the ones sent, and one warning says what went wrong."""
+    value, _ = caller(tracer)
+    raising_propagator()
+    client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=True)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        seen = _post(client, {HEADER: value, "traceparent": STALE, "tracestate": "other=1"})
+    assert (seen["traceparent"], seen["tracestate"]) == (STALE, "other=1")
+    warnings = [r for r in caplog.records if "request headers" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_tracestate_and_baggage_are_forwarded(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The composite propagator's tracestate and baggage, sent in CustomAttributes, reach the
+    app next to our traceparent."""
+    value, parent = _caller_with_state_and_baggage()
+    client = _client(_trace_app().wsgi_app, tracer_provider, inject_headers=True)
+    seen = _post(client, {HEADER: value})
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is not None and span.parent.span_id == parent.span_id
+    assert seen["traceparent"] == _traceparent(
+        parent.trace_id, span.context.span_id, span.context.trace_flags
+    )
+    assert seen["tracestate"] == "vendor=value"
+    assert seen["baggage"] == "user=alice"
+
+
+def _caller_with_state_and_baggage() -> tuple[str, SpanContext]:
+    """CustomAttributes from a caller whose span carries a tracestate, with baggage."""
+    parent = SpanContext(
+        TRACE_ID,
+        CALLER_SPAN_ID,
+        is_remote=False,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "value")]),
+    )
+    context = baggage.set_baggage(
+        "user", "alice", trace.set_span_in_context(NonRecordingSpan(parent))
+    )
+    value = sm_tracing.inject_context(None, context)
+    assert value is not None and "tracestate=" in value and "baggage=" in value
+    return value, parent
+
+
+def test_the_upstream_wsgi_middleware_inside_ours_is_our_child(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """opentelemetry-instrumentation-wsgi inside ours, which reads only a traceparent header,
+    makes its server span a child of our container span in the caller's trace."""
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    value, parent = caller(tracer)
+    exporter.clear()
+    inner = OpenTelemetryMiddleware(_trace_app().wsgi_app, tracer_provider=tracer_provider)
+    _post(_client(inner, tracer_provider, inject_headers=True), {HEADER: value})
+    spans = exporter.get_finished_spans()
+    (ours,) = server_spans(spans)
+    (theirs,) = [span for span in spans if span is not ours]
+    assert ours.parent is not None and ours.parent.span_id == parent.span_id
+    assert theirs.context.trace_id == parent.trace_id
+    assert theirs.parent is not None and theirs.parent.span_id == ours.context.span_id

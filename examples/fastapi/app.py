@@ -28,8 +28,11 @@ tracer = trace.get_tracer(__name__)
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
 # FastAPI's own request span reads the trace context only from a traceparent HTTP header,
-# which SageMaker strips, so it would start a trace of its own: the middleware's container
-# span stands in for it. (Older FastAPI releases ignore this argument.)
+# which SageMaker strips, so left alone it would start a separate trace: here the
+# middleware's container span stands in for it. To keep FastAPI's span as well, as a child of
+# the container span, drop this argument and build the middleware below with
+# inject_headers=True (or set SM_TRACING_INJECT_HEADERS=true): it writes the container span's
+# traceparent into the request headers FastAPI reads. (Older FastAPI releases ignore it.)
 api = FastAPI(telemetry={"tracing": False})
 
 
