@@ -23,10 +23,9 @@ from sm_tracing import _propagation
 from sm_tracing._carriers import HEADER_LOWER, STATUS_CODE, echo_pair
 from sm_tracing._container import (
     Invocation,
-    RemoteContext,
     read_carrier,
 )
-from sm_tracing._wsgi import middleware_setup, model_name, trace_headers
+from sm_tracing._wsgi import Middleware, model_name, trace_headers
 
 _logger = logging.getLogger(__name__)
 
@@ -49,37 +48,11 @@ _MODEL_ROUTE = "/models/{name}/invoke"
 _ERROR = Status(StatusCode.ERROR)
 
 
-class ASGIMiddleware:
+class ASGIMiddleware(Middleware[ASGIApp]):
     """Trace the SageMaker invocations an ASGI app serves, continuing the caller's trace.
 
-    Options: ``tracer_provider``; ``remote_context`` (``"continue"``, ``"link"`` or
-    ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping`` (False);
-    ``echo`` (True: ``traceresponse`` in the response CustomAttributes); ``paths`` (more
-    exact paths to trace); ``name`` (one span name for all); ``inject_headers`` (else
-    ``SM_TRACING_INJECT_HEADERS``, else False: the span's context written by the configured
-    propagator into the request headers the app sees, replacing any it had, so an app that
-    traces from a ``traceparent`` header makes its spans children of ours).
+    ``ASGIMiddleware(app, **options)``, the options described on ``__init__``.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        remote_context: RemoteContext | None = None,
-        trace_ping: bool = False,
-        echo: bool = True,
-        paths: Iterable[str] | None = None,
-        name: str | None = None,
-        inject_headers: bool | None = None,
-    ) -> None:
-        self.app = app
-        self._tracer_provider = tracer_provider
-        self._tracer, self._policy, self._routes, self._inject_headers = middleware_setup(
-            tracer_provider, remote_context, trace_ping, paths, inject_headers
-        )
-        self._echo = echo
-        self._name = name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

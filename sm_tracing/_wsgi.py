@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
-from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
 from sm_tracing import _propagation
 from sm_tracing._carriers import HEADER, HEADER_LOWER, STATUS_CODE, echo_pair
@@ -44,6 +44,7 @@ Headers: TypeAlias = list[tuple[str, str]]
 StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
 Environ: TypeAlias = dict[str, Any]
 WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
+App = TypeVar("App")
 
 _KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
 _INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
@@ -71,22 +72,37 @@ def model_name(path: str) -> str | None:
     return None
 
 
-def middleware_setup(
-    tracer_provider: TracerProvider | None,
-    remote_context: RemoteContext | None,
-    trace_ping: bool,
-    paths: Iterable[str] | None,
-    inject_headers: bool | None = None,
-) -> tuple[Tracer, RemoteContext, dict[str, str], bool]:
-    """The tracer, the remote-context policy, the traced routes and whether to inject the
-    span's context into the request headers, of a WSGI or ASGI middleware, decided once, at
-    construction."""
-    return (
-        get_tracer(tracer_provider),
-        remote_context_policy(remote_context),
-        traced_routes(trace_ping, paths),
-        inject_headers_option(inject_headers),
-    )
+class Middleware(Generic[App]):
+    """What the WSGI and ASGI middlewares share: their options, decided once, at construction."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        remote_context: RemoteContext | None = None,
+        trace_ping: bool = False,
+        echo: bool = True,
+        paths: Iterable[str] | None = None,
+        name: str | None = None,
+        inject_headers: bool | None = None,
+    ) -> None:
+        """Wrap *app*. Options: ``tracer_provider``; ``remote_context`` (``"continue"``,
+        ``"link"`` or ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping``
+        (False); ``echo`` (True: ``traceresponse`` in the response CustomAttributes);
+        ``paths`` (more exact paths to trace); ``name`` (one span name for all);
+        ``inject_headers`` (else ``SM_TRACING_INJECT_HEADERS``, else False: the span's context
+        written by the configured propagator into the request headers the app sees, replacing
+        any it had, so an app that traces from a ``traceparent`` header makes its spans
+        children of ours)."""
+        self.app = app
+        self._tracer_provider = tracer_provider
+        self._tracer = get_tracer(tracer_provider)
+        self._policy = remote_context_policy(remote_context)
+        self._routes = traced_routes(trace_ping, paths)
+        self._inject_headers = inject_headers_option(inject_headers)
+        self._echo = echo
+        self._name = name
 
 
 class _LowerCaseSetter(Setter[dict[str, str]]):
@@ -148,36 +164,11 @@ def inject_environ(environ: Environ, span: Span, context: otel_context.Context) 
         environ[fields.get(name) or environ_key(name)] = value
 
 
-class WSGIMiddleware:
-    """Trace the SageMaker invocations an app serves, continuing the caller's trace.
+class WSGIMiddleware(Middleware[WSGIApp]):
+    """Trace the SageMaker invocations a WSGI app serves, continuing the caller's trace.
 
-    Options: ``tracer_provider``; ``remote_context`` (``"continue"``, ``"link"`` or
-    ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping`` (False);
-    ``echo`` (True: ``traceresponse`` in the response CustomAttributes); ``paths`` (more
-    exact paths to trace); ``name`` (one span name for all); ``inject_headers`` (else
-    ``SM_TRACING_INJECT_HEADERS``, else False: the span's context written by the configured
-    propagator into the request headers the app sees, replacing any it had, so an app that
-    traces from a ``traceparent`` header makes its spans children of ours).
+    ``WSGIMiddleware(app, **options)``, the options described on ``__init__``.
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        remote_context: RemoteContext | None = None,
-        trace_ping: bool = False,
-        echo: bool = True,
-        paths: Iterable[str] | None = None,
-        name: str | None = None,
-        inject_headers: bool | None = None,
-    ) -> None:
-        self.app = app
-        self._tracer, self._policy, self._routes, self._inject_headers = middleware_setup(
-            tracer_provider, remote_context, trace_ping, paths, inject_headers
-        )
-        self._echo = echo
-        self._name = name
 
     # One function on purpose: each call on this per-request path costs instructions.
     def __call__(  # noqa: PLR0915
