@@ -25,6 +25,14 @@ TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
 APP_ATTRIBUTES = "accept_eula=true"
 REQUEST_BODY = b'{"inputs":"hello"}'
 RESPONSE_BODY = b'{"generated_text":"hi"}'
+# The parameters of every client call measured.
+REQUEST: dict[str, Any] = {
+    "EndpointName": "bench-endpoint",
+    "Body": REQUEST_BODY,
+    "ContentType": "application/json",
+    "Accept": "application/json",
+    "CustomAttributes": APP_ATTRIBUTES,
+}
 
 PROCESSOR = "SimpleSpanProcessor -> counting no-op exporter"
 
@@ -125,13 +133,7 @@ def _invoke(client: Any) -> Callable[[], object]:
     invoke_endpoint = client.invoke_endpoint
 
     def call() -> object:
-        response = invoke_endpoint(
-            EndpointName="bench-endpoint",
-            Body=REQUEST_BODY,
-            ContentType="application/json",
-            Accept="application/json",
-            CustomAttributes=APP_ATTRIBUTES,
-        )
+        response = invoke_endpoint(**REQUEST)
         return response["Body"].read()
 
     return call
@@ -211,13 +213,7 @@ def client_floor_attributes() -> Scenario:
         ) as span:
             carrier: dict[str, str] = {}
             inject(carrier)
-            response = invoke_endpoint(
-                EndpointName="bench-endpoint",
-                Body=REQUEST_BODY,
-                ContentType="application/json",
-                Accept="application/json",
-                CustomAttributes=APP_ATTRIBUTES,
-            )
+            response = invoke_endpoint(**REQUEST)
             metadata = response["ResponseMetadata"]
             span.set_attributes(
                 {
