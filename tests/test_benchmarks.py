@@ -252,25 +252,26 @@ def test_table_shows_where_the_cost_comes_from() -> None:
 @pytest.mark.parametrize("missing", sorted(_scenarios.SPAN_ATTRIBUTES))
 def test_attribute_check_catches_a_different_span(missing: str) -> None:
     """The client scenarios compared by attributes fail their check when the span lacks one."""
-    from opentelemetry.sdk.trace import ReadableSpan
-
-    attributes = {key: "x" for key in _scenarios.SPAN_ATTRIBUTES if key != missing}
-    attributes.update({k: v for k, v in _scenarios.START_ATTRIBUTES.items() if k != missing})
-    exporter = _scenarios.CountingExporter()
-    exporter.export([ReadableSpan(name="span", attributes=attributes)])
+    exporter = _exporter_of_span_without(missing)
     with pytest.raises(_scenarios.ScenarioError, match="not the ones compared"):
         _scenarios._expect_attributes(exporter)
 
 
 def test_attribute_check_passes_the_span_compared() -> None:
     """The same check passes a span with exactly those attributes and values."""
+    _scenarios._expect_attributes(_exporter_of_span_without(None))
+
+
+def _exporter_of_span_without(missing: str | None) -> _scenarios.CountingExporter:
+    """A counting exporter that exported one span with the compared attributes, less *missing*."""
     from opentelemetry.sdk.trace import ReadableSpan
 
     attributes = {key: "x" for key in _scenarios.SPAN_ATTRIBUTES}
     attributes.update(_scenarios.START_ATTRIBUTES)
+    attributes.pop(missing or "", None)
     exporter = _scenarios.CountingExporter()
     exporter.export([ReadableSpan(name="span", attributes=attributes)])
-    _scenarios._expect_attributes(exporter)
+    return exporter
 
 
 @pytest.mark.parametrize(
