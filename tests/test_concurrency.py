@@ -120,8 +120,12 @@ def check_uncrossed(world: World, service: str, ids: list[str]) -> None:
             by_parent.setdefault(f"{span.parent.span_id:016x}", []).append(span)
 
     def arrived(spans: list[ReceivedSpan]) -> bool:
-        done = [s for s in spans if s.service == service and s.name == PREDICT_SPAN]
-        return len(done) >= len(ids)
+        # The container span ends after the response has left, so it may be exported in a
+        # later batch than the predict span under it: wait for both.
+        mine = [s for s in spans if s.service == service]
+        predicted = sum(s.name == PREDICT_SPAN for s in mine)
+        served = sum(s.name == CONTAINER_SPAN for s in mine)
+        return predicted >= len(ids) and served >= len(ids)
 
     received = world.receiver.wait_for(arrived, timeout=30)
     mine = [s for s in received if s.service == service]
