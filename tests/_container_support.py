@@ -1,25 +1,32 @@
-"""What the container-side tests share: a caller's context, spans written to a file by a
-server process, apps served by real gunicorn and uvicorn, and DJL-shaped Input/Output."""
+"""What the container-side tests share: a caller's context, the WSGI and ASGI middlewares in front
+of Flask and FastAPI driven in-process, spans written to a file by a server process, apps served
+by real gunicorn and uvicorn, and DJL-shaped Input/Output."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanContext, Tracer
+from opentelemetry.trace import SpanContext, TraceFlags, Tracer
 
 import sm_tracing
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SPANS_ENV = "SM_TRACING_TEST_SPANS"
+_TRACERESPONSE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def caller(tracer: Tracer, value: str | None = None) -> tuple[str, SpanContext]:
@@ -31,14 +38,14 @@ def caller(tracer: Tracer, value: str | None = None) -> tuple[str, SpanContext]:
 
 
 def echoed(value: str | None) -> SpanContext:
-    """The span context a response's CustomAttributes echo as ``traceresponse``."""
-    from sm_tracing._propagation import parse_traceresponse
-
+    """The span context a response's CustomAttributes echo as ``traceresponse``, read here from
+    the W3C format rather than by the library under test."""
     assert value is not None
     pairs = dict(token.split("=", 1) for token in value.replace(",", ";").split(";") if token)
-    context = parse_traceresponse(pairs["traceresponse"])
-    assert context is not None, value
-    return context
+    match = _TRACERESPONSE.fullmatch(pairs["traceresponse"].strip())
+    assert match is not None, value
+    trace_id, span_id, flags = (int(group, 16) for group in match.groups())
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
 
 
 def server_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
@@ -49,6 +56,187 @@ def server_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
         if span.instrumentation_scope is not None
         and span.instrumentation_scope.name == "sm_tracing"
     ]
+
+
+# --- the middlewares in front of Flask and FastAPI, driven in-process through httpx -----------
+
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+# The routes of the apps below: SageMaker's, the multi-model one, and one of the app's own.
+POST_ROUTES = ("/invocations", "/models/{name}/invoke", "/other")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the app answers: its status and the response CustomAttributes it sets (under a
+    lower-case name)."""
+
+    status: int = 200
+    custom_attributes: str | None = None
+
+
+def answer_body(headers: Any) -> dict[str, Any]:
+    """What the app answers: the CustomAttributes it read, the span current in it, and every
+    value of each trace header it was given."""
+    current = trace.get_current_span().get_span_context()
+    return {
+        "seen": headers.get(HEADER),
+        "current": f"{current.span_id:016x}",
+        **{name: headers.getlist(name) for name in TRACE_HEADERS},
+    }
+
+
+def flask_wsgi_app(answer: Answer) -> Any:
+    """A Flask app on :data:`POST_ROUTES` and ``GET /ping``, as its WSGI callable."""
+    import flask
+
+    app = flask.Flask("middleware_test")
+
+    def view(name: str | None = None) -> flask.Response:
+        response = flask.jsonify(answer_body(flask.request.headers))
+        response.status_code = answer.status
+        if answer.custom_attributes is not None:
+            response.headers[HEADER.lower()] = answer.custom_attributes
+        return response
+
+    for path in POST_ROUTES:
+        rule = path.replace("{", "<").replace("}", ">")
+        app.add_url_rule(rule, path, view, methods=["POST"])
+    app.add_url_rule("/ping", "/ping", view, methods=["GET"])
+    return app.wsgi_app
+
+
+def fastapi_asgi_app(answer: Answer) -> Any:
+    """A FastAPI app on :data:`POST_ROUTES` and ``GET /ping``."""
+    from fastapi import FastAPI, Request, Response
+
+    app = FastAPI()
+
+    async def view(request: Request) -> Response:
+        headers = {}
+        if answer.custom_attributes is not None:
+            headers[HEADER.lower()] = answer.custom_attributes
+        return Response(
+            json.dumps(answer_body(request.headers)),
+            status_code=answer.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    # The annotations are strings here (postponed evaluation) and Request is local.
+    view.__annotations__["request"] = Request
+    for path in POST_ROUTES:
+        app.add_api_route(path, view, methods=["POST"])
+    app.add_api_route("/ping", view, methods=["GET"])
+    return app
+
+
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def _send_wsgi(app: Any, method: str, path: str, headers: Headers | None) -> httpx.Response:
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, base_url="http://model") as client:
+        return client.request(method, path, headers=headers, content=b"{}")
+
+
+def _send_asgi(app: Any, method: str, path: str, headers: Headers | None) -> httpx.Response:
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://model") as client:
+            return await client.request(method, path, headers=headers, content=b"{}")
+
+    return asyncio.run(send())
+
+
+def _upstream_wsgi(app: Any, tracer_provider: TracerProvider) -> Any:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(app, tracer_provider=tracer_provider)
+
+
+def _upstream_asgi(app: Any, tracer_provider: TracerProvider) -> Any:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    # One server span, as the WSGI one makes, without a span per message.
+    return OpenTelemetryMiddleware(
+        app, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+    )
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One of the two interfaces: its middleware, the framework app behind it, the upstream
+    OpenTelemetry middleware of the same interface, how httpx drives an app over it, and a bare
+    app that raises a given exception."""
+
+    name: str
+    middleware_name: str
+    framework: Callable[[Answer], Any]
+    upstream: Callable[[Any, TracerProvider], Any]
+    send: Callable[[Any, str, str, Headers | None], httpx.Response]
+    raising: Callable[[Exception], Any]
+
+    def serve(
+        self,
+        tracer_provider: trace.TracerProvider,
+        answer: Answer | None = None,
+        *,
+        inner: Any = None,
+        **options: Any,
+    ) -> Served:
+        """The framework app answering *answer* (or *inner*) behind the middleware built with
+        *tracer_provider* and *options*, and a client for it."""
+        app = self.framework(answer or Answer()) if inner is None else inner
+        return Served(self, self.middleware(app, tracer_provider=tracer_provider, **options))
+
+    @property
+    def middleware(self) -> Any:
+        """``sm_tracing.WSGIMiddleware`` or ``sm_tracing.ASGIMiddleware``."""
+        return getattr(sm_tracing, self.middleware_name)
+
+
+@dataclass(frozen=True)
+class Served:
+    """An app as a server would run it, and a client calling it in-process."""
+
+    transport: Transport
+    app: Any
+
+    def request(self, method: str, path: str, headers: Headers | None = None) -> httpx.Response:
+        return self.transport.send(self.app, method, path, headers)
+
+    def post(self, headers: Headers | None = None) -> httpx.Response:
+        """``POST /invocations`` with *headers*."""
+        return self.request("POST", "/invocations", headers)
+
+    def answer(self, headers: Headers | None = None) -> dict[str, Any]:
+        """What the app answered ``POST /invocations`` with *headers*, checked to be a 200."""
+        response = self.post(headers)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def _raising_wsgi(error: Exception) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise error
+
+    return app
+
+
+def _raising_asgi(error: Exception) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise error
+
+    return app
+
+
+WSGI = Transport(
+    "wsgi", "WSGIMiddleware", flask_wsgi_app, _upstream_wsgi, _send_wsgi, _raising_wsgi
+)
+ASGI = Transport(
+    "asgi", "ASGIMiddleware", fastapi_asgi_app, _upstream_asgi, _send_asgi, _raising_asgi
+)
 
 
 # --- a server process's spans ----------------------------------------------------------------

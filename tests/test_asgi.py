@@ -1,176 +1,34 @@
-"""ASGIMiddleware in front of real FastAPI apps and raw ASGI apps, driven in-process."""
+"""What only ASGIMiddleware does: raw ASGI apps and FastAPI driven message by message, a
+streamed response, a disconnect, lifespan and other scopes, the scope the app is handed, and
+FastAPI's own request span. The cases both middlewares share are in test_middleware.py."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-    TraceState,
-)
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-import sm_tracing
 from sm_tracing import ASGIMiddleware
-from tests._container_support import HEADER, caller, echoed, server_spans
+from tests._container_support import ASGI, HEADER, caller, echoed, server_spans
+
+# A traceparent of some other trace, as a local proxy or a direct caller might send.
+STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def _fastapi_app(response_attributes: str | None = None, status: int = 200) -> FastAPI:
-    app = FastAPI()
-
-    async def handler(request: Request) -> Response:
-        span_id = trace.get_current_span().get_span_context().span_id
-        headers = {} if response_attributes is None else {HEADER.lower(): response_attributes}
-        return Response(
-            content=f'{{"seen": "{request.headers.get(HEADER)}", "current": "{span_id:016x}"}}',
-            status_code=status,
-            headers=headers,
-        )
-
-    for path in ("/invocations", "/models/{name}/invoke", "/other"):
-        app.add_api_route(path, handler, methods=["POST"])
-    app.add_api_route("/ping", handler, methods=["GET"])
-    return app
-
-
-def _request(app: Any, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://model") as client:
-            return await client.request(method, path, headers=headers, content=b"{}")
-
-    return asyncio.run(go())
-
-
-def test_fastapi_invocation_continues_the_callers_trace(
-    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """The span is a SERVER child of the caller's, current in the endpoint, with HTTP and
-    SageMaker attributes; the app sees the stripped value and the response echoes the span."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
-    app = ASGIMiddleware(_fastapi_app(), tracer_provider=tracer_provider)
-    response = _request(
-        app,
-        "POST",
-        "/invocations",
-        {HEADER: value, "X-Amzn-SageMaker-Inference-Id": "inf-1"},
-    )
-    (span,) = exporter.get_finished_spans()
-    assert span.name == "POST /invocations"
-    assert span.kind is SpanKind.SERVER
-    assert span.context.trace_id == parent.trace_id
-    assert span.parent is not None and span.parent.span_id == parent.span_id
-    assert response.json() == {
-        "seen": "accept_eula=true",
-        "current": f"{span.context.span_id:016x}",
-    }
-    assert dict(span.attributes or {}) == {
-        "http.request.method": "POST",
-        "url.path": "/invocations",
-        "aws.sagemaker.inference_id": "inf-1",
-        "http.response.status_code": 200,
-    }
-    assert echoed(response.headers[HEADER]).span_id == span.context.span_id
-
-
-def test_only_our_keys_means_no_header_for_the_app(
-    tracer: Tracer, tracer_provider: TracerProvider
-) -> None:
-    """When nothing of the caller's is left, the app sees no CustomAttributes header at all."""
-    value, _ = caller(tracer)
-    app = ASGIMiddleware(_fastapi_app(), tracer_provider=tracer_provider)
-    response = _request(app, "POST", "/invocations", {HEADER: value})
-    assert response.json()["seen"] == "None"
-
-
-def test_echo_is_merged_after_the_apps_own_header(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """One response CustomAttributes header: the app's value, then our traceresponse."""
-    app = ASGIMiddleware(_fastapi_app("x-next-token=abc"), tracer_provider=tracer_provider)
-    response = _request(app, "POST", "/invocations")
-    values = response.headers.get_list(HEADER)
-    assert len(values) == 1 and values[0].startswith("x-next-token=abc;traceresponse=00-")
-    (span,) = exporter.get_finished_spans()
-    assert echoed(values[0]).span_id == span.context.span_id
-
-
-def test_ping_and_other_paths_are_not_traced_unless_asked(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """/ping and unknown paths make no span by default; trace_ping and paths= add them."""
-    _request(ASGIMiddleware(_fastapi_app(), tracer_provider=tracer_provider), "GET", "/ping")
-    assert exporter.get_finished_spans() == ()
-    app = ASGIMiddleware(
-        _fastapi_app(), tracer_provider=tracer_provider, trace_ping=True, paths=["/other"]
-    )
-    _request(app, "GET", "/ping")
-    _request(app, "POST", "/other")
-    assert [span.name for span in exporter.get_finished_spans()] == ["GET /ping", "POST /other"]
-
-
-def test_multi_model_invocations_carry_the_target_model(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """/models/{name}/invoke is traced under the route name, with the target model header."""
-    app = ASGIMiddleware(_fastapi_app(), tracer_provider=tracer_provider)
-    _request(app, "POST", "/models/m1/invoke", {"X-Amzn-SageMaker-Target-Model": "m1.tar.gz"})
-    (span,) = exporter.get_finished_spans()
-    assert span.name == "POST /models/{name}/invoke"
-    assert (span.attributes or {})["aws.sagemaker.target_model"] == "m1.tar.gz"
-
-
-def test_a_5xx_response_sets_error(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """A 503 from the app marks the span ERROR with the status recorded."""
-    app = ASGIMiddleware(_fastapi_app(status=503), tracer_provider=tracer_provider)
-    _request(app, "POST", "/invocations")
-    (span,) = exporter.get_finished_spans()
-    assert span.status.status_code is StatusCode.ERROR
-    assert (span.attributes or {})["http.response.status_code"] == 503
-
-
-class _ModelError(Exception):
-    pass
-
-
-def test_the_apps_exception_propagates_unchanged(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """The ASGI app's exception comes out as the same object, recorded on an ERROR span."""
-    error = _ModelError("boom")
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise error
-
-    middleware = ASGIMiddleware(app, tracer_provider=tracer_provider)
-    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": []}
-
-    async def go() -> None:
-        await middleware(scope, _receive_nothing, _drop)
-
-    with pytest.raises(_ModelError) as raised:
-        asyncio.run(go())
-    assert raised.value is error
-    (span,) = exporter.get_finished_spans()
-    assert span.status.status_code is StatusCode.ERROR
+@pytest.fixture
+def no_inject_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No SM_TRACING_INJECT_HEADERS from the shell."""
+    monkeypatch.delenv("SM_TRACING_INJECT_HEADERS", raising=False)
+    yield monkeypatch
 
 
 async def _receive_nothing() -> dict[str, Any]:
@@ -291,8 +149,9 @@ def test_lifespan_shutdown_flushes_the_provider_first(exporter: InMemorySpanExpo
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=600_000))
-    middleware = ASGIMiddleware(_fastapi_app(), tracer_provider=provider)
-    _request(middleware, "POST", "/invocations")
+    served = ASGI.serve(provider)
+    assert served.post().status_code == 200
+    middleware = served.app
     assert exporter.get_finished_spans() == ()
     exported_at: dict[str, int] = {}
     messages = [{"type": "lifespan.shutdown"}, {"type": "lifespan.startup"}]
@@ -310,27 +169,7 @@ def test_lifespan_shutdown_flushes_the_provider_first(exporter: InMemorySpanExpo
     assert exported_at == {"lifespan.startup.complete": 0, "lifespan.shutdown.complete": 1}
 
 
-# --- inject_headers: the app sees our span's context in its request headers ---------------------
-
-TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
-# A traceparent of some other trace, as a local proxy or a direct caller might send.
-STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-def _trace_app() -> FastAPI:
-    """A FastAPI app answering the trace headers it was given and the span current in it."""
-    app = FastAPI()
-
-    @app.post("/invocations")
-    async def invocations(request: Request) -> dict[str, Any]:
-        current = trace.get_current_span().get_span_context()
-        return {
-            **{name: request.headers.get(name) for name in TRACE_HEADERS},
-            "custom_attributes": request.headers.get(HEADER),
-            "current": f"{current.span_id:016x}",
-        }
-
-    return app
+# --- inject_headers: the scope the app is handed --------------------------------------------
 
 
 def _traceparent(span: Any) -> str:
@@ -359,29 +198,6 @@ def _call(middleware: ASGIMiddleware, headers: list[tuple[bytes, bytes]]) -> dic
     scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": headers}
     asyncio.run(middleware(scope, _receive_nothing, _drop))
     return scope
-
-
-@pytest.fixture
-def no_inject_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No SM_TRACING_INJECT_HEADERS from the shell; set it through the returned monkeypatch."""
-    monkeypatch.delenv("SM_TRACING_INJECT_HEADERS", raising=False)
-    return monkeypatch
-
-
-def test_inject_headers_gives_the_app_our_span_as_parent(
-    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """inject_headers=True: the FastAPI app reads a traceparent with the caller's trace id and
-    the container span's id, beside CustomAttributes without our keys."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
-    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
-    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
-    (span,) = exporter.get_finished_spans()
-    assert span.context.trace_id == parent.trace_id
-    assert seen["traceparent"] == _traceparent(span)
-    assert seen["current"] == f"{span.context.span_id:016x}"
-    assert seen["custom_attributes"] == "accept_eula=true"
 
 
 @pytest.mark.parametrize(
@@ -422,23 +238,8 @@ def test_one_traceparent_and_the_servers_headers_untouched(
     assert scope["headers"] is headers and headers == sent
 
 
-def test_nothing_is_written_for_an_invalid_span_context() -> None:
-    """A tracer that makes no valid span (no SDK) writes nothing, not even the baggage the
-    caller sent: the app gets the server's scope as it came."""
-    value = sm_tracing.inject_context(None, baggage.set_baggage("user", "alice"))
-    assert value is not None and "baggage=" in value
-    app = _ScopeApp()
-    middleware = ASGIMiddleware(
-        app, tracer_provider=trace.NoOpTracerProvider(), inject_headers=True
-    )
-    headers = [(HEADER.lower().encode(), value.encode()), (b"traceparent", STALE.encode())]
-    _call(middleware, headers)
-    assert app.headers(b"traceparent") == [STALE.encode()]
-    assert app.headers(b"baggage") == []
-
-
-def test_injection_is_off_by_default(
-    tracer: Tracer, tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
+def test_without_injection_the_app_gets_the_servers_scope(
+    tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
 ) -> None:
     """Without the option or the variable, the app gets the server's scope and headers."""
     app = _ScopeApp()
@@ -446,90 +247,6 @@ def test_injection_is_off_by_default(
     headers = [(b"traceparent", STALE.encode())]
     scope = _call(middleware, headers)
     assert app.scopes[0] is scope and scope["headers"] == [(b"traceparent", STALE.encode())]
-
-
-@pytest.mark.parametrize(("env", "on"), [("TRUE", True), ("off", False), ("sometimes", False)])
-def test_inject_headers_from_the_environment(
-    tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch, env: str, on: bool
-) -> None:
-    """SM_TRACING_INJECT_HEADERS turns injection on for a middleware built with the app only,
-    as a server's --middleware flag builds it; an unknown value means off."""
-    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", env)
-    app = _ScopeApp()
-    _call(ASGIMiddleware(app, tracer_provider=tracer_provider), [])
-    assert len(app.headers(b"traceparent")) == (1 if on else 0)
-
-
-def test_the_argument_wins_over_the_environment(
-    tracer_provider: TracerProvider, no_inject_env: pytest.MonkeyPatch
-) -> None:
-    """inject_headers=False keeps the headers as they came even with the variable on."""
-    no_inject_env.setenv("SM_TRACING_INJECT_HEADERS", "true")
-    app = _ScopeApp()
-    _call(ASGIMiddleware(app, tracer_provider=tracer_provider, inject_headers=False), [])
-    assert app.headers(b"traceparent") == []
-
-
-@pytest.mark.parametrize("policy", ["link", "ignore"])
-def test_under_link_and_ignore_the_app_is_still_our_child(
-    tracer: Tracer,
-    tracer_provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    policy: Any,
-) -> None:
-    """Whatever the remote-context policy, the traceparent the app reads names our span, in
-    our span's trace, not the caller's."""
-    value, parent = caller(tracer)
-    exporter.clear()
-    app = ASGIMiddleware(
-        _trace_app(), tracer_provider=tracer_provider, inject_headers=True, remote_context=policy
-    )
-    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
-    (span,) = exporter.get_finished_spans()
-    assert span.context.trace_id != parent.trace_id
-    assert seen["traceparent"] == _traceparent(span)
-
-
-def test_a_raising_propagator_leaves_the_headers_as_they_were(
-    tracer: Tracer,
-    tracer_provider: TracerProvider,
-    raising_propagator: Callable[[], None],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A propagator that raises costs the app nothing: the request is served, its headers are
-    the ones sent, and one warning says what went wrong."""
-    value, _ = caller(tracer, "accept_eula=true")
-    raising_propagator()
-    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
-    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        response = _request(app, "POST", "/invocations", {HEADER: value, "traceparent": STALE})
-    assert response.status_code == 200
-    seen = response.json()
-    assert (seen["traceparent"], seen["custom_attributes"]) == (STALE, "accept_eula=true")
-    assert len([r for r in caplog.records if "request headers" in r.getMessage()]) == 1
-
-
-def test_tracestate_and_baggage_are_forwarded(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """The composite propagator's tracestate and baggage, sent in CustomAttributes, reach the
-    app next to our traceparent."""
-    parent = SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736,
-        0x00F067AA0BA902B7,
-        is_remote=False,
-        trace_flags=TraceFlags(1),
-        trace_state=TraceState([("vendor", "value")]),
-    )
-    context = trace.set_span_in_context(NonRecordingSpan(parent))
-    value = sm_tracing.inject_context(None, baggage.set_baggage("user", "alice", context))
-    assert value is not None
-    app = ASGIMiddleware(_trace_app(), tracer_provider=tracer_provider, inject_headers=True)
-    seen = _request(app, "POST", "/invocations", {HEADER: value}).json()
-    (span,) = exporter.get_finished_spans()
-    assert span.parent is not None and span.parent.span_id == parent.span_id
-    assert seen["traceparent"] == _traceparent(span)
-    assert (seen["tracestate"], seen["baggage"]) == ("vendor=value", "user=alice")
 
 
 def test_fastapis_own_request_span_is_our_child(
@@ -547,12 +264,7 @@ def test_fastapis_own_request_span_is_our_child(
     async def invocations() -> dict[str, str]:
         return {}
 
-    _request(
-        ASGIMiddleware(api, tracer_provider=tracer_provider, inject_headers=True),
-        "POST",
-        "/invocations",
-        {HEADER: value},
-    )
+    ASGI.serve(tracer_provider, inner=api, inject_headers=True).post({HEADER: value})
     spans = exporter.get_finished_spans()
     (ours,) = server_spans(spans)
     (theirs,) = [span for span in spans if span is not ours]
