@@ -1,13 +1,12 @@
 """Helpers for the client-side tests: real botocore clients whose signed requests are captured
-on the wire, canned SageMaker responses, an AWS event-stream encoder and a loopback server."""
+on the wire, canned SageMaker responses (event streams through the local runtime's encoder) and a
+loopback server."""
 
 from __future__ import annotations
 
-import binascii
 import io
 import json
 import re
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ from typing import Any
 import botocore.session
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from urllib3.response import HTTPResponse
+
+from sm_tracing.local._eventstream import exception_event, payload_part
 
 REGION = "us-east-1"
 URL = f"https://runtime.sagemaker.{REGION}.amazonaws.com"
@@ -61,45 +62,9 @@ class Canned:
     body: bytes = b""
 
 
-def _header(name: str, value: str) -> bytes:
-    raw_name, raw_value = name.encode(), value.encode()
-    return (
-        bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
-    )
-
-
-def event_message(headers: Mapping[str, str], payload: bytes) -> bytes:
-    """One AWS event-stream message: prelude, its CRC, string headers, payload, message CRC."""
-    raw_headers = b"".join(_header(name, value) for name, value in headers.items())
-    total = 12 + len(raw_headers) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(raw_headers))
-    prelude += struct.pack(">I", binascii.crc32(prelude))
-    message = prelude + raw_headers + payload
-    return message + struct.pack(">I", binascii.crc32(message))
-
-
-def payload_part(data: bytes) -> bytes:
-    """A ``PayloadPart`` event of InvokeEndpointWithResponseStream."""
-    return event_message(
-        {
-            ":event-type": "PayloadPart",
-            ":message-type": "event",
-            ":content-type": "application/octet-stream",
-        },
-        data,
-    )
-
-
 def model_stream_error(message: str = "the model failed") -> bytes:
     """A ``ModelStreamError`` exception event."""
-    return event_message(
-        {
-            ":exception-type": "ModelStreamError",
-            ":message-type": "exception",
-            ":content-type": "application/json",
-        },
-        json.dumps({"Message": message, "ErrorCode": "424"}).encode(),
-    )
+    return exception_event("ModelStreamError", {"Message": message, "ErrorCode": "424"})
 
 
 def canned_for(operation: str, custom_attributes: str | None = None, **kw: Any) -> Canned:

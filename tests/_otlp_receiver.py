@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sm_tracing._demo_receiver import OTLPReceiver, ReceivedSpan, decode
+from sm_tracing._demo.receiver import OTLPReceiver, ReceivedSpan, decode
 
 __all__ = ["OTLPReceiver", "ReceivedSpan", "decode", "named", "trace_count"]
 

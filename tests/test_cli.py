@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from sm_tracing import _cli
+from sm_tracing._demo import cli
 from sm_tracing.version import __version__
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``sm-tracing`` run as its own process, as the console script runs it."""
-    code = "import sys; from sm_tracing._cli import main; sys.exit(main())"
+    code = "import sys; from sm_tracing._demo.cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         check=False,
@@ -47,21 +47,21 @@ def test_demo_help_explains() -> None:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """``--version`` prints the package version."""
     with pytest.raises(SystemExit) as exited:
-        _cli.main(["--version"])
+        cli.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"sm-tracing {__version__}"
 
 
 def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     """Without a command it prints the help and exits 2."""
-    assert _cli.main([]) == 2
+    assert cli.main([]) == 2
     assert "usage: sm-tracing" in capsys.readouterr().out
 
 
 def test_unknown_option_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown option is refused by argparse with exit status 2."""
     with pytest.raises(SystemExit) as exited:
-        _cli.main(["demo", "--bogus"])
+        cli.main(["demo", "--bogus"])
     assert exited.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
@@ -88,9 +88,9 @@ def test_otlp_endpoint_defaults_from_the_environment(
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    args = _cli._parser().parse_args(["demo"])
+    args = cli._parser().parse_args(["demo"])
     assert args.otlp_endpoint == expected
-    args = _cli._parser().parse_args(["demo", "--otlp-endpoint", "http://given:4318"])
+    args = cli._parser().parse_args(["demo", "--otlp-endpoint", "http://given:4318"])
     assert args.otlp_endpoint == "http://given:4318"
 
 
@@ -111,7 +111,7 @@ def test_demo_says_what_to_install(
     """Without Flask, gunicorn or the OTLP exporter the demo exits 2 and names what is
     missing and the extra to install."""
     monkeypatch.setitem(sys.modules, module, None)  # makes the module unimportable
-    assert _cli.main(["demo"]) == 2
+    assert cli.main(["demo"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'sm-tracing[demo]'" in err
     assert f"needs {distribution}:" in err

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sm_tracing import _demo
-from sm_tracing._demo_receiver import ReceivedSpan
+from sm_tracing._demo import demo
+from sm_tracing._demo.receiver import ReceivedSpan
 from tests._otlp_receiver import OTLPReceiver
 
 SCRIPT = Path(sys.executable).with_name("sm-tracing")
@@ -22,7 +22,7 @@ SCRIPT = Path(sys.executable).with_name("sm-tracing")
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed ``sm-tracing demo`` console script (or its entry point), in a clean
     environment without OTEL_* variables."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sm_tracing._cli"]
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sm_tracing._demo.cli"]
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["PYTHONIOENCODING"] = "utf-8"
     return subprocess.run(
@@ -136,13 +136,13 @@ def test_verdict(containers: list[ReceivedSpan], problems: list[str]) -> None:
     """The demo passes only when each container span is the client span's child (or, for
     async, linked to it), and names each scenario that did not join."""
     out = io.StringIO()
-    assert _demo._report([*clients(), *containers], out, None) == problems
+    assert demo._report([*clients(), *containers], out, None) == problems
 
 
 def test_verdict_missing_client_span() -> None:
     """A client span that never arrived is reported, not skipped."""
     out = io.StringIO()
-    problems = _demo._report(clients()[1:], out, None)
+    problems = demo._report(clients()[1:], out, None)
     assert problems[0] == "plain: expected one client span, got 0"
 
 
@@ -156,7 +156,7 @@ def test_verdict_missing_client_span() -> None:
 )
 def test_traces_url(endpoint: str, expected: str) -> None:
     """A base endpoint gets /v1/traces; a URL with a path is used as it is."""
-    assert _demo.traces_url(endpoint) == expected
+    assert demo.traces_url(endpoint) == expected
 
 
 def test_container_that_dies_is_reported(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_container_that_dies_is_reported(tmp_path: Path) -> None:
     log.write_text("ModuleNotFoundError: No module named 'flask'\n")
     process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     process.wait(30)
-    container = _demo._Container(process, "http://127.0.0.1:1", log, "realtime")
-    with pytest.raises(_demo.DemoError, match="the realtime container exited") as caught:
+    container = demo._Container(process, "http://127.0.0.1:1", log, "realtime")
+    with pytest.raises(demo.DemoError, match="the realtime container exited") as caught:
         container.wait_ready(time.monotonic() + 10)
     assert "No module named 'flask'" in str(caught.value)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from sm_tracing._demo_receiver import ReceivedSpan
-from sm_tracing._demo_tree import by_trace, render_trace
+from sm_tracing._demo.receiver import ReceivedSpan
+from sm_tracing._demo.tree import by_trace, render_trace
 
 T1 = "1" * 32
 T2 = "2" * 32

@@ -70,7 +70,7 @@ def launch(name: str, stack: str, receiver: OTLPReceiver, logs: Path, policy: st
         "--threads", "4", "--graceful-timeout", "2",
     ]  # fmt: skip
     if stack == "gunicorn":
-        command = [*gunicorn, "sm_tracing._demo_app:create_app()"]
+        command = [*gunicorn, "sm_tracing._demo.app:create_app()"]
     elif stack == "flask_byoc":
         command = [*gunicorn, "--chdir", str(ROOT / "examples" / "flask_byoc"), "predictor:app"]
     else:

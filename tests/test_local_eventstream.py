@@ -9,7 +9,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sm_tracing import _eventstream
+from sm_tracing.local import _eventstream
 
 _names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40)
 _headers = st.dictionaries(_names, st.text(max_size=200), max_size=6)

@@ -1,7 +1,7 @@
 """``sm-tracing demo``: one trace from a boto3 client into a model container, on this machine.
 
 No AWS account, no Docker, no network: the demo starts two model containers (the Flask app of
-:mod:`sm_tracing._demo_app` under gunicorn, one for a real-time endpoint and one for an async
+:mod:`sm_tracing._demo.app` under gunicorn, one for a real-time endpoint and one for an async
 endpoint), a :class:`~sm_tracing.local.LocalRuntime` in front of them, and an instrumented
 boto3 client. Every process exports its spans over OTLP/HTTP to a receiver the demo runs, which
 can pass them on to Jaeger or a Collector. It makes a plain, a streamed and an async
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     # Imported when the demo runs: the receiver needs the OTLP exporter's protobufs, which
     # may be missing, and the demo must say so rather than fail to import.
-    from sm_tracing._demo_receiver import OTLPReceiver, ReceivedSpan
+    from sm_tracing._demo.receiver import OTLPReceiver, ReceivedSpan
 
 CLIENT_SERVICE = "demo-client"
 REALTIME = "demo-realtime"
@@ -101,7 +101,7 @@ def run(
     if missing:
         print(f"sm-tracing demo needs {', '.join(missing)}: {_INSTALL_HINT}", file=sys.stderr)
         return 2
-    from sm_tracing._demo_receiver import OTLPReceiver
+    from sm_tracing._demo.receiver import OTLPReceiver
 
     deadline = time.monotonic() + timeout
     forward = traces_url(otlp_endpoint) if otlp_endpoint else None
@@ -240,7 +240,7 @@ def _check_echo(title: str, value: str | None) -> None:
 
 def _report(spans: list[ReceivedSpan], out: TextIO, jaeger_url: str | None) -> list[str]:
     """Print each scenario's trace; the problems found, if any."""
-    from sm_tracing._demo_tree import render_trace
+    from sm_tracing._demo.tree import render_trace
 
     unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
     problems = []
@@ -353,7 +353,7 @@ def _container(
             "2",
             "--log-level",
             "warning",
-            "sm_tracing._demo_app:create_app()",
+            "sm_tracing._demo.app:create_app()",
         ]
         with log.open("wb") as sink:
             process = subprocess.Popen(

@@ -1,6 +1,6 @@
 """The demo's model container: a small Flask app behind :class:`sm_tracing.WSGIMiddleware`.
 
-Served by gunicorn as ``sm_tracing._demo_app:create_app()``. It answers ``GET /ping`` and
+Served by gunicorn as ``sm_tracing._demo.app:create_app()``. It answers ``GET /ping`` and
 ``POST /invocations`` with a JSON body ``{"inputs": "...", "stream": false, "chunks": 3,
 "delay": 0.05}``: a plain request gets JSON back, a streamed one gets ``chunks`` lines, the
 app sleeping ``delay`` seconds before each. The handler's own spans (``preprocess``,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sm_tracing._demo_receiver import ReceivedSpan
+from sm_tracing._demo.receiver import ReceivedSpan
 
 _UNICODE = {"bar": "█", "last": "└─ ", "branch": "├─ ", "pipe": "│  "}
 _ASCII = {"bar": "#", "last": "`- ", "branch": "|- ", "pipe": "|  "}

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose:
         logging.getLogger("sm_tracing").setLevel(logging.DEBUG)
-    from sm_tracing._demo import run
+    from sm_tracing._demo.demo import run
 
     return run(
         out=sys.stdout,

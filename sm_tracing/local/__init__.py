@@ -1,0 +1,20 @@
+"""A local SageMaker runtime: the InvokeEndpoint API on loopback, in front of a model container.
+
+:class:`LocalRuntime` behaves like the SageMaker front door where tracing can tell the
+difference: only the headers SageMaker forwards reach the container (a ``traceparent`` HTTP
+header does not), CustomAttributes pass both ways verbatim, container failures come back as
+``ModelError`` (424), InvokeEndpointWithResponseStream is a real AWS event stream relayed as
+the container produces it, and InvokeEndpointAsync answers 202 and runs in the background,
+writing the result under an output location. Requests without a SigV4 ``Authorization``
+header are refused; signatures are not verified, so any credentials will do.
+
+Standard library only, so it works without any optional extra::
+
+    with LocalRuntime("http://127.0.0.1:8080") as runtime:
+        client = boto3.client("sagemaker-runtime", endpoint_url=runtime.url, ...)
+        client.invoke_endpoint(EndpointName="any", Body=b"{}")
+"""
+
+from sm_tracing.local._runtime import LocalRuntime
+
+__all__ = ["LocalRuntime"]
