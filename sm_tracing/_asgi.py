@@ -2,32 +2,33 @@
 container span of the caller's trace.
 
 The same routes, options and span names as the WSGI middleware. The app sees
-CustomAttributes without our keys; ``traceresponse`` is merged into the response
-CustomAttributes in the ``http.response.start`` message. The span ends with the last
-``http.response.body`` (no ``more_body``), an ``http.disconnect``, or the app's exception or
-return, whichever is first. At ``lifespan`` shutdown the tracer provider is flushed before
-the server is told the app has stopped. With ``inject_headers`` the app gets a copy of the
-scope whose ``headers`` carry the span's context, written by the configured propagator.
+CustomAttributes without our keys (each CustomAttributes header it was sent keeps its own
+value); ``traceresponse`` is merged into the response CustomAttributes in the
+``http.response.start`` message. The span ends with the last ``http.response.body`` (no
+``more_body``), an ``http.disconnect``, or the app's exception or return, whichever is first.
+At ``lifespan`` shutdown the tracer provider is flushed before the server is told the app has
+stopped. With ``inject_headers`` the app gets a copy of the scope whose ``headers`` carry the
+span's context, written by the configured propagator.
+
+FastAPI's built-in request tracing takes its parent from HTTP headers only, which SageMaker
+strips: for the requests this middleware traces, and for ``/ping``, it is told to stand
+aside (ours is the request's one SERVER span), unless ``inject_headers`` asks for its spans as
+children of ours.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, TypeAlias
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Status, StatusCode, TracerProvider
 
-from sm_tracing import _propagation
-from sm_tracing._carriers import HEADER_LOWER, STATUS_CODE, echo_pair
-from sm_tracing._container import (
-    Invocation,
-    read_carrier,
-)
-from sm_tracing._wsgi import Middleware, model_name, trace_headers
-
-_logger = logging.getLogger(__name__)
+from sm_tracing._common import HEADER_LOWER, STATUS_CODE, TARGET_MODEL, guard
+from sm_tracing._container import Invocation
+from sm_tracing._middleware import MODEL_ROUTE, Middleware, model_name, trace_headers, with_echo
+from sm_tracing._propagation import strip_context
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -41,11 +42,12 @@ _PREFIX = b"x-amzn-sagemaker-"
 # The SageMaker request headers recorded on the span, after the common prefix.
 _ATTRIBUTES = {
     b"inference-id": "aws.sagemaker.inference_id",
-    b"target-model": "aws.sagemaker.target_model",
+    b"target-model": TARGET_MODEL,
     b"session-id": "aws.sagemaker.session_id",
 }
-_MODEL_ROUTE = "/models/{name}/invoke"
 _ERROR = Status(StatusCode.ERROR)
+# FastAPI skips its own request telemetry for a scope that already has this key.
+_FASTAPI_TELEMETRY = "fastapi.telemetry"
 
 
 class ASGIMiddleware(Middleware[ASGIApp]):
@@ -54,9 +56,16 @@ class ASGIMiddleware(Middleware[ASGIApp]):
     ``ASGIMiddleware(app, **options)``, the options described on ``__init__``.
     """
 
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        super().__init__(app, **options)
+        # Only a FastAPI app with its own tracing is told to stand aside; any other app gets
+        # the server's scope as it came where nothing else has to change.
+        self._quiet_fastapi = not self._inject_headers and _has_builtin_tracing(app)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
                 return await self.app(scope, receive, self._lifespan_send(send))
             return await self.app(scope, receive, send)
         path = scope.get("path") or ""
@@ -65,13 +74,14 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if route is None:
             model = model_name(path)
             if model is None:
+                if path == "/ping" and self._quiet_fastapi:
+                    scope = {**scope, _FASTAPI_TELEMETRY: None}
                 return await self.app(scope, receive, send)
-            route = _MODEL_ROUTE
-        try:
-            scope, invocation = self._start(scope, path, route, model)
-        except Exception:
-            _logger.warning("could not start the container span", exc_info=True)
+            route = MODEL_ROUTE
+        started = guard("start the container span", None, self._start, scope, path, route, model)
+        if started is None:
             return await self.app(scope, receive, send)
+        scope, invocation = started
         exchange = _Exchange(invocation, receive, send, self._echo)
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -101,60 +111,70 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         headers: RawHeaders = scope.get("headers") or ()
         raw: bytes | None = None
+        duplicates = False
         for key, value in headers:
             if key.startswith(_PREFIX):
                 if key == _HEADER:
-                    raw = value
+                    duplicates = raw is not None
+                    if raw is None:
+                        raw = value
                 else:
                     attribute = _ATTRIBUTES.get(key[17:])
                     if attribute is not None:
                         attributes[attribute] = value.decode("latin-1")
-        if model is not None and "aws.sagemaker.target_model" not in attributes:
-            attributes["aws.sagemaker.target_model"] = model
-        custom_attributes = pairs = None
-        replaced: RawHeaders | None = None
-        if raw is not None:
-            custom_attributes = raw.decode("latin-1")
-            pairs, stripped = read_carrier(custom_attributes)
-            if stripped != custom_attributes:
-                replaced = _replace(headers, stripped)
+        if model is not None and TARGET_MODEL not in attributes:
+            attributes[TARGET_MODEL] = model
+        custom_attributes = None if raw is None else raw.decode("latin-1")
         invocation = Invocation(
             custom_attributes,
             name=self._name or f"{method} {route}",
             attributes=attributes,
             tracer=self._tracer,
             policy=self._policy,
-            pairs=pairs,
         )
+        remainder = invocation.remainder
+        replaced: RawHeaders | None = None
+        if duplicates:
+            replaced = _strip_each(headers)
+        elif remainder is not custom_attributes:
+            replaced = _replace(headers, remainder)
         invocation.start()
         if self._inject_headers:
             # The span's context is the current one now.
-            injected = with_trace_headers(
-                headers if replaced is None else replaced, invocation.span
-            )
+            injected = with_trace_headers(headers if replaced is None else replaced, invocation)
             if injected is not None:
                 replaced = injected
+        # A copy: the server's scope and header list stay as they came.
         if replaced is not None:
-            # A copy: the server's scope and header list stay as they came.
-            scope = dict(scope)
-            scope["headers"] = replaced
+            scope = {**scope, "headers": replaced}
+        if self._quiet_fastapi:
+            scope = {**scope, _FASTAPI_TELEMETRY: None}
         return scope, invocation
+
+
+def _has_builtin_tracing(app: object) -> bool:
+    """True when *app*, or an app it wraps, is a FastAPI app with built-in telemetry."""
+    fastapi = sys.modules.get("fastapi")
+    seen: set[int] = set()
+    while fastapi is not None and app is not None and id(app) not in seen:
+        seen.add(id(app))
+        if isinstance(app, fastapi.FastAPI):
+            return hasattr(app, "_native_telemetry")
+        app = getattr(app, "app", None)
+    return False
 
 
 def flush(tracer_provider: TracerProvider | None) -> None:
     """Export the spans *tracer_provider* (or the global one) holds; never raises."""
-    try:
-        provider = tracer_provider or trace.get_tracer_provider()
-        force_flush = getattr(provider, "force_flush", None)
-        if force_flush is not None:
-            force_flush()
-    except Exception:
-        _logger.warning("could not flush the spans at shutdown", exc_info=True)
+    provider = tracer_provider or trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        guard("flush the spans at shutdown", None, force_flush)
 
 
-def _replace(headers: RawHeaders, stripped: str | None) -> list[tuple[bytes, bytes]]:
-    """*headers* with CustomAttributes set to *stripped*, or left out when it is empty."""
-    value = stripped.encode("latin-1") if stripped else None
+def _replace(headers: RawHeaders, remainder: str | None) -> list[tuple[bytes, bytes]]:
+    """*headers* with CustomAttributes set to *remainder*, or left out when it is empty."""
+    value = remainder.encode("latin-1") if remainder else None
     replaced: list[tuple[bytes, bytes]] = []
     for key, old in headers:
         if key != _HEADER:
@@ -164,47 +184,43 @@ def _replace(headers: RawHeaders, stripped: str | None) -> list[tuple[bytes, byt
     return replaced
 
 
-def with_trace_headers(headers: RawHeaders, span: Span) -> list[tuple[bytes, bytes]] | None:
-    """A new list of request *headers* carrying the context of *span*, the current span, as the
-    configured propagator writes it, in place of those of its fields they had; None (and the
-    failure logged) when there is nothing to write or it can't be written. Never raises."""
-    found = trace_headers(span, None)
+def _strip_each(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """*headers* with our keys taken out of each CustomAttributes header on its own."""
+    replaced: list[tuple[bytes, bytes]] = []
+    for key, value in headers:
+        if key != _HEADER:
+            replaced.append((key, value))
+            continue
+        stripped = strip_context(value.decode("latin-1"))
+        if stripped:
+            replaced.append((key, stripped.encode("latin-1")))
+    return replaced
+
+
+def with_trace_headers(
+    headers: RawHeaders, invocation: Invocation
+) -> list[tuple[bytes, bytes]] | None:
+    """A new list of request *headers* carrying *invocation*'s context as the configured
+    propagator writes it, in place of those of its fields they had; None (and the failure
+    logged) when there is nothing to write or it can't be written. Never raises."""
+    found = trace_headers(invocation)
     if found is None:
         return None
-    written, fields = found
-    try:
-        drop = {name.encode("latin-1") for name in (*fields, *written)}
-        items = [(key, value) for key, value in headers if key.lower() not in drop]
-        items.extend(
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in written.items()
-        )
-    except Exception:
-        _logger.warning("could not write the trace context into the request headers", exc_info=True)
-        return None
-    return items
-
-
-def with_echo(headers: Iterable[Sequence[bytes]], span: Span) -> list[Sequence[bytes]] | None:
-    """Response *headers* with *span* merged as ``traceresponse`` into their CustomAttributes
-    (any case, replaced rather than repeated); None when there is nothing to add."""
-    span_context = span.get_span_context()
-    if not span_context.is_valid:
-        return None
-    items = list(headers)
-    for index, (key, value) in enumerate(items):
-        if key.lower() == _HEADER:
-            merged = _propagation.echo_value(value.decode("latin-1"), span)
-            if merged is None:
-                return None
-            items[index] = (key, merged.encode("latin-1"))
-            return items
-    echo = echo_pair(span_context)
-    items.append((_HEADER, echo.encode("ascii")))
+    written, drop = found
+    names = {name.encode("latin-1") for name in drop}
+    items = [(key, value) for key, value in headers if key.lower() not in names]
+    items.extend(
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in written.items()
+    )
     return items
 
 
 class _Exchange:
-    """The messages of one traced request: sets the status and echo, ends the span."""
+    """The messages of one traced request: sets the status and echo, ends the span.
+
+    ``send`` is a plain function returning the server's own awaitable for every message but
+    the first and the last, so a streamed body costs no coroutine of ours per chunk.
+    """
 
     __slots__ = ("_echo", "_ended", "_invocation", "_receive", "_send")
 
@@ -221,30 +237,31 @@ class _Exchange:
             self.end(None)
         return message
 
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            message = self._start(message)
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            await self._send(message)
-            self.end(None)
-            return
+    def send(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.body":
+            if message.get("more_body"):
+                return self._send(message)
+            return self._send_last(message)
+        if message["type"] == "http.response.start":
+            message = guard("trace the response status", message, self._start, message)
+        return self._send(message)
+
+    async def _send_last(self, message: Message) -> None:
         await self._send(message)
+        self.end(None)
 
     def _start(self, message: Message) -> Message:
-        try:
-            span = self._invocation.span
-            code = int(message["status"])
-            span.set_attribute(STATUS_CODE, code)
-            if code >= 500:
-                span.set_status(_ERROR)
-            if self._echo:
-                headers = with_echo(message.get("headers") or (), span)
-                if headers is not None:
-                    # A copy: the app may reuse its message.
-                    message = {**message, "headers": headers}
-        except Exception:
-            _logger.warning("could not trace the response status", exc_info=True)
+        invocation = self._invocation
+        span = invocation.span
+        code = int(message["status"])
+        span.set_attribute(STATUS_CODE, code)
+        if code >= 500:
+            span.set_status(_ERROR)
+        if self._echo:
+            headers = with_echo(message.get("headers") or (), invocation)
+            if headers is not None:
+                # A copy: the app may reuse its message.
+                return {**message, "headers": headers}
         return message
 
     def end(self, error: BaseException | None) -> None:

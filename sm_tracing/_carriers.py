@@ -286,11 +286,9 @@ class FlaskCarrier:
     def respond(self, index: int, invocation: Invocation, result: object) -> None:
         import flask
 
-        span = invocation.span
-
         def add_echo(response: Any) -> Any:
             try:
-                merged = _propagation.echo_value(response.headers.get(HEADER), span)
+                merged = invocation.echo(response.headers.get(HEADER))
                 if merged is not None:
                     response.headers[HEADER] = merged
             except Exception:

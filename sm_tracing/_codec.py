@@ -1,22 +1,31 @@
-"""The CustomAttributes string: parse, merge, strip, budget.
+"""The CustomAttributes string: read, merge, budget.
 
 Pure string work, no OpenTelemetry and no botocore, so it can be tested exhaustively.
 
 A value is either a list of ``key=value`` pairs joined by ``;`` or ``,`` (JumpStart's
 ``accept_eula=true``, DJL's properties, TensorFlow Serving's ``tfs-model-name=m``) or an
 *opaque* value that the container reads whole (a bare UUID, JSON, a BentoML API name).
-Pairs are merged into lists and leave opaque values alone unless the caller insists.
+Pairs are merged into lists and leave opaque values alone unless the caller insists, in which
+case ours are appended after a ``;``.
+
+:func:`read` is the one way in and :func:`merge` the one way out; both tokenize a value with
+:func:`_parse`, so "which of these pairs are ours" is decided in one place, by the rules a
+merge writes by: only a value a merge could have written into gives up any pairs.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import unquote
 
 MAX_LENGTH = 1024
 """SageMaker's limit on CustomAttributes, in characters."""
+
+TRACERESPONSE = "traceresponse"
+"""The key the container side echoes its span under, in the response CustomAttributes."""
 
 # A key we recognise as the start of a pair: what real users put there (accept_eula,
 # tfs-model-name, x-starting-token, request_id) and every propagator field name.
@@ -24,10 +33,51 @@ _KEY = re.compile(r"[A-Za-z0-9_.:/+-]+")
 # Characters a value of ours may carry as they are: visible ASCII less the separators,
 # the pair sign and the escape sign.
 _NEEDS_ESCAPE = re.compile(r"[^\x21-\x24\x26-\x2b\x2d-\x3a\x3c\x3e-\x7e]")
+_HEX = frozenset("0123456789abcdef")
 
 SKIP_INVALID = "not visible ASCII or longer than 1024 characters"
 SKIP_OPAQUE = "not a key=value list"
 SKIP_BUDGET = "no room within 1024 characters"
+
+
+class Keys:
+    """The keys one side owns in a value: exact names and name prefixes, lower-cased.
+
+    *required* are the keys of which every merge writes at least one (the trace parent; never
+    one that is dropped over budget): a run of pairs at the end of an opaque value is ours only
+    when it holds one of them. Compared by identity, so build one per set of keys and keep it.
+    """
+
+    __slots__ = ("exact", "prefixes", "required")
+
+    def __init__(
+        self,
+        exact: Iterable[str],
+        prefixes: Iterable[str] = (),
+        required: Iterable[str] | None = None,
+    ) -> None:
+        self.exact = frozenset(key.lower() for key in exact)
+        self.prefixes = tuple(prefix.lower() for prefix in prefixes)
+        self.required = self.exact if required is None else frozenset(required)
+
+    def owns(self, lowered: str) -> bool:
+        """True when the lower-cased key *lowered* is one of ours."""
+        return lowered in self.exact or (bool(self.prefixes) and lowered.startswith(self.prefixes))
+
+    def __contains__(self, lowered: object) -> bool:
+        return isinstance(lowered, str) and self.owns(lowered)
+
+    def __repr__(self) -> str:
+        return f"Keys({sorted(self.exact)!r}, prefixes={self.prefixes!r})"
+
+
+class Read(NamedTuple):
+    """What :func:`read` found: our pairs (keys lower-cased, values decoded, the last of a key
+    wins) and the value without them (the very same string when none were found; ``""`` when
+    nothing of the caller's is left)."""
+
+    pairs: dict[str, str]
+    rest: str
 
 
 def is_valid(value: str) -> bool:
@@ -95,64 +145,104 @@ def separator(value: str) -> str:
     return ";"
 
 
-def split(value: str) -> tuple[str, list[str], bool]:
-    """Split *value* into ``(separator, raw tokens, is_pair_list)``; tokens keep their spaces."""
+class _Parsed(NamedTuple):
+    sep: str
+    kept: list[str]  # the caller's tokens, in order
+    pairs: dict[str, str]  # ours, decoded
+    is_list: bool  # False: an opaque value, ours (if any) appended after it with ';'
+
+
+def _parse(value: str, keys: Keys) -> _Parsed:
+    """Tokenize a valid, non-empty *value* once: the caller's tokens and our pairs."""
     sep = separator(value)
     tokens = value.split(sep)
-    return sep, tokens, _all_pairs(tokens)
-
-
-def find(value: str, keys: Collection[str]) -> dict[str, str]:
-    """The pairs of *value* whose lower-cased key is in *keys*, decoded; the last one wins.
-
-    Lenient on purpose: a pair appended to an opaque value is still found.
-    """
-    found: dict[str, str] = {}
-    for token in value.split(separator(value)):
+    exact = keys.exact
+    pairs: dict[str, str] = {}
+    kept: list[str] = []
+    is_list = True
+    seen = False
+    for token in tokens:
         key, sign, rest = token.partition("=")
-        if not sign or rest[:1] == "=":
+        if sign and rest[:1] != "=":
+            if key in exact:  # the common case, our own key as we write it
+                lowered = key
+            else:
+                key = key.strip()
+                lowered = key.lower()
+            if lowered in exact or keys.owns(lowered):
+                rest = rest.strip()
+                pairs[lowered] = decode_value(rest) if "%" in rest else rest
+                continue
+            if key and _KEY.fullmatch(key) is not None:
+                seen = True
+                kept.append(token)
+                continue
+        elif not token.strip():
+            kept.append(token)
             continue
-        key = key.strip()
-        lowered = key.lower()
-        # Every key of ours is plain ASCII, so no regex is needed to vet the ones we keep.
-        if lowered in keys and key.isascii():
-            found[lowered] = decode_value(rest.strip())
-    return found
+        is_list = False
+        kept.append(token)
+    if is_list and (seen or pairs):
+        return _Parsed(sep, kept, pairs, True)
+    return _parse_opaque(value, keys)
 
 
-def strip(value: str, keys: Collection[str]) -> str:
-    """*value* without the pairs whose lower-cased key is in *keys*; the rest as it was."""
-    lowered = value.lower()
-    if not any(key in lowered for key in keys):
-        return value
-    sep = separator(value)
-    tokens = value.split(sep)
-    kept = [token for token in tokens if not _is_ours(token, keys)]
-    if len(kept) == len(tokens):
-        return value
-    if kept and tokens[0][:1] != " ":
-        # The first pair of ours went, so the caller's first token now leads: drop the
-        # blank that followed the separator we removed.
+def _parse_opaque(value: str, keys: Keys) -> _Parsed:
+    # A merge appends ours to an opaque value after ';', with the trace parent among them: only
+    # such a run at the very end is ours, so JSON or text that merely looks like a pair of
+    # ours ({"note": "a;baggage=b"}) is the caller's, whole.
+    tokens = value.split(";")
+    end = len(tokens)
+    pairs: dict[str, str] = {}
+    required = False
+    while end > 1:
+        key, sign, rest = tokens[end - 1].partition("=")
+        lowered = key.strip().lower()
+        rest = rest.strip()
+        # A value a merge wrote is encoded: no blank, separator or '=' in it.
+        if not sign or not keys.owns(lowered) or "=" in rest or "," in rest or " " in rest:
+            break
+        if lowered not in pairs:
+            pairs[lowered] = decode_value(rest) if "%" in rest else rest
+        required = required or lowered in keys.required
+        end -= 1
+    body = ";".join(tokens[:end])
+    if not required or not body.strip():
+        return _Parsed(";", [value], {}, False)
+    return _Parsed(";", [body], pairs, False)
+
+
+def read(value: str, keys: Keys) -> Read:
+    """Our pairs in *value* and the value without them, in one pass.
+
+    A value SageMaker would reject (over 1024 characters, not visible ASCII) is not ours to
+    read: no pairs, the value untouched. So is JSON or text that is not a ``key=value`` list,
+    unless pairs of ours were appended to it the way :func:`merge` appends them.
+    """
+    if not value or not is_valid(value):
+        return Read({}, value)
+    parsed = _parse(value, keys)
+    if not parsed.pairs:
+        return Read({}, value)
+    kept = parsed.kept
+    if kept and value[:1] != " ":
+        # Where our first pair went, the caller's first token now leads: drop the blank that
+        # followed the separator we removed.
         kept[0] = kept[0].lstrip(" ")
-    return sep.join(kept)
-
-
-def _is_ours(token: str, keys: Collection[str]) -> bool:
-    key = _pair_key(token)
-    return key is not None and key.lower() in keys
+    return Read(parsed.pairs, parsed.sep.join(kept))
 
 
 def merge(
     value: str | None,
     pairs: Sequence[tuple[str, str]],
-    keys: frozenset[str],
+    keys: Keys,
     drop_order: Sequence[str] = (),
     *,
     opaque: bool = False,
 ) -> tuple[str | None, str | None]:
     """Merge encoded *pairs* into *value*; return ``(merged, None)`` or ``(None, reason)``.
 
-    Earlier pairs whose key is in *keys* are replaced, the caller's own pairs keep their
+    Earlier pairs of ours (see :func:`read`) are replaced, the caller's own pairs keep their
     order and separator, ours go after them (before a trailing separator). Over budget, the
     keys in *drop_order* are dropped one by one; the value is never truncated. An opaque
     *value* is left alone unless *opaque* is true, when ours are appended with ``;``.
@@ -181,7 +271,7 @@ def merge(
 
 
 @lru_cache(maxsize=512)
-def _frame(value: str | None, keys: frozenset[str], opaque: bool) -> tuple[str, str, str] | str:
+def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str] | str:
     """What goes before and after our pairs in *value*, and their separator; or why none can.
 
     Cached: callers send the same few values over and over, and parsing them is most of the
@@ -191,12 +281,13 @@ def _frame(value: str | None, keys: frozenset[str], opaque: bool) -> tuple[str, 
         return "", ";", ""
     if not is_valid(value):
         return SKIP_INVALID
-    sep, tokens, is_list = split(value)
-    if not is_list:
-        if not opaque or not value.strip():
+    parsed = _parse(value, keys)
+    if not parsed.is_list:
+        body = parsed.kept[0]
+        if not opaque or not body.strip():
             return SKIP_OPAQUE
-        sep, tokens = ";", [value]
-    kept = [token for token in tokens if not _is_ours(token, keys)]
+        return body + ";", ";", ""
+    sep, kept = parsed.sep, parsed.kept
     # Ours go before a trailing separator, so parsers see the same shape as before.
     end = len(kept)
     while end and not kept[end - 1].strip():
@@ -204,3 +295,28 @@ def _frame(value: str | None, keys: frozenset[str], opaque: bool) -> tuple[str, 
     prefix = sep.join(kept[:end]) + sep if end else ""
     suffix = sep + sep.join(kept[end:]) if end < len(kept) else ""
     return prefix, sep, suffix
+
+
+def format_traceresponse(trace_id: int, span_id: int, trace_flags: int) -> str:
+    """The W3C ``traceresponse`` value of a span: ``00-<trace id>-<span id>-<flags>``."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{trace_flags:02x}"
+
+
+def parse_traceresponse(value: str) -> tuple[str, str, int] | None:
+    """The trace id and span id (lower-case hex) and the flags a ``traceresponse`` names, or
+    None when it is malformed or names the invalid span."""
+    value = value.strip()
+    if (
+        len(value) != 55
+        or value[:3] != "00-"
+        or value[35] != "-"
+        or value[52] != "-"
+        or not _HEX.issuperset(value[3:35])
+        or not _HEX.issuperset(value[36:52])
+        or not _HEX.issuperset(value[53:])
+    ):
+        return None
+    trace_id, span_id = value[3:35], value[36:52]
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id, int(value[53:], 16)

@@ -23,12 +23,8 @@ from typing import Any, TypeVar, overload
 from opentelemetry.trace import TracerProvider
 
 from sm_tracing._carriers import Carrier, CustomAttributesGetter, discover
-from sm_tracing._container import (
-    Invocation,
-    RemoteContext,
-    get_tracer,
-    remote_context_policy,
-)
+from sm_tracing._common import get_tracer
+from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
 
@@ -101,8 +97,9 @@ class _Tracing:
                     attributes=None if carrier is None else carrier.attributes(index),
                     tracer=self._tracer,
                     policy=self._policy,
+                    links=() if first is None else (first,),
                 )
-                invocation.start(attach=False, link=first)
+                invocation.start(attach=False)
                 if first is None:
                     span_context = invocation.span.get_span_context()
                     first = span_context if span_context.is_valid else None

@@ -1,29 +1,39 @@
-"""Trace context in and out of CustomAttributes, written and read by the configured propagator."""
+"""Trace context in and out of CustomAttributes, written and read by the configured propagator.
+
+The codec decides what is ours in a value; this module says which keys those are (every field
+the propagator writes, and the per-entry baggage keys of propagators such as Jaeger's
+``uberctx-*`` and OT's ``ot-baggage-*``) and turns our pairs into a context and back.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, MutableSequence
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from sm_tracing import _codec
+from sm_tracing._codec import TRACERESPONSE
+from sm_tracing._common import guard
 
 _logger = logging.getLogger(__name__)
 
-TRACERESPONSE = "traceresponse"
-"""The key the container side echoes its span under, in the response CustomAttributes."""
+__all__ = ["TRACERESPONSE"]
 
 # Always ours, whatever the propagator: nobody else writes these keys into CustomAttributes.
 _W3C_KEYS = frozenset({"traceparent", "tracestate", "baggage", TRACERESPONSE})
 # Over budget these go first, in this order; the trace parent itself is never dropped.
 DROP_ORDER = ("baggage", "tracestate")
-_ECHO_KEYS = frozenset({TRACERESPONSE})
+_NOT_REQUIRED = frozenset({*DROP_ORDER, TRACERESPONSE})
+ECHO_KEYS = _codec.Keys((TRACERESPONSE,))
+"""The keys of ours in a response's CustomAttributes: only the container's echo."""
+# A baggage entry written while listing a propagator's keys: the keys it comes out under
+# give the prefixes of per-entry baggage keys.
+_PROBE = "smtracingprobe"
 
 
 class _PairSetter(Setter[MutableSequence[tuple[str, str]]]):
@@ -33,35 +43,69 @@ class _PairSetter(Setter[MutableSequence[tuple[str, str]]]):
 
 class _PairGetter(Getter[Mapping[str, str]]):
     def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key.lower())
+        value = carrier.get(key)
+        if value is None:
+            # Our pairs are keyed in lower case; most fields already are.
+            value = carrier.get(key.lower())
         return None if value is None else [value]
 
     def keys(self, carrier: Mapping[str, str]) -> list[str]:
         return list(carrier)
 
 
-_TRACERESPONSE_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _SETTER = _PairSetter()
 _GETTER = _PairGetter()
-_keys_cache: tuple[TextMapPropagator | None, frozenset[str]] = (None, _W3C_KEYS)
+_DEFAULT_KEYS = _codec.Keys(_W3C_KEYS, required=("traceparent",))
+_keys_cache: tuple[TextMapPropagator | None, _codec.Keys] = (None, _DEFAULT_KEYS)
 
 
-def our_keys(propagator: TextMapPropagator | None = None) -> frozenset[str]:
-    """Lower-cased keys this library owns in CustomAttributes under *propagator*."""
+def our_keys(propagator: TextMapPropagator | None = None) -> _codec.Keys:
+    """The keys this library owns in CustomAttributes under *propagator* (the global one)."""
     global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
     if propagator is None:
         propagator = get_global_textmap()
     cached_for, keys = _keys_cache
     if cached_for is propagator:
         return keys
+    keys = _list_keys(propagator)
+    _keys_cache = (propagator, keys)
+    return keys
+
+
+def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
     try:
         fields = {field.lower() for field in propagator.fields}
     except Exception:
         _logger.warning("propagator %r failed to list its fields", propagator, exc_info=True)
         fields = set()
-    keys = _W3C_KEYS | fields
-    _keys_cache = (propagator, keys)
-    return keys
+    prefixes: set[str] = set()
+    try:
+        probe = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        context = trace.set_span_in_context(NonRecordingSpan(probe))
+        context = baggage.set_baggage(_PROBE, "1", context)
+        written: list[tuple[str, str]] = []
+        propagator.inject(written, context=context, setter=_SETTER)
+        for key, _ in written:
+            if key.endswith(_PROBE) and key != _PROBE:
+                prefixes.add(key[: -len(_PROBE)])
+            elif key not in fields:
+                fields.add(key)
+    except Exception:
+        _logger.debug("could not list the baggage keys of propagator %r", propagator, exc_info=True)
+    exact = _W3C_KEYS | fields
+    required = (exact - _NOT_REQUIRED) or {"traceparent"}
+    return _codec.Keys(exact, prefixes, required)
+
+
+def read(custom_attributes: str) -> _codec.Read:
+    """Our pairs in a request's *custom_attributes* and the value without them (see
+    :func:`sm_tracing._codec.read`), under the configured propagator's keys."""
+    return _codec.read(custom_attributes, our_keys())
+
+
+def context_from(pairs: Mapping[str, str], context: Context | None = None) -> Context:
+    """The context the configured propagator reads from our *pairs*, on top of *context*."""
+    return get_global_textmap().extract(pairs, context=context, getter=_GETTER)
 
 
 def merge_context(
@@ -70,19 +114,24 @@ def merge_context(
     *,
     opaque: bool = False,
 ) -> tuple[str | None, str | None]:
-    """The value to send with *context* merged in, or ``(None, reason)`` to send as it was."""
+    """The value to send with *context* merged in, or ``(None, reason)`` to send as it was.
+
+    Raises what the propagator raises: the callers' guards decide what that costs.
+    """
     propagator = get_global_textmap()
     pairs: list[tuple[str, str]] = []
-    try:
-        propagator.inject(pairs, context=context, setter=_SETTER)
-    except Exception:
-        _logger.warning(
-            "propagator %r failed to inject; sending as it was", propagator, exc_info=True
-        )
-        return None, "the propagator failed"
+    propagator.inject(pairs, context=context, setter=_SETTER)
     if not pairs:
         return None, "no trace context to send"
     return _codec.merge(custom_attributes, pairs, our_keys(propagator), DROP_ORDER, opaque=opaque)
+
+
+def _inject(custom_attributes: str | None, context: Context | None) -> str | None:
+    merged, reason = merge_context(custom_attributes, context)
+    if merged is None:
+        _logger.debug("CustomAttributes left as they were: %s", reason)
+        return custom_attributes
+    return merged
 
 
 def inject_context(
@@ -96,15 +145,14 @@ def inject_context(
     first). A value that is not a ``key=value`` list, is invalid, or has no room is returned
     unchanged, as it is when there is no trace context. Never raises.
     """
-    try:
-        merged, reason = merge_context(custom_attributes, context)
-    except Exception:  # a defect of ours must not cost the caller their value
-        _logger.warning("could not merge the trace context", exc_info=True)
-        return custom_attributes
-    if merged is None:
-        _logger.debug("CustomAttributes left as they were: %s", reason)
-        return custom_attributes
-    return merged
+    return guard("merge the trace context", custom_attributes, _inject, custom_attributes, context)
+
+
+def _extract(custom_attributes: str | None, base: Context) -> Context:
+    if not custom_attributes:
+        return base
+    pairs = read(custom_attributes).pairs
+    return context_from(pairs, base) if pairs else base
 
 
 def extract_context(custom_attributes: str | None, context: Context | None = None) -> Context:
@@ -114,59 +162,39 @@ def extract_context(custom_attributes: str | None, context: Context | None = Non
     context by default), that is, no parent.
     """
     base = Context() if context is None else context
-    if not custom_attributes:
-        return base
-    try:
-        if not _codec.is_valid(custom_attributes):
-            _logger.debug("CustomAttributes ignored: %s", _codec.SKIP_INVALID)
-            return base
-        propagator = get_global_textmap()
-        found = _codec.find(custom_attributes, our_keys(propagator))
-        if not found:
-            return base
-        return propagator.extract(found, context=base, getter=_GETTER)
-    except Exception:
-        _logger.warning("could not read the trace context from CustomAttributes", exc_info=True)
-        return base
+    return guard(
+        "read the trace context from CustomAttributes", base, _extract, custom_attributes, base
+    )
+
+
+def _strip(custom_attributes: str | None) -> str | None:
+    return None if custom_attributes is None else read(custom_attributes).rest
 
 
 def strip_context(custom_attributes: str | None) -> str | None:
     """*custom_attributes* without the keys this library adds, the rest in its original order
-    and separator. ``""`` when nothing of the caller's is left; None for None. Never raises."""
-    if custom_attributes is None:
-        return None
-    try:
-        return _codec.strip(custom_attributes, our_keys())
-    except Exception:
-        _logger.warning("could not strip CustomAttributes", exc_info=True)
-        return custom_attributes
+    and separator. ``""`` when nothing of the caller's is left; None for None. A value that is
+    not one a merge could have written into comes back as it was. Never raises."""
+    return guard("strip CustomAttributes", custom_attributes, _strip, custom_attributes)
 
 
-def format_traceresponse(span_context: SpanContext) -> str:
-    """The W3C ``traceresponse`` value of *span_context*."""
-    ctx = span_context
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+def remote_span_context(custom_attributes: str | None) -> SpanContext | None:
+    """The caller's span context carried in *custom_attributes*, or None. Never raises."""
+    span_context = trace.get_current_span(extract_context(custom_attributes)).get_span_context()
+    return span_context if span_context.is_valid else None
 
 
-def parse_traceresponse(value: str) -> SpanContext | None:
-    """The span context a ``traceresponse`` value names, or None when it is malformed."""
-    match = _TRACERESPONSE_RE.fullmatch(value.strip())
-    if match is None:
-        return None
-    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
-    if not trace_id or not span_id:
-        return None
-    flags = TraceFlags(int(match.group(3), 16))
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
-
-
-def echo_value(custom_attributes: str | None, span: trace.Span) -> str | None:
-    """*custom_attributes* with *span* echoed as ``traceresponse``, or None where it can't be."""
-    span_context = span.get_span_context()
+def echo_value(custom_attributes: str | None, span_context: SpanContext) -> str | None:
+    """The response *custom_attributes* with *span_context* echoed as ``traceresponse`` after
+    what the application set; None where it can't be (then send the app's value as it was)."""
     if not span_context.is_valid:
         return None
-    pair = ((TRACERESPONSE, format_traceresponse(span_context)),)
-    merged, reason = _codec.merge(custom_attributes, pair, _ECHO_KEYS)
+    pair = _codec.format_traceresponse(
+        span_context.trace_id, span_context.span_id, span_context.trace_flags
+    )
+    if not custom_attributes:
+        return f"{TRACERESPONSE}={pair}"
+    merged, reason = _codec.merge(custom_attributes, ((TRACERESPONSE, pair),), ECHO_KEYS)
     if merged is None:
         _logger.debug("no trace echo in the response CustomAttributes: %s", reason)
     return merged

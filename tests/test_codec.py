@@ -6,7 +6,9 @@ import pytest
 
 from sm_tracing import _codec
 
-KEYS = frozenset({"traceparent", "tracestate", "baggage", "traceresponse"})
+KEYS = _codec.Keys(
+    {"traceparent", "tracestate", "baggage", "traceresponse"}, required={"traceparent"}
+)
 DROP = ("baggage", "tracestate")
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 PAIRS = [("traceparent", TP)]
@@ -73,8 +75,8 @@ def test_merge_appends_to_opaque_values_when_told() -> None:
     value = "3f2b6c1e-8a4d-4c2b-9a77-2d1c5e6f7a80"
     merged = merge(value, opaque=True)
     assert merged == f"{value};traceparent={TP}"
-    assert _codec.find(merged, KEYS) == {"traceparent": TP}
-    assert _codec.strip(merged, KEYS) == value
+    assert _codec.read(merged, KEYS) == ({"traceparent": TP}, value)
+    assert merge(merged, opaque=True) == merged
 
 
 @pytest.mark.parametrize("value", ["é=1", "a=1\n", "a=\x00", "a=1\tb=2", "x" * 1025])
@@ -128,25 +130,25 @@ def test_budget_drops_baggage_then_tracestate_never_traceparent() -> None:
         ("traceparentish=1", "traceparentish=1"),
     ],
 )
-def test_strip_removes_only_ours(value: str, expected: str) -> None:
-    """Strip leaves the caller's tokens verbatim, in order, with their separator."""
-    assert _codec.strip(value, KEYS) == expected
+def test_read_removes_only_ours(value: str, expected: str) -> None:
+    """Reading leaves the caller's tokens verbatim, in order, with their separator."""
+    assert _codec.read(value, KEYS).rest == expected
 
 
-def test_find_decodes_our_values_and_ignores_the_callers() -> None:
+def test_read_decodes_our_values_and_ignores_the_callers() -> None:
     """Our values come back decoded; the caller's keys and odd tokens are passed over."""
     state = _codec.encode_value("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
     value = f"accept_eula=true;junk;traceparent={TP};tracestate={state}"
-    assert _codec.find(value, KEYS) == {
-        "traceparent": TP,
-        "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
-    }
+    assert _codec.read(value, KEYS) == (
+        {"traceparent": TP, "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
+        "accept_eula=true;junk",
+    )
 
 
-def test_find_last_value_wins() -> None:
+def test_read_last_value_wins() -> None:
     """Two traceparents: the last one is taken, as JumpStart's own parser would."""
     value = f"traceparent=00-{'1' * 32}-{'2' * 16}-01;traceparent={TP}"
-    assert _codec.find(value, KEYS) == {"traceparent": TP}
+    assert _codec.read(value, KEYS) == ({"traceparent": TP}, "")
 
 
 @pytest.mark.parametrize(
@@ -185,3 +187,78 @@ def test_decode_keeps_malformed_escapes() -> None:
 def test_separator_follows_the_value(value: str, sep: str) -> None:
     """The separator is read from the value; a lone tfs-* pair means TensorFlow Serving's ','."""
     assert _codec.separator(value) == sep
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"note": "a;baggage=b"}',
+        '{"note": "a;traceparent=b", "x": 1}',
+        "a=1;justtext;tracestate=x",
+        "not a list; traceparent",
+        "é;traceparent=" + TP,
+        "x" * 1000 + ";traceparent=" + TP,
+    ],
+)
+def test_read_leaves_values_no_merge_could_have_written_alone(value: str) -> None:
+    """Text that only looks like a pair of ours, or a value SageMaker would reject, is the
+    caller's whole: nothing found, the very same string back."""
+    pairs, rest = _codec.read(value, KEYS)
+    assert pairs == {}
+    assert rest is value
+
+
+@pytest.mark.parametrize(
+    ("value", "pairs", "rest"),
+    [
+        (f"accept_eula=true;traceparent={TP}", {"traceparent": TP}, "accept_eula=true"),
+        (f"TraceParent = {TP} ;a=1", {"traceparent": TP}, "a=1"),
+        (f"a=1;traceparent={TP};", {"traceparent": TP}, "a=1;"),
+        (f"a=1, traceparent={TP}", {"traceparent": TP}, "a=1"),
+        (f"traceparent={TP}; a=1", {"traceparent": TP}, "a=1"),
+        (f" a=1;traceparent={TP}", {"traceparent": TP}, " a=1"),
+        (f"tracestate=k%3Dv;traceparent={TP}", {"tracestate": "k=v", "traceparent": TP}, ""),
+        (f'{{"a": 1}};traceparent={TP}', {"traceparent": TP}, '{"a": 1}'),
+        (f"uuid-1;traceparent={TP};baggage=k%3Dv", {"traceparent": TP, "baggage": "k=v"}, "uuid-1"),
+        ("a=1;b=2", {}, "a=1;b=2"),
+        ("", {}, ""),
+    ],
+)
+def test_read_cases(value: str, pairs: dict[str, str], rest: str) -> None:
+    """Our pairs decoded, the caller's value as it was less them."""
+    assert _codec.read(value, KEYS) == (pairs, rest)
+
+
+def test_read_prefixed_keys_are_ours() -> None:
+    """Per-entry baggage keys (Jaeger's uberctx-*, OT's ot-baggage-*) are ours by prefix."""
+    keys = _codec.Keys({"uber-trace-id"}, prefixes=("uberctx-",))
+    value = "a=1;uber-trace-id=1:2:0:1;uberctx-user=alice"
+    assert _codec.read(value, keys) == (
+        {"uber-trace-id": "1:2:0:1", "uberctx-user": "alice"},
+        "a=1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (TP, ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", 1)),
+        (TP[:-2] + "03", ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", 3)),
+        (f" {TP} ", ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", 1)),
+        (TP.upper(), None),
+        (TP[:-1], None),
+        ("01" + TP[2:], None),
+        (f"00-{'0' * 32}-b7ad6b7169203331-01", None),
+        (f"00-0af7651916cd43dd8448eb211c80319c-{'0' * 16}-01", None),
+        (TP.replace("-", "_"), None),
+        ("", None),
+    ],
+)
+def test_parse_traceresponse(value: str, parsed: tuple[str, str, int] | None) -> None:
+    """The echo is parsed by slicing: lower-case hex ids of the right length, valid ids only."""
+    assert _codec.parse_traceresponse(value) == parsed
+    if parsed is not None:
+        trace_id, span_id, flags = parsed
+        assert (
+            _codec.format_traceresponse(int(trace_id, 16), int(span_id, 16), flags) == value.strip()
+        )

@@ -1,0 +1,96 @@
+"""What the client and the container side both need: the tracer, error recording, the
+SageMaker header names and attributes, and the guard that keeps a failure of ours out of the
+user's call."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+
+from sm_tracing.version import __version__
+
+_logger = logging.getLogger("sm_tracing")
+
+T = TypeVar("T")
+
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+HEADER_LOWER = HEADER.lower()
+STATUS_CODE = "http.response.status_code"
+ERROR_TYPE = "error.type"
+INFERENCE_ID = "aws.sagemaker.inference_id"
+SESSION_ID = "aws.sagemaker.session_id"
+TARGET_MODEL = "aws.sagemaker.target_model"
+# The SageMaker headers that reach a container, and the span attribute each one becomes.
+SAGEMAKER_HEADERS = (
+    ("x-amzn-sagemaker-inference-id", INFERENCE_ID),
+    ("x-amzn-sagemaker-target-model", TARGET_MODEL),
+    ("x-amzn-sagemaker-session-id", SESSION_ID),
+)
+RECORD_MESSAGES_ENV = "SM_TRACING_RECORD_EXCEPTION_MESSAGES"
+_ERROR = Status(StatusCode.ERROR)
+
+
+def guard(what: str, default: T, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, or *default* when it raises: the failure is logged as "could not
+    *what*" and goes no further. The one guard of every entry point that must never break the
+    user's call."""
+    try:
+        return function(*args)
+    except Exception:
+        _logger.warning("could not %s", what, exc_info=True)
+        return default
+
+
+@lru_cache(maxsize=32)
+def get_tracer(tracer_provider: TracerProvider | None = None) -> trace.Tracer:
+    """This library's tracer from *tracer_provider*, or from the global one; a tracer that
+    records nothing (logged) when the provider fails to give one."""
+    no_op: trace.Tracer = trace.NoOpTracer()
+    return guard(
+        "get a tracer; not tracing",
+        no_op,
+        trace.get_tracer,
+        "sm_tracing",
+        __version__,
+        tracer_provider,
+    )
+
+
+def _record_messages() -> bool:
+    return os.environ.get(RECORD_MESSAGES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def record_error(span: Span, error: BaseException, *, message: bool | None = None) -> None:
+    """Record *error* on *span* by its type, and set the status to ERROR.
+
+    An exception's message can quote a request body or CustomAttributes, so it is recorded
+    only when *message* is true (by default: when ``SM_TRACING_RECORD_EXCEPTION_MESSAGES`` is
+    set to true); never is the traceback, whose last line repeats it.
+    """
+    if not span.is_recording():
+        return
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    attributes = {"exception.type": name}
+    if message if message is not None else _record_messages():
+        attributes["exception.message"] = str(error)
+    span.add_event("exception", attributes)
+    span.set_attribute(ERROR_TYPE, name)
+    span.set_status(Status(StatusCode.ERROR, kind.__name__))
+
+
+def set_status_code(span: Span, code: int) -> None:
+    """Record the HTTP status *code* on *span*, ERROR for a 5xx."""
+    span.set_attribute(STATUS_CODE, code)
+    if code >= 500:
+        span.set_status(_ERROR)

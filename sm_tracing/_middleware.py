@@ -1,0 +1,148 @@
+"""What the WSGI and ASGI middlewares share: their options, the routes they trace, the trace
+echo written into a response's header list, and the propagator's request headers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.textmap import Setter, TextMapPropagator
+from opentelemetry.trace import TracerProvider
+
+from sm_tracing._common import HEADER, HEADER_LOWER, get_tracer, guard
+from sm_tracing._container import (
+    Invocation,
+    RemoteContext,
+    inject_headers_option,
+    remote_context_policy,
+)
+
+_logger = logging.getLogger(__name__)
+
+App = TypeVar("App")
+MODEL_ROUTE = "/models/{name}/invoke"
+_HEADER_BYTES = HEADER_LOWER.encode("ascii")
+_HEADER_LENGTH = len(HEADER)
+
+
+def traced_routes(trace_ping: bool, paths: Iterable[str] | None) -> dict[str, str]:
+    """The exact paths traced, each with the route its span is named after."""
+    routes = {"/invocations": "/invocations"}
+    if trace_ping:
+        routes["/ping"] = "/ping"
+    for path in paths or ():
+        routes[path] = path
+    return routes
+
+
+def model_name(path: str) -> str | None:
+    """The model of a multi-model path ``/models/{name}/invoke``, or None for another path."""
+    if path.startswith("/models/") and path.endswith("/invoke") and len(path) > 15:
+        return path[8:-7]
+    return None
+
+
+class Middleware(Generic[App]):
+    """The options of a middleware, decided once, at construction."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        remote_context: RemoteContext | None = None,
+        trace_ping: bool = False,
+        echo: bool = True,
+        paths: Iterable[str] | None = None,
+        name: str | None = None,
+        inject_headers: bool | None = None,
+    ) -> None:
+        """Wrap *app*. Options: ``tracer_provider``; ``remote_context`` (``"continue"``,
+        ``"link"`` or ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping``
+        (False); ``echo`` (True: ``traceresponse`` in the response CustomAttributes);
+        ``paths`` (more exact paths to trace, each span named after its path); ``name`` (one
+        span name for all); ``inject_headers`` (else ``SM_TRACING_INJECT_HEADERS``, else False:
+        the span's context written by the configured propagator into the request headers the
+        app sees, replacing any it had, so an app that traces from a ``traceparent`` header
+        makes its spans children of ours)."""
+        if not callable(app):
+            raise TypeError(f"{type(self).__name__} wraps an application, not {app!r}")
+        if isinstance(paths, str):
+            raise TypeError("paths must be a collection of paths, not a str")
+        self.app = app
+        self._tracer_provider = tracer_provider
+        self._tracer = get_tracer(tracer_provider)
+        self._policy = remote_context_policy(remote_context)
+        self._routes = traced_routes(trace_ping, paths)
+        self._inject_headers = inject_headers_option(inject_headers)
+        self._echo = echo
+        self._name = name
+
+
+def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:
+    """A new list of response *headers* (``str`` or ``bytes`` pairs) with *invocation*'s span
+    echoed as ``traceresponse`` in their CustomAttributes, the app's own value first, matched
+    in any case and replaced rather than repeated; None when nothing is to be added."""
+    binary = bool(headers) and isinstance(headers[0][0], bytes)
+    for index, (name, value) in enumerate(headers):
+        if len(name) == _HEADER_LENGTH and name.lower() in (HEADER_LOWER, _HEADER_BYTES):
+            binary = isinstance(name, bytes)
+            merged = invocation.echo(value.decode("latin-1") if binary else value)
+            if merged is None:
+                return None
+            copy = list(headers)
+            copy[index] = (name, merged.encode("latin-1") if binary else merged)
+            return copy
+    merged = invocation.echo(None)
+    if merged is None:
+        return None
+    if binary:
+        return [*headers, (_HEADER_BYTES, merged.encode("ascii"))]
+    return [*headers, (HEADER, merged)]
+
+
+class _LowerCaseSetter(Setter[dict[str, str]]):
+    def set(self, carrier: dict[str, str], key: str, value: str) -> None:
+        carrier[key.lower()] = value
+
+
+_SETTER = _LowerCaseSetter()
+_fields_cache: tuple[TextMapPropagator | None, frozenset[str]] = (None, frozenset())
+
+
+def _fields(propagator: TextMapPropagator) -> frozenset[str]:
+    global _fields_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
+    cached_for, fields = _fields_cache
+    if cached_for is not propagator:
+        fields = frozenset(field.lower() for field in propagator.fields)
+        _fields_cache = (propagator, fields)
+    return fields
+
+
+def _trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str]] | None:
+    if not invocation.span.get_span_context().is_valid:
+        return None
+    propagator = get_global_textmap()
+    written: dict[str, str] = {}
+    propagator.inject(written, context=invocation.context, setter=_SETTER)
+    if not written:
+        return None
+    return written, _fields(propagator) | frozenset(written)
+
+
+def trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str]] | None:
+    """The request headers (lower-cased names) the configured propagator writes for
+    *invocation*'s span, and every header name to take out of the request before adding them
+    (its fields and what it wrote). None when the span context is invalid, nothing is written,
+    or the propagator fails (logged). Never raises."""
+    return guard(
+        "write the trace context into the request headers", None, _trace_headers, invocation
+    )
+
+
+def attached(invocation: Invocation) -> object:
+    """Make *invocation*'s span current; the token to detach it with."""
+    return otel_context.attach(invocation.context)  # type: ignore[arg-type]
