@@ -7,7 +7,6 @@ loads no optional integration.
 
 from __future__ import annotations
 
-import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,8 @@ if TYPE_CHECKING:
     from sm_tracing._propagation import extract_context, inject_context, strip_context
     from sm_tracing._wsgi import WSGIMiddleware
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# No handler on the package logger: like OpenTelemetry's own, our warnings reach stderr through
+# logging's last resort when the application configured no logging, and its handlers when it did.
 
 _EXPORTS = {
     "ASGIMiddleware": "_asgi",
@@ -64,4 +64,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # The public names and the module's dunders, not what its own imports left behind.
+    dunders = {name for name in globals() if name.startswith("__") and name.endswith("__")}
+    return sorted(dunders | set(__all__))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sm_tracing
@@ -59,9 +62,11 @@ def receiver() -> Iterator[OTLPReceiver]:
 
 
 def exporters(provider: TracerProvider) -> list[SpanExporter]:
-    """The exporters behind the provider's batch processors."""
+    """The exporters behind the provider's batch processors (an OTLP one out of the wrapper
+    that checks its collector listens)."""
     processors = provider._active_span_processor._span_processors
-    return [processor.span_exporter for processor in processors]
+    found = [processor.span_exporter for processor in processors]
+    return [e.exporter if isinstance(e, _configure.CollectorExporter) else e for e in found]
 
 
 def export_one(provider: TracerProvider, name: str = "work") -> None:
@@ -267,3 +272,118 @@ def test_flushes_at_exit(receiver: OTLPReceiver) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     (span,) = receiver.wait_for(named("last words"), timeout=5)
     assert span.service == "at-exit"
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed, here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _exit_after_spans(endpoint: str, spans: int) -> tuple[float, str]:
+    """Run a process that configures tracing towards *endpoint*, ends *spans* spans (left for
+    the flush at exit) and returns. How long its exit took, from its last line to its end, and
+    what it wrote to stderr."""
+    code = (
+        "import time, sm_tracing\n"
+        "from opentelemetry import trace\n"
+        "sm_tracing.configure('exit-test')\n"
+        f"for index in range({spans}):\n"
+        "    trace.get_tracer('t').start_span(f'span {index}').end()\n"
+        "print(time.monotonic(), flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="60000",  # nothing is exported before the exit flush
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ended = time.monotonic()
+    assert done.returncode == 0, done.stderr
+    return ended - float(done.stdout.split()[-1]), done.stderr
+
+
+def test_no_collector_costs_one_warning_and_no_wait_at_exit() -> None:
+    """With nothing listening at the OTLP endpoint, the process exits at once (the exporter
+    alone retries each batch for its 10 s timeout) and says once where spans were meant to go,
+    with no retry lines."""
+    base = f"http://127.0.0.1:{_free_port()}"
+    took, stderr = _exit_after_spans(base, spans=5)
+    print(f"\nexit with no collector: {took:.2f} s")
+    assert took < 1.5, stderr
+    assert stderr.count("nothing is listening at") == 1, stderr
+    assert f"nothing is listening at {base}/v1/traces (OTLP/HTTP)" in stderr
+    assert "retrying" not in stderr
+    assert "Failed to export" not in stderr
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[str]:
+    """The base URL of a collector that accepts connections and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections queue up; nothing reads them
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def test_exit_flush_to_a_collector_that_never_answers_is_bounded(silent_collector: str) -> None:
+    """A collector that accepts connections and never answers costs the flush at exit one
+    short timeout, not the exporter's 10 s."""
+    took, stderr = _exit_after_spans(silent_collector, spans=5)
+    print(f"\nexit with a silent collector: {took:.2f} s")
+    assert 1.5 < took < 4.5, stderr
+    assert "nothing is listening" not in stderr
+
+
+def test_at_exit_one_failed_batch_drops_the_rest(silent_collector: str) -> None:
+    """Exiting, the exporter gives up after one failed batch instead of waiting a timeout for
+    each of the batches left."""
+    provider = sm_tracing.configure("exiting", endpoint=silent_collector)
+    (collector,) = provider._active_span_processor._span_processors
+    exporter = collector.span_exporter
+    assert isinstance(exporter, _configure.CollectorExporter)
+    tracer = provider.get_tracer("tests")
+    batches = []
+    for index in range(3):
+        span = tracer.start_span(f"batch {index}")
+        span.end()
+        batches.append([span])
+    exporter.exiting()
+    started = time.monotonic()
+    results = [exporter.export(batch) for batch in batches]
+    took = time.monotonic() - started
+    assert results == [SpanExportResult.FAILURE] * 3
+    assert 1.5 < took < 2 * _configure._EXIT_TIMEOUT
+
+
+def test_spans_go_out_once_the_collector_is_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spans ended while nothing listens are dropped with one warning; once a collector
+    listens at the endpoint, the next spans reach it."""
+    port = _free_port()
+    provider = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        export_one(provider, "dropped")
+        export_one(provider, "dropped too")
+    assert caplog.text.count("nothing is listening") == 1
+    with OTLPReceiver(port=port) as receiver:
+        export_one(provider, "received")
+        receiver.wait_for(named("received"))
+        assert [span.name for span in receiver.spans] == ["received"]
+
+
+def test_the_otlp_http_exporter_is_a_dependency() -> None:
+    """The installed package requires the OTLP/HTTP exporter without any extra, so
+    ``pip install sm-tracing`` then ``configure()`` exports to Jaeger."""
+    requires = importlib.metadata.requires("sm-tracing") or []
+    plain = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("opentelemetry-exporter-otlp-proto-http") for r in plain), requires
