@@ -17,6 +17,7 @@ from sm_tracing._demo.receiver import ReceivedSpan
 from tests._otlp_receiver import OTLPReceiver
 
 SCRIPT = Path(sys.executable).with_name("sm-tracing")
+MINE = demo.CUSTOM_ATTRIBUTES
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,12 +37,19 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_runs_green() -> None:
-    """The demo exits 0 well within 30 seconds and prints three traces, each with the client
-    span and, under it (or linked, for async), the container span."""
+@pytest.fixture(scope="module")
+def green() -> tuple[subprocess.CompletedProcess[str], float]:
+    """One plain run of the demo, and how many seconds it took."""
     started = time.monotonic()
     result = run_demo()
-    assert time.monotonic() - started < 30
+    return result, time.monotonic() - started
+
+
+def test_demo_runs_green(green: tuple[subprocess.CompletedProcess[str], float]) -> None:
+    """The demo exits 0 well within 30 seconds and prints three traces, each with the client
+    span and, under it (or linked, for async), the container span."""
+    result, seconds = green
+    assert seconds < 30
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "OK: 3 invocations" in out
@@ -57,6 +65,48 @@ def test_demo_runs_green() -> None:
     assert f"of trace {client_trace[:8]})" in section
     assert "demo-async-model" in section
     assert "/trace/" not in out  # no Jaeger links when nothing is exported
+
+
+def test_demo_shows_custom_attributes_hop_by_hop(
+    green: tuple[subprocess.CompletedProcess[str], float],
+) -> None:
+    """Per invocation the demo prints the value sent on the wire (the caller's value with the
+    client span's traceparent), what the container app logged it received (the caller's value
+    alone), and for the two synchronous calls the container's echo and what the caller got."""
+    result, _ = green
+    assert result.returncode == 0, result.stdout + result.stderr
+    for title in ("plain: InvokeEndpoint", "streamed: InvokeEndpointWithResponseStream"):
+        section = result.stdout.split(title, 1)[1].split("\n\n", 1)[0]
+        client_span = re.search(r"trace ([0-9a-f]{32})", section)
+        assert client_span is not None
+        sent = re.search(
+            r"sent on the wire +accept_eula=true;traceparent=00-([0-9a-f]{32})-", section
+        )
+        assert sent is not None and sent.group(1) == client_span.group(1)
+        assert re.search(r"the app received +accept_eula=true\n", section)
+        assert re.search(r"the container answered +accept_eula=true;traceresponse=00-", section)
+        assert re.search(r"the caller got back +accept_eula=true\n", section)
+    section = result.stdout.split("async: InvokeEndpointAsync", 1)[1].split("\n\n", 1)[0]
+    client_trace = re.findall(r"trace ([0-9a-f]{32})", section)[0]
+    assert f"traceparent=00-{client_trace}-" in section
+    assert re.search(r"the app received +accept_eula=true\n", section)
+    assert "the caller got back" not in section
+
+
+def test_demo_says_what_it_waits_for(
+    green: tuple[subprocess.CompletedProcess[str], float],
+) -> None:
+    """Before the first trace the demo says it is starting the containers, when each answers,
+    and that it is calling the runtime, in that order."""
+    result, _ = green
+    before = result.stdout.split("plain: InvokeEndpoint", 1)[0]
+    lines = [line.strip() for line in before.splitlines() if line.strip()]
+    assert lines[0].startswith("Starting two model containers")
+    assert sorted(re.sub(r"[0-9.]+ s$", "N s", line) for line in lines[1:3]) == [
+        "async container ready after N s",
+        "realtime container ready after N s",
+    ]
+    assert lines[3].startswith("Calling a local SageMaker runtime (http://127.0.0.1:")
 
 
 def test_demo_exports_and_links_to_jaeger() -> None:
@@ -157,6 +207,58 @@ def test_verdict_missing_client_span() -> None:
 def test_traces_url(endpoint: str, expected: str) -> None:
     """A base endpoint gets /v1/traces; a URL with a path is used as it is."""
     assert demo.traces_url(endpoint) == expected
+
+
+@pytest.mark.parametrize(
+    ("carried", "problems"),
+    [
+        (
+            demo.Carried(sent=f"{MINE};traceparent=00-1-2-03", received=MINE),
+            [],
+        ),
+        (
+            demo.Carried(sent=MINE, received=MINE),
+            ["plain: no trace context was sent in CustomAttributes"],
+        ),
+        (
+            demo.Carried(sent="traceparent=00-1-2-03", received=None),
+            ["plain: the app received None, not the caller's 'accept_eula=true'"],
+        ),
+        (
+            demo.Carried(sent="a=b;traceparent=00-1-2-03", received="a=b;traceparent=00-1-2-03"),
+            ["plain: the app received 'a=b;traceparent=00-1-2-03', "
+             "not the caller's 'accept_eula=true'"],
+        ),
+    ],
+)  # fmt: skip
+def test_hops_verdict(carried: demo.Carried, problems: list[str]) -> None:
+    """The demo fails when no trace context went on the wire or the app did not receive the
+    caller's own value exactly, and prints every hop it knows of."""
+    out = io.StringIO()
+    assert demo._show_hops(demo.SCENARIOS[0], carried, out) == problems
+    assert "the caller passed       accept_eula=true" in out.getvalue()
+    assert "the caller got back     (none)" in out.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_clock_only_on_a_terminal() -> None:
+    """Steps are lines everywhere; the running clock is written only to a terminal, each
+    reading once, and a step rubs it out before printing."""
+    plain, terminal = io.StringIO(), _Terminal()
+    for out in (plain, terminal):
+        progress = demo._Progress(out)
+        progress.waiting("  waiting:", 0.01)
+        progress.waiting("  waiting:", 0.02)
+        progress.waiting("  waiting:", 0.31)
+        progress.say("ready")
+    assert plain.getvalue() == "ready\n"
+    assert terminal.getvalue() == (
+        "\r\033[K  waiting: 0.0 s\r\033[K  waiting: 0.3 s\r\033[Kready\n"
+    )
 
 
 def test_container_that_dies_is_reported(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ Served by gunicorn as ``sm_tracing._demo.app:create_app()``. It answers ``GET /p
 app sleeping ``delay`` seconds before each. The handler's own spans (``preprocess``,
 ``predict``, ``generate``) sit under the container span. The CustomAttributes the handler
 received are returned in the response body and as the response's CustomAttributes, so a
-caller can see that its own values arrived and came back.
+caller can see that its own values arrived and came back, and logged on stdout as one JSON
+line per request with its inference id (the demo reads them back from the container's log).
 
 Tracing is set up with :func:`sm_tracing.configure` from the usual ``OTEL_*`` variables, in
 each worker, after gunicorn forks it.
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "demo-model-container"
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+# The "event" of the log line saying what a request's CustomAttributes were.
+RECEIVED_EVENT = "custom_attributes_received"
 
 
 def create_app() -> Flask:
@@ -50,6 +54,12 @@ def create_app() -> Flask:
     @flask_app.post("/invocations")
     def invocations() -> Response:
         custom_attributes = request.headers.get(HEADER)
+        record = {
+            "event": RECEIVED_EVENT,
+            "inference_id": request.headers.get(INFERENCE_ID),
+            "custom_attributes": custom_attributes,
+        }
+        print(json.dumps(record), flush=True)
         headers = {HEADER: custom_attributes} if custom_attributes else {}
         with tracer.start_as_current_span("preprocess"):
             payload: dict[str, Any] = json.loads(request.get_data() or b"{}")

@@ -5,7 +5,9 @@ No AWS account, no Docker, no network: the demo starts two model containers (the
 endpoint), a :class:`~sm_tracing.local.LocalRuntime` in front of them, and an instrumented
 boto3 client. Every process exports its spans over OTLP/HTTP to a receiver the demo runs, which
 can pass them on to Jaeger or a Collector. It makes a plain, a streamed and an async
-invocation and prints each trace as a tree.
+invocation and prints, for each, the CustomAttributes value at every hop (as the caller passed
+it, as it went on the wire with the trace context merged in, as the container app received it,
+as the container answered, as the caller got it back) and the trace as a tree.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ REALTIME = "demo-realtime"
 ASYNC = "demo-async"
 CONTAINER_SPAN = "POST /invocations"
 CUSTOM_ATTRIBUTES = "accept_eula=true"
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 _REQUIRED = (
     ("flask", "Flask"),
     ("gunicorn", "gunicorn"),
@@ -60,6 +63,21 @@ class Scenario:
     @property
     def client_span(self) -> str:
         return f"SageMaker Runtime.{self.operation}"
+
+    @property
+    def inference_id(self) -> str:
+        """The InferenceId the demo sends, which the container app logs beside what it saw."""
+        return f"demo-{self.title}"
+
+
+@dataclass
+class Carried:
+    """One invocation's CustomAttributes at each hop; None where there was none."""
+
+    sent: str | None = None  # on the wire, the trace context merged in by sm_tracing
+    received: str | None = None  # what the container app read, sm_tracing's keys taken out
+    answered: str | None = None  # the container's answer on the wire, with its echo
+    returned: str | None = None  # what the caller's code got back
 
 
 SCENARIOS = (
@@ -107,8 +125,8 @@ def run(
     forward = traces_url(otlp_endpoint) if otlp_endpoint else None
     try:
         with OTLPReceiver(forward_to=forward) as receiver:
-            spans = _invoke_all(receiver, deadline)
-            problems = _report(spans, out, jaeger_url if forward else None)
+            spans, carried = _invoke_all(receiver, deadline, _Progress(out))
+            problems = _report(spans, out, jaeger_url if forward else None, carried)
             if receiver.forward_errors:
                 problems.append(
                     f"could not export to {forward}: {receiver.forward_errors[-1]}"
@@ -128,8 +146,11 @@ def run(
     return 0
 
 
-def _invoke_all(receiver: OTLPReceiver, deadline: float) -> list[ReceivedSpan]:
-    """Start everything, make the three invocations, and collect every span they made."""
+def _invoke_all(
+    receiver: OTLPReceiver, deadline: float, progress: _Progress
+) -> tuple[list[ReceivedSpan], dict[str, Carried]]:
+    """Start everything, make the three invocations, and collect every span they made and the
+    CustomAttributes of each at every hop (by scenario title)."""
     import boto3
     from botocore.config import Config
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -142,12 +163,19 @@ def _invoke_all(receiver: OTLPReceiver, deadline: float) -> list[ReceivedSpan]:
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sm-tracing-demo-")))
-        realtime = stack.enter_context(_container(receiver, work, "realtime"))
-        asynchronous = stack.enter_context(
-            _container(receiver, work, "async", remote_context="link")
+        progress.say(
+            "Starting two model containers: a Flask app behind sm_tracing.WSGIMiddleware, "
+            "under gunicorn"
         )
-        realtime.wait_ready(deadline)
-        asynchronous.wait_ready(deadline)
+        containers = [
+            stack.enter_context(_container(receiver, work, "realtime")),
+            stack.enter_context(_container(receiver, work, "async", remote_context="link")),
+        ]
+        # Both are told to stop before either is waited for, so they shut down together.
+        for container in containers:
+            stack.callback(container.terminate)
+        wait_ready(containers, deadline, progress)
+        realtime, asynchronous = containers
         runtime = stack.enter_context(
             LocalRuntime(
                 {REALTIME: realtime.url, ASYNC: asynchronous.url}, output_location=work / "out"
@@ -170,12 +198,29 @@ def _invoke_all(receiver: OTLPReceiver, deadline: float) -> list[ReceivedSpan]:
             endpoint_url=runtime.url,
             config=Config(retries={"max_attempts": 1}, read_timeout=10),
         )
-        _call(client, work)
+        carried = {scenario.title: Carried() for scenario in SCENARIOS}
+        by_id = {scenario.inference_id: carried[scenario.title] for scenario in SCENARIOS}
+
+        def on_the_wire(request: Any, **_: Any) -> None:
+            # The signed request as it leaves: what sm_tracing merged is in it.
+            found = by_id.get(_text(request.headers.get("X-Amzn-SageMaker-Inference-Id")) or "")
+            if found is not None:
+                found.sent = _text(request.headers.get(HEADER))
+
+        client.meta.events.register("before-send.sagemaker-runtime", on_the_wire)
+        progress.say(
+            f"Calling a local SageMaker runtime ({runtime.url}) with an instrumented boto3 client"
+        )
+        _call(client, work, carried)
         if not runtime.wait_async(max(0.1, deadline - time.monotonic())):
             raise DemoError("the async invocation did not finish in time")
+        for container in containers:
+            for inference_id, value in container.received().items():
+                if inference_id in by_id:
+                    by_id[inference_id].received = value
         expected = len(SCENARIOS)
         try:
-            return receiver.wait_for(
+            spans = receiver.wait_for(
                 lambda spans: (
                     _count(spans, CLIENT_SERVICE) >= expected
                     and _count(spans, None, CONTAINER_SPAN) >= expected
@@ -183,7 +228,12 @@ def _invoke_all(receiver: OTLPReceiver, deadline: float) -> list[ReceivedSpan]:
                 timeout=max(0.1, deadline - time.monotonic()),
             )
         except TimeoutError:
-            return receiver.spans
+            spans = receiver.spans
+        return spans, carried
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _count(spans: list[ReceivedSpan], service: str | None, name: str | None = None) -> int:
@@ -194,29 +244,32 @@ def _count(spans: list[ReceivedSpan], service: str | None, name: str | None = No
     )
 
 
-def _call(client: Any, work: Path) -> None:
+def _call(client: Any, work: Path, carried: dict[str, Carried]) -> None:
     """The three invocations, each checking that the caller's CustomAttributes came back."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    plain, streamed, asynchronous = SCENARIOS
     try:
         response = client.invoke_endpoint(
             EndpointName=REALTIME,
             Body=json.dumps({"inputs": "hello from the demo"}),
             ContentType="application/json",
             CustomAttributes=CUSTOM_ATTRIBUTES,
+            InferenceId=plain.inference_id,
         )
         response["Body"].read()
-        _check_echo("plain", response.get("CustomAttributes"))
+        _came_back(plain, response, carried[plain.title])
 
         response = client.invoke_endpoint_with_response_stream(
             EndpointName=REALTIME,
             Body=json.dumps({"inputs": "token", "stream": True, "chunks": 5, "delay": 0.02}),
             ContentType="application/json",
             CustomAttributes=CUSTOM_ATTRIBUTES,
+            InferenceId=streamed.inference_id,
         )
         for _event in response["Body"]:
             pass
-        _check_echo("streamed", response.get("CustomAttributes"))
+        _came_back(streamed, response, carried[streamed.title])
 
         source = work / "async-input.json"
         source.write_text(json.dumps({"inputs": "later"}))
@@ -225,21 +278,33 @@ def _call(client: Any, work: Path) -> None:
             InputLocation=source.as_uri(),
             ContentType="application/json",
             CustomAttributes=CUSTOM_ATTRIBUTES,
+            InferenceId=asynchronous.inference_id,
         )
     except (BotoCoreError, ClientError) as exc:
         raise DemoError(f"an invocation failed: {exc}") from exc
 
 
-def _check_echo(title: str, value: str | None) -> None:
-    if value != CUSTOM_ATTRIBUTES:
+def _came_back(scenario: Scenario, response: dict[str, Any], carried: Carried) -> None:
+    """Note the answer's CustomAttributes, on the wire and as the caller got them; the caller's
+    own value must come back unchanged."""
+    headers = response["ResponseMetadata"]["HTTPHeaders"]
+    carried.answered = headers.get(HEADER.lower())
+    carried.returned = response.get("CustomAttributes")
+    if carried.returned != CUSTOM_ATTRIBUTES:
         raise DemoError(
-            f"the {title} invocation's CustomAttributes came back as {value!r}, "
-            f"not {CUSTOM_ATTRIBUTES!r}"
+            f"the {scenario.title} invocation's CustomAttributes came back as "
+            f"{carried.returned!r}, not {CUSTOM_ATTRIBUTES!r}"
         )
 
 
-def _report(spans: list[ReceivedSpan], out: TextIO, jaeger_url: str | None) -> list[str]:
-    """Print each scenario's trace; the problems found, if any."""
+def _report(
+    spans: list[ReceivedSpan],
+    out: TextIO,
+    jaeger_url: str | None,
+    carried: dict[str, Carried] | None = None,
+) -> list[str]:
+    """Print each scenario's CustomAttributes hop by hop (when *carried* says) and its trace;
+    the problems found, if any."""
     from sm_tracing._demo.tree import render_trace
 
     unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
@@ -260,6 +325,8 @@ def _report(spans: list[ReceivedSpan], out: TextIO, jaeger_url: str | None) -> l
             joined = [s for s in containers if s.parent_id == client.span_id]
         note = ", the container's trace linked to it" if scenario.linked else ""
         print(f"{scenario.title}: {scenario.operation}{note}", file=out)
+        if carried is not None:
+            problems.extend(_show_hops(scenario, carried[scenario.title], out))
         for trace_id in dict.fromkeys([client.trace_id, *(s.trace_id for s in joined)]):
             title = f"  trace {trace_id}"
             if jaeger_url:
@@ -274,6 +341,78 @@ def _report(spans: list[ReceivedSpan], out: TextIO, jaeger_url: str | None) -> l
     return problems
 
 
+def _show_hops(scenario: Scenario, carried: Carried, out: TextIO) -> list[str]:
+    """Print the CustomAttributes of one invocation at each hop; the problems they show."""
+    rows = [
+        ("the caller passed", CUSTOM_ATTRIBUTES),
+        ("sent on the wire", carried.sent),
+        ("the app received", carried.received),
+    ]
+    if scenario.linked:
+        rows.append(("the answer carried", "(nothing: an async call is answered 202 at once)"))
+    else:
+        rows.append(("the container answered", carried.answered))
+        rows.append(("the caller got back", carried.returned))
+    print("  CustomAttributes, hop by hop:", file=out)
+    for label, value in rows:
+        print(f"    {label:<24}{'(none)' if value is None else value}", file=out)
+    problems = []
+    if carried.sent is None or "traceparent=" not in carried.sent:
+        problems.append(f"{scenario.title}: no trace context was sent in CustomAttributes")
+    if carried.received != CUSTOM_ATTRIBUTES:
+        problems.append(
+            f"{scenario.title}: the app received {carried.received!r}, "
+            f"not the caller's {CUSTOM_ATTRIBUTES!r}"
+        )
+    return problems
+
+
+class _Progress:
+    """Says what the demo is doing through its quiet first seconds: a line per step and, on a
+    terminal, a running clock while it waits."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        self._out = out
+        self._live = out is not None and out.isatty()
+        self._clock = ""
+
+    def say(self, text: str) -> None:
+        if self._out is None:
+            return
+        if self._clock:
+            self._out.write("\r\033[K")
+            self._clock = ""
+        print(text, file=self._out, flush=True)
+
+    def waiting(self, text: str, seconds: float) -> None:
+        clock = f"{text} {seconds:.1f} s"
+        if self._out is not None and self._live and clock != self._clock:
+            self._out.write(f"\r\033[K{clock}")
+            self._out.flush()
+            self._clock = clock
+
+
+def wait_ready(containers: list[_Container], deadline: float, progress: _Progress) -> None:
+    """Return once every container's ``/ping`` answers 200, saying when each is ready;
+    DemoError if one exits or time runs out."""
+    started = time.monotonic()
+    pending = list(containers)
+    while pending:
+        for container in [c for c in pending if c.ready()]:
+            pending.remove(container)
+            elapsed = time.monotonic() - started
+            progress.say(f"  {container.name} container ready after {elapsed:.1f} s")
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            container = pending[0]
+            raise DemoError(
+                f"the {container.name} container did not start in time:\n{container.log_tail()}"
+            )
+        progress.waiting("  waiting for them to answer /ping:", time.monotonic() - started)
+        time.sleep(0.05)
+
+
 class _Container:
     """A gunicorn process serving the demo app on a socket the demo bound for it."""
 
@@ -282,36 +421,59 @@ class _Container:
         self.url = url
         self.log = log
         self.name = name
+        self._terminated = False
+
+    def ready(self) -> bool:
+        """Whether ``/ping`` answers 200 now; DemoError if the process has exited."""
+        if self.process.poll() is not None:
+            raise DemoError(f"the {self.name} container exited:\n{self.log_tail()}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(self.url + "/ping", timeout=1) as response,
+        ):
+            return bool(response.status == 200)
+        return False
 
     def wait_ready(self, deadline: float) -> None:
         """Return once ``/ping`` answers 200; DemoError if the process dies or time runs out."""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DemoError(f"the {self.name} container exited:\n{self._log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url + "/ping", timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.05)
-        raise DemoError(f"the {self.name} container did not start in time:\n{self._log_tail()}")
+        wait_ready([self], deadline, _Progress(None))
+
+    def received(self) -> dict[str, str | None]:
+        """What the app logged it received: CustomAttributes by inference id."""
+        from sm_tracing._demo.app import RECEIVED_EVENT
+
+        found: dict[str, str | None] = {}
+        for line in self._log_lines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("event") == RECEIVED_EVENT:
+                        found[str(record.get("inference_id"))] = record.get("custom_attributes")
+        return found
+
+    def terminate(self) -> None:
+        """Ask gunicorn to stop, without waiting: its worker flushes its spans on the way out."""
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
-        """Stop gunicorn; its worker flushes its spans on the way out."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def _log_tail(self) -> str:
+        """Stop gunicorn and wait for it."""
+        self.terminate()
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self) -> str:
+        return "\n".join(self._log_lines()[-20:]) or "(no log)"
+
+    def _log_lines(self) -> list[str]:
+        try:
+            return self.log.read_text(errors="replace").splitlines()
         except OSError:
-            return "(no log)"
+            return []
 
 
 @contextlib.contextmanager
