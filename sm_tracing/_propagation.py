@@ -81,7 +81,7 @@ def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
     prefixes: set[str] = set()
     try:
         probe = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        context = trace.set_span_in_context(NonRecordingSpan(probe))
+        context = trace.set_span_in_context(NonRecordingSpan(probe), Context())
         context = baggage.set_baggage(_PROBE, "1", context)
         written: list[tuple[str, str]] = []
         propagator.inject(written, context=context, setter=_SETTER)
