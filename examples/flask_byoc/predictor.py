@@ -3,7 +3,7 @@
 
 Try it without Docker (port 8080, as SageMaker expects)::
 
-    pip install 'sm-tracing[flask,otlp]' gunicorn
+    pip install 'sm-tracing[flask]' gunicorn
     OTEL_SERVICE_NAME=flask-byoc gunicorn --bind 127.0.0.1:8080 predictor:app
     TP=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
     curl -si localhost:8080/invocations -H 'Content-Type: application/json' \\
