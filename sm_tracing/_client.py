@@ -6,33 +6,45 @@ serializes and signs the request), records the SageMaker attributes of the call 
 response, and takes the container's ``traceresponse`` echo out of the response.
 
 Where opentelemetry-instrumentation-botocore already makes a span for the call, it makes no
-span of its own: event handlers on the client inject under that span and enrich it instead.
+span of its own: event handlers on the client inject under that span and enrich it instead,
+through the same request and response steps.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, fields
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from botocore.exceptions import ClientError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
-from sm_tracing._container import record_error
-from sm_tracing._streaming import AioTracedEventStream, TracedEventStream
-
-try:
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - every supported API release has it
-    _SUPPRESS_INSTRUMENTATION_KEY = "suppress_instrumentation"
+from sm_tracing._common import (
+    INFERENCE_ID,
+    SESSION_ID,
+    STATUS_CODE,
+    TARGET_MODEL,
+    get_tracer,
+    guard,
+)
+from sm_tracing._streaming import (
+    REQUEST_ID,
+    AioTracedEventStream,
+    TracedEventStream,
+    end_span,
+    record_failure,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -44,22 +56,16 @@ INVOKE_STREAM = "InvokeEndpointWithResponseStream"
 INVOKE_ASYNC = "InvokeEndpointAsync"
 OPERATIONS = frozenset({INVOKE, INVOKE_STREAM, INVOKE_ASYNC})
 _SPAN_NAMES = {operation: f"SageMaker Runtime.{operation}" for operation in OPERATIONS}
-# Older instrumentations still set the suppression flag under its plain name.
-_SUPPRESS_PLAIN = "suppress_instrumentation"
 
 ENDPOINT_NAME = "aws.sagemaker.endpoint.name"
-INFERENCE_ID = "aws.sagemaker.inference_id"
-SESSION_ID = "aws.sagemaker.session_id"
 INVOKED_VARIANT = "aws.sagemaker.invoked_production_variant"
 CONTAINER_TRACE_ID = "aws.sagemaker.container.trace_id"
 CONTAINER_SPAN_ID = "aws.sagemaker.container.span_id"
-REQUEST_ID = "aws.request_id"
-STATUS_CODE = "http.response.status_code"
 
 # Request parameters recorded on the span; CustomAttributes and Body never are.
 _REQUEST_ATTRIBUTES = {
     "EndpointName": ENDPOINT_NAME,
-    "TargetModel": "aws.sagemaker.target_model",
+    "TargetModel": TARGET_MODEL,
     "TargetVariant": "aws.sagemaker.target_variant",
     "TargetContainerHostname": "aws.sagemaker.target_container_hostname",
     "InferenceComponentName": "aws.sagemaker.inference_component",
@@ -75,7 +81,6 @@ _RESPONSE_ATTRIBUTES = {
         ("FailureLocation", "aws.sagemaker.failure_location"),
     ),
 }
-_ECHO_KEYS = frozenset({_propagation.TRACERESPONSE})
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 # Per-client cache, in the client's own __dict__: one dict lookup per call.
 _CLIENT_ATTRIBUTES = "_sm_tracing_span_attributes"
@@ -84,8 +89,45 @@ _BEFORE_ID = "sm_tracing.inject"
 _AFTER_ID = "sm_tracing.response"
 _MAX_WARNED = 1024
 _UPSTREAM_MODULE = "opentelemetry.instrumentation.botocore"
+_UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_INJECTING = "merge the trace context"
+_RECORDING = "record the response of a SageMaker call"
 
-Started = tuple[Span, object]
+
+def _endpoint_names(endpoints: object) -> frozenset[str] | EndpointFilter | None:
+    if endpoints is None or callable(endpoints):
+        return endpoints
+    kind = type(endpoints).__name__
+    if isinstance(endpoints, (str, bytes)):
+        raise TypeError(f"endpoints must be a collection of endpoint names, not a single {kind}")
+    if not isinstance(endpoints, Collection) or not all(isinstance(n, str) for n in endpoints):
+        raise TypeError(
+            "endpoints must be None, a collection of endpoint names (str) or a callable "
+            f"(endpoint_name, params) -> bool, not {kind}"
+        )
+    return frozenset(endpoints)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What :func:`sm_tracing.instrument` was asked to do; checked when made.
+
+    ``endpoints`` comes out as None, a frozenset of endpoint names or the callable given.
+    """
+
+    tracer_provider: TracerProvider | None = None
+    endpoints: Collection[str] | EndpointFilter | None = None
+    inject_opaque: bool = False
+    inference_id_from_trace: bool = False
+    record_echo: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", _endpoint_names(self.endpoints))
+
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, Any]) -> ClientOptions:
+        """The options among *keywords* (an instrumentor's); other keywords are not ours."""
+        return cls(**{f.name: keywords[f.name] for f in fields(cls) if f.name in keywords})
 
 
 def upstream_botocore() -> bool:
@@ -110,50 +152,87 @@ def _upstream_active(name: str) -> bool:
     )
 
 
+class _Call:
+    """One call traced by our own span: ended with the response, or handed to its stream."""
+
+    __slots__ = ("hook", "operation", "span", "stream_type", "token")
+
+    def __init__(
+        self,
+        hook: ClientHook,
+        span: Span,
+        operation: str,
+        token: object,
+        stream_type: type[TracedEventStream],
+    ) -> None:
+        self.hook = hook
+        self.span = span
+        self.operation = operation
+        self.token = token
+        self.stream_type = stream_type
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is not None:  # the call raised; the error goes on to the caller unchanged
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+            guard("record the error of a SageMaker call", None, record_failure, self.span, error)
+            end_span(self.span)
+
+    def finish(self, result: Any) -> Any:
+        """Record *result* on the span and end it, or let the stream in it end it."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        span = self.span
+        guard(_RECORDING, None, self.hook.record_response, span, self.operation, result)
+        if self.operation == INVOKE_STREAM and guard(
+            "follow a response stream", False, _follow_stream, span, result, self.stream_type
+        ):
+            return result
+        end_span(span)
+        return result
+
+
+def _follow_stream(span: Span, result: Any, stream_type: type[TracedEventStream]) -> bool:
+    body = result.get("Body")
+    if body is None or not span.is_recording():
+        return False
+    # The span now ends when the caller is done reading.
+    result["Body"] = stream_type(body, span)
+    return True
+
+
 class ClientHook:
-    """The wrappers of ``_make_api_call`` and the client event handlers, with their options."""
+    """The wrappers of ``_make_api_call`` and the client event handlers of one
+    ``instrument()``."""
 
     __slots__ = (
         "__weakref__",
         "_hooked",
+        "_lock",
         "_warned",
+        "_watch_provider",
         "enabled",
-        "endpoint_filter",
-        "endpoint_names",
-        "filtering",
-        "inference_id_from_trace",
-        "inject_opaque",
-        "record_echo",
+        "options",
         "tracer",
     )
 
-    def __init__(
-        self,
-        tracer: trace.Tracer,
-        *,
-        endpoints: Collection[str] | EndpointFilter | None = None,
-        inject_opaque: bool = False,
-        inference_id_from_trace: bool = False,
-        record_echo: bool = True,
-    ) -> None:
-        self.tracer = tracer
-        self.endpoint_names: frozenset[str] | None = None
-        self.endpoint_filter: EndpointFilter | None = None
-        if callable(endpoints):
-            self.endpoint_filter = endpoints
-        elif endpoints is not None:
-            if isinstance(endpoints, str):
-                raise TypeError("endpoints must be a collection of endpoint names, not a str")
-            self.endpoint_names = frozenset(endpoints)
-        self.filtering = endpoints is not None
-        self.inject_opaque = inject_opaque
-        self.inference_id_from_trace = inference_id_from_trace
-        self.record_echo = record_echo
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.tracer = get_tracer(options.tracer_provider)
         self.enabled = True
+        # Until the first call that can't be recorded says whether a provider is missing.
+        self._watch_provider = options.tracer_provider is None
+        self._lock = threading.Lock()
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._warned: set[str | None] = set()
 
-    # -- the wrappers ---------------------------------------------------------------------
+    # -- the wrappers: our own span -------------------------------------------------------
 
     def wrap_sync(
         self,
@@ -165,24 +244,19 @@ class ClientHook:
         """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
         if not args or args[0] not in OPERATIONS:
             return wrapped(*args, **kwargs)
-        started = self._start(instance, args, upstream_botocore)
-        if started is None:
+        call = self._start(instance, args, upstream_botocore, TracedEventStream)
+        if call is None:
             return wrapped(*args, **kwargs)
-        span, token = started
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as error:
-            self._fail(span, token, error)
-            raise
-        return self._finish(span, token, args[0], result, TracedEventStream)
+        with call:
+            return call.finish(wrapped(*args, **kwargs))
 
     def wrap_aio(
         self,
-        wrapped: Callable[..., Awaitable[Any]],
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Awaitable[Any]:
+    ) -> Coroutine[Any, Any, Any]:
         """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
         if not args or args[0] not in OPERATIONS:
             return wrapped(*args, **kwargs)
@@ -190,127 +264,96 @@ class ClientHook:
 
     async def _call_aio(
         self,
-        wrapped: Callable[..., Awaitable[Any]],
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        started = self._start(instance, args, upstream_aiobotocore)
-        if started is None:
+        call = self._start(instance, args, upstream_aiobotocore, AioTracedEventStream)
+        if call is None:
             return await wrapped(*args, **kwargs)
-        span, token = started
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            self._fail(span, token, error)
-            raise
-        return self._finish(span, token, args[0], result, AioTracedEventStream)
+        with call:
+            return call.finish(await wrapped(*args, **kwargs))
 
     def _start(
-        self, client: Any, args: tuple[Any, ...], upstream: Callable[[], bool]
-    ) -> Started | None:
-        """Start the span and merge its context into the parameters; None to stay out."""
-        try:
-            if not self.enabled:
-                return None
-            operations = client.__dict__.get(_CLIENT_ATTRIBUTES)
-            if operations is None:
-                operations = _describe(client)
-            if not operations:
-                return None
-            parent = otel_context.get_current()
-            if parent.get(_SUPPRESS_INSTRUMENTATION_KEY) or parent.get(_SUPPRESS_PLAIN):
-                return None
-            if _UPSTREAM_MODULE in sys.modules and upstream():
-                self._hook_events(client, upstream)
-                return None
-            operation = args[0]
-            params = args[1]
-            attributes = operations[operation].copy()
-            for key, value in params.items():
-                name = _REQUEST_ATTRIBUTES.get(key)
-                if name is not None and isinstance(value, str):
-                    attributes[name] = value
-            span = self.tracer.start_span(
-                _SPAN_NAMES[operation], parent, SpanKind.CLIENT, attributes
-            )
-            context = trace.set_span_in_context(span, parent)
-        except Exception:
-            _logger.warning("could not start the span of a SageMaker call", exc_info=True)
-            return None
-        try:
-            self._inject(params, context, span)
-        except Exception:
-            _logger.warning("could not merge the trace context", exc_info=True)
-        return span, otel_context.attach(context)
-
-    def _finish(
         self,
-        span: Span,
-        token: object,
-        operation: str,
-        result: Any,
+        client: Any,
+        args: tuple[Any, ...],
+        upstream: Callable[[], bool],
         stream_type: type[TracedEventStream],
-    ) -> Any:
-        otel_context.detach(token)  # type: ignore[arg-type]
-        try:
-            attributes: dict[str, AttributeValue] = {}
-            for key, name in _RESPONSE_ATTRIBUTES[operation]:
-                value = result.get(key)
-                if value:
-                    attributes[name] = value
-            if "CustomAttributes" in result and self.record_echo:
-                _take_echo(span, result, attributes)
-            metadata = result.get("ResponseMetadata")
-            if metadata:
-                request_id = metadata.get("RequestId")
-                if request_id:
-                    attributes[REQUEST_ID] = request_id
-                status = metadata.get("HTTPStatusCode")
-                if status is not None:
-                    attributes[STATUS_CODE] = status
-            span.set_attributes(attributes)
-            if operation == INVOKE_STREAM and span.is_recording():
-                body = result.get("Body")
-                if body is not None:
-                    # The span now ends when the caller is done reading.
-                    result["Body"] = stream_type(body, span)
-                    return result
-        except Exception:
-            _logger.warning("could not record the response of a SageMaker call", exc_info=True)
-        span.end()
-        return result
+    ) -> _Call | None:
+        """Start the span and merge its context into the parameters; None to stay out."""
+        return guard(
+            "start the span of a SageMaker call",
+            None,
+            self._start_span,
+            client,
+            args,
+            upstream,
+            stream_type,
+        )
 
-    def _fail(self, span: Span, token: object, error: BaseException) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
-        try:
-            if isinstance(error, ClientError):
-                metadata = error.response.get("ResponseMetadata") or {}
-                attributes: dict[str, AttributeValue] = {}
-                if metadata.get("RequestId"):
-                    attributes[REQUEST_ID] = metadata["RequestId"]
-                if metadata.get("HTTPStatusCode") is not None:
-                    attributes[STATUS_CODE] = metadata["HTTPStatusCode"]
-                span.set_attributes(attributes)
-            record_error(span, error)
-        except Exception:
-            _logger.warning("could not record the error of a SageMaker call", exc_info=True)
-        span.end()
+    def _start_span(
+        self,
+        client: Any,
+        args: tuple[Any, ...],
+        upstream: Callable[[], bool],
+        stream_type: type[TracedEventStream],
+    ) -> _Call | None:
+        if not self._active():
+            return None
+        operations = client.__dict__.get(_CLIENT_ATTRIBUTES)
+        if operations is None:
+            operations = _describe(client)
+        if not operations:
+            return None
+        if _UPSTREAM_MODULE in sys.modules and upstream():
+            self._hook_events(client, upstream)
+            return None
+        operation, params = args[0], args[1]
+        parent = otel_context.get_current()
+        attributes = _request_attributes(params, operations[operation].copy())
+        span = self.tracer.start_span(_SPAN_NAMES[operation], parent, SpanKind.CLIENT, attributes)
+        if self._watch_provider and not span.is_recording():
+            self._check_provider()
+        context = trace.set_span_in_context(span, parent)
+        guard(_INJECTING, None, self._inject, params, context, span)
+        return _Call(self, span, operation, otel_context.attach(context), stream_type)
 
-    # -- shared by the wrappers and the event handlers ------------------------------------
+    def _active(self) -> bool:
+        return self.enabled and is_instrumentation_enabled()
+
+    def _check_provider(self) -> None:
+        # A span that records nothing is either sampled out or made by the API's stand-in
+        # provider, which means nothing in this process can ever be traced: say so once.
+        with self._lock:
+            if not self._watch_provider:
+                return
+            self._watch_provider = False
+        if isinstance(trace.get_tracer_provider(), _UNTRACEABLE):
+            _logger.warning(
+                "SageMaker calls are instrumented but not traced: no OpenTelemetry SDK "
+                "TracerProvider is set. Call sm_tracing.configure(), or set one with "
+                "opentelemetry.trace.set_tracer_provider(TracerProvider()), before the first "
+                "call; or pass tracer_provider= to sm_tracing.instrument()."
+            )
+
+    # -- shared by our span and opentelemetry-instrumentation-botocore's -------------------
 
     def _inject(self, params: dict[str, Any], context: Context, span: Span) -> None:
-        if self.inference_id_from_trace and not params.get("InferenceId"):
+        options = self.options
+        if options.endpoints is not None and not self._wanted(params):
+            return  # an endpoint left out is left alone
+        if options.inference_id_from_trace and not params.get("InferenceId"):
             span_context = span.get_span_context()
             if span_context.is_valid:
                 inference_id = f"{span_context.trace_id:032x}"
                 params["InferenceId"] = inference_id
                 span.set_attribute(INFERENCE_ID, inference_id)
-        if self.filtering and not self._wanted(params):
-            return
-        merged, reason = _propagation.merge_context(
-            params.get("CustomAttributes"), context, opaque=self.inject_opaque
-        )
+        value = params.get("CustomAttributes")
+        if value is not None and not isinstance(value, str):
+            return  # botocore rejects it before it leaves
+        merged, reason = _propagation.merge_context(value, context, opaque=options.inject_opaque)
         if merged is not None:
             params["CustomAttributes"] = merged
         elif reason == _codec.SKIP_BUDGET:
@@ -323,18 +366,15 @@ class ClientHook:
             )
 
     def _wanted(self, params: dict[str, Any]) -> bool:
+        endpoints = self.options.endpoints
         endpoint = params.get("EndpointName")
-        if self.endpoint_names is not None:
-            return endpoint in self.endpoint_names
-        if self.endpoint_filter is None or not isinstance(endpoint, str):
+        if isinstance(endpoints, frozenset):
+            return endpoint in endpoints
+        if not callable(endpoints) or not isinstance(endpoint, str):
             return False
-        try:
-            return bool(self.endpoint_filter(endpoint, params))
-        except Exception:
-            _logger.warning(
-                "the endpoints filter failed for %r; not injecting", endpoint, exc_info=True
-            )
-            return False
+        return guard(
+            "run the endpoints filter; not injecting", False, _ask, endpoints, endpoint, params
+        )
 
     def _warn_budget(self, endpoint: str | None) -> None:
         warned = self._warned
@@ -348,17 +388,24 @@ class ClientHook:
             _codec.MAX_LENGTH,
         )
 
-    def _response_attributes(
-        self, span: Span, operation: str, result: Any
-    ) -> dict[str, AttributeValue]:
+    def record_response(self, span: Span, operation: str, result: Mapping[str, Any]) -> None:
+        """Record the SageMaker attributes of *result* and take the echo out of it."""
         attributes: dict[str, AttributeValue] = {}
         for key, name in _RESPONSE_ATTRIBUTES[operation]:
             value = result.get(key)
             if value:
                 attributes[name] = value
-        if self.record_echo and "CustomAttributes" in result:
+        if self.options.record_echo and "CustomAttributes" in result:
             _take_echo(span, result, attributes)
-        return attributes
+        metadata = result.get("ResponseMetadata")
+        if metadata:
+            request_id = metadata.get("RequestId")
+            if request_id:
+                attributes[REQUEST_ID] = request_id
+            status = metadata.get("HTTPStatusCode")
+            if status is not None:
+                attributes[STATUS_CODE] = status
+        span.set_attributes(attributes)
 
     # -- with opentelemetry-instrumentation-botocore: enrich its span ---------------------
 
@@ -369,68 +416,73 @@ class ClientHook:
             return
 
         def before_parameter_build(params: dict[str, Any], model: Any, **_: Any) -> None:
-            self._before_parameter_build(params, model, upstream)
+            guard(_INJECTING, None, self._before_parameter_build, params, model, upstream)
 
         def after_call(parsed: Any, model: Any, **_: Any) -> None:
-            self._after_call(parsed, model, upstream)
+            guard(_RECORDING, None, self._after_call, parsed, model, upstream)
 
-        events = client.meta.events
-        events.register(
-            f"before-parameter-build.{SERVICE}", before_parameter_build, unique_id=_BEFORE_ID
-        )
-        events.register(f"after-call.{SERVICE}", after_call, unique_id=_AFTER_ID)
-        client.__dict__[_HOOKED_BY] = self
-        self._hooked.add(client)
-
-    def _active_upstream_span(self, model: Any, upstream: Callable[[], bool]) -> Span | None:
-        # The handlers stay registered after the upstream instrumentation goes; from then on
-        # the wrapper makes the span and the handlers keep out of its way.
-        if model.name not in OPERATIONS or not self.enabled or not upstream():
-            return None
-        current = otel_context.get_current()
-        if current.get(_SUPPRESS_INSTRUMENTATION_KEY) or current.get(_SUPPRESS_PLAIN):
-            return None
-        return trace.get_current_span(current)
+        with self._lock:
+            if not self.enabled:
+                return
+            events = client.meta.events
+            events.register(
+                f"before-parameter-build.{SERVICE}", before_parameter_build, unique_id=_BEFORE_ID
+            )
+            events.register(f"after-call.{SERVICE}", after_call, unique_id=_AFTER_ID)
+            client.__dict__[_HOOKED_BY] = self
+            self._hooked.add(client)
 
     def _before_parameter_build(
         self, params: dict[str, Any], model: Any, upstream: Callable[[], bool]
     ) -> None:
-        try:
-            span = self._active_upstream_span(model, upstream)
-            if span is None:
-                return
+        span = self._upstream_span(model, upstream)
+        if span is not None:
             if span.is_recording():
-                attributes: dict[str, AttributeValue] = {}
-                for key, value in params.items():
-                    name = _REQUEST_ATTRIBUTES.get(key)
-                    if name is not None and isinstance(value, str):
-                        attributes[name] = value
-                span.set_attributes(attributes)
+                span.set_attributes(_request_attributes(params, {}))
             self._inject(params, otel_context.get_current(), span)
-        except Exception:
-            _logger.warning("could not merge the trace context", exc_info=True)
 
     def _after_call(self, parsed: Any, model: Any, upstream: Callable[[], bool]) -> None:
-        try:
-            span = self._active_upstream_span(model, upstream)
-            if span is None or not isinstance(parsed, dict):
-                return
-            span.set_attributes(self._response_attributes(span, model.name, parsed))
-        except Exception:
-            _logger.warning("could not record the response of a SageMaker call", exc_info=True)
+        span = self._upstream_span(model, upstream)
+        if span is not None and isinstance(parsed, dict):
+            self.record_response(span, model.name, parsed)
+
+    def _upstream_span(self, model: Any, upstream: Callable[[], bool]) -> Span | None:
+        # The handlers stay registered after the upstream instrumentation goes; from then on
+        # the wrapper makes the span and the handlers keep out of its way.
+        if model.name not in OPERATIONS or not upstream() or not self._active():
+            return None
+        return trace.get_current_span()
 
     def unhook(self) -> None:
         """Stop for good: the wrappers pass calls through, the client handlers go."""
-        self.enabled = False
-        for client in list(self._hooked):
-            try:
-                events = client.meta.events
-                events.unregister(f"before-parameter-build.{SERVICE}", unique_id=_BEFORE_ID)
-                events.unregister(f"after-call.{SERVICE}", unique_id=_AFTER_ID)
-                client.__dict__.pop(_HOOKED_BY, None)
-            except Exception:
-                _logger.warning("could not unregister the handlers of %r", client, exc_info=True)
-        self._hooked.clear()
+        with self._lock:
+            self.enabled = False
+            clients = list(self._hooked)
+            self._hooked.clear()
+        for client in clients:
+            guard("unregister the handlers of a client", None, _unregister, client)
+
+
+def _unregister(client: Any) -> None:
+    events = client.meta.events
+    events.unregister(f"before-parameter-build.{SERVICE}", unique_id=_BEFORE_ID)
+    events.unregister(f"after-call.{SERVICE}", unique_id=_AFTER_ID)
+    client.__dict__.pop(_HOOKED_BY, None)
+
+
+def _ask(endpoints: EndpointFilter, endpoint: str, params: Mapping[str, Any]) -> bool:
+    return bool(endpoints(endpoint, params))
+
+
+def _request_attributes(
+    params: Mapping[str, Any], attributes: dict[str, AttributeValue]
+) -> dict[str, AttributeValue]:
+    """*attributes* with the span attributes of the request parameters added."""
+    for key, value in params.items():
+        name = _REQUEST_ATTRIBUTES.get(key)
+        if name is not None and isinstance(value, str):
+            attributes[name] = value
+    return attributes
 
 
 def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:
@@ -457,21 +509,24 @@ def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:
     return operations
 
 
-def _take_echo(span: Span, result: dict[str, Any], attributes: dict[str, AttributeValue]) -> None:
-    """Record the container's ``traceresponse`` echo and hand the caller the value without it."""
+def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -> None:
+    """Record the container's ``traceresponse`` echo and hand the caller the value without it;
+    anything else the container sent, keys named like a propagator's included, stays."""
     value = result["CustomAttributes"]
-    if not isinstance(value, str):
+    if not isinstance(value, str) or _codec.TRACERESPONSE not in value:
         return
-    echo = _codec.find(value, _ECHO_KEYS).get(_propagation.TRACERESPONSE)
-    if echo:
-        remote = _propagation.parse_traceresponse(echo)
-        if remote is not None:
-            attributes[CONTAINER_TRACE_ID] = f"{remote.trace_id:032x}"
-            attributes[CONTAINER_SPAN_ID] = f"{remote.span_id:016x}"
-            if remote.trace_id != span.get_span_context().trace_id:
-                span.add_link(remote)
-    stripped = _propagation.strip_context(value)
-    if stripped:
-        result["CustomAttributes"] = stripped
+    pairs, rest = _codec.read(value, _propagation.ECHO_KEYS)
+    echo = pairs.get(_codec.TRACERESPONSE)
+    if echo is None:
+        return
+    remote = _codec.parse_traceresponse(echo)
+    if remote is not None:
+        trace_id, span_id, flags = remote
+        attributes[CONTAINER_TRACE_ID] = trace_id
+        attributes[CONTAINER_SPAN_ID] = span_id
+        if int(trace_id, 16) != span.get_span_context().trace_id:
+            span.add_link(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(flags)))
+    if rest:
+        result["CustomAttributes"] = rest
     else:
         del result["CustomAttributes"]

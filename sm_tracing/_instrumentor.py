@@ -9,6 +9,8 @@ before or after ``instrument()``.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Collection
 from functools import partial
 from typing import Any
@@ -19,8 +21,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._client import ClientHook, EndpointFilter
-from sm_tracing._container import get_tracer
+from sm_tracing._client import ClientHook, ClientOptions, EndpointFilter
 
 _logger = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ _METHOD = "_make_api_call"
 # wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has only
 # ObjectProxy.
 _PROXY_TYPES: tuple[Any, ...] = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
-_OPTIONS = frozenset({"endpoints", "inject_opaque", "inference_id_from_trace", "record_echo"})
+# Installing and removing happen under one lock, from whichever thread: the instrumentor's
+# check-then-wrap would otherwise wrap twice when two threads instrument at once.
+_LOCK = threading.RLock()
 
 
 class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -36,16 +39,32 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``instrument()`` takes ``tracer_provider`` and the options of :func:`instrument`; like every
     OpenTelemetry instrumentor it is a singleton and a second ``instrument()`` changes nothing.
+    Both are safe to call from several threads at once.
     """
 
     _hook: ClientHook | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SageMakerInstrumentor:
+        with _LOCK:
+            instance: SageMakerInstrumentor = super().__new__(cls)
+            return instance
+
+    def instrument(self, **kwargs: Any) -> Any:
+        with _LOCK:
+            return super().instrument(**kwargs)
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        with _LOCK:
+            return super().uninstrument(**kwargs)
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("botocore >= 1.34",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        options = {key: value for key, value in kwargs.items() if key in _OPTIONS}
-        hook = ClientHook(get_tracer(kwargs.get("tracer_provider")), **options)
+        options = kwargs.get("options")
+        if not isinstance(options, ClientOptions):
+            options = ClientOptions.from_keywords(kwargs)
+        hook = ClientHook(options)
         import botocore.client
 
         wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
@@ -59,8 +78,6 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if hook is None:
             return
         hook.unhook()
-        import sys
-
         import botocore.client
 
         _unwrap(botocore.client.BaseClient, hook.wrap_sync)
@@ -72,8 +89,9 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 def _wrap_aio(hook: ClientHook, module: Any) -> None:
     # Import hooks can't be unregistered: one left by an earlier instrument() finds its hook
     # disabled and does nothing.
-    if hook.enabled:
-        wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
+    with _LOCK:
+        if hook.enabled:
+            wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
 
 
 def _unwrap(owner: type, wrapper: Any) -> None:
@@ -123,23 +141,26 @@ def instrument(
       remove it from the response's CustomAttributes; False leaves the response as it came.
 
     Calling it again while instrumented changes nothing; ``uninstrument()`` first to change
-    the options.
+    the options. Raises TypeError for ``endpoints`` of another kind.
     """
-    instrumentor = SageMakerInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        _logger.debug("SageMaker calls are already instrumented; options left as they were")
-        return
-    instrumentor.instrument(
+    options = ClientOptions(
         tracer_provider=tracer_provider,
         endpoints=endpoints,
         inject_opaque=inject_opaque,
         inference_id_from_trace=inference_id_from_trace,
         record_echo=record_echo,
     )
+    with _LOCK:
+        instrumentor = SageMakerInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            _logger.debug("SageMaker calls are already instrumented; options left as they were")
+            return
+        instrumentor.instrument(options=options)
 
 
 def uninstrument() -> None:
     """Stop tracing SageMaker calls: no more spans or injection, on any client."""
-    instrumentor = SageMakerInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
+    with _LOCK:
+        instrumentor = SageMakerInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()

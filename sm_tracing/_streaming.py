@@ -1,5 +1,5 @@
 """The response stream of InvokeEndpointWithResponseStream, proxied so its span lasts as long
-as the caller reads it.
+as the caller reads it; and how a failed call or stream is recorded.
 
 The caller gets an object that behaves like botocore's (or aiobotocore's) event stream:
 ``isinstance``, attributes, ``close()`` and iteration all reach the real stream. The span ends
@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from botocore.exceptions import ClientError
 from opentelemetry.trace import Span
+from opentelemetry.util.types import AttributeValue
 
-from sm_tracing._container import record_error
+from sm_tracing._common import STATUS_CODE, guard, record_error
 
 _logger = logging.getLogger(__name__)
 
@@ -29,6 +31,44 @@ else:  # wrapt's proxy is generic only to type checkers
 CHUNKS = "aws.sagemaker.stream.chunk_count"
 OUTCOME = "aws.sagemaker.stream.outcome"
 FIRST_CHUNK = "first_chunk"
+REQUEST_ID = "aws.request_id"
+ERROR_CODE = "aws.error.code"
+ORIGINAL_STATUS_CODE = "aws.sagemaker.original_status_code"
+_END: Any = object()
+
+
+def record_failure(span: Span, error: BaseException) -> None:
+    """Record a failed call, or a failure while reading its stream, on *span*.
+
+    What is recorded says what failed and where, never what was sent or answered: the
+    exception type, and for an AWS error its code, the request id, the HTTP status and the
+    status the container answered SageMaker with (``OriginalStatusCode`` of a ModelError).
+    The messages are left out: botocore's quote the parameter values, SageMaker's the
+    container's error body.
+    """
+    if not span.is_recording():
+        return
+    if isinstance(error, ClientError):
+        response = error.response
+        attributes: dict[str, AttributeValue] = {}
+        code = (response.get("Error") or {}).get("Code")
+        if isinstance(code, str) and code:
+            attributes[ERROR_CODE] = code
+        metadata = response.get("ResponseMetadata") or {}
+        if metadata.get("RequestId"):
+            attributes[REQUEST_ID] = metadata["RequestId"]
+        if isinstance(metadata.get("HTTPStatusCode"), int):
+            attributes[STATUS_CODE] = metadata["HTTPStatusCode"]
+        original = response.get("OriginalStatusCode")
+        if isinstance(original, int):
+            attributes[ORIGINAL_STATUS_CODE] = original
+        span.set_attributes(attributes)
+    record_error(span, error)
+
+
+def end_span(span: Span) -> None:
+    """End *span*; a span processor that raises costs the span, not the caller's call."""
+    guard("end the span of a SageMaker call", None, span.end)
 
 
 class _StreamSpan:
@@ -42,24 +82,22 @@ class _StreamSpan:
         self.chunks = 0
         self.done = False
 
-    def count(self) -> None:
-        if not self.chunks:
-            self.span.add_event(FIRST_CHUNK)
-        self.chunks += 1
+    def first_chunk(self) -> None:
+        self.chunks = 1
+        guard("record the first chunk of a response stream", None, self.span.add_event, FIRST_CHUNK)
 
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         """End the span; later calls do nothing."""
         if self.done:
             return
         self.done = True
-        span = self.span
-        try:
-            span.set_attributes({CHUNKS: self.chunks, OUTCOME: outcome})
-            if error is not None:
-                record_error(span, error)
-        except Exception:
-            _logger.debug("could not record the end of a response stream", exc_info=True)
-        span.end()
+        guard("record the end of a response stream", None, self._record, outcome, error)
+        end_span(self.span)
+
+    def _record(self, outcome: str, error: BaseException | None) -> None:
+        self.span.set_attributes({CHUNKS: self.chunks, OUTCOME: outcome})
+        if error is not None:
+            record_failure(self.span, error)
 
 
 class TracedEventStream(_Proxy):
@@ -82,8 +120,15 @@ class TracedEventStream(_Proxy):
     def __iter__(self) -> Iterator[Any]:
         state = self._self_state
         try:
-            for event in self.__wrapped__:
-                state.count()
+            events = iter(self.__wrapped__)
+            if not state.chunks:
+                first = next(events, _END)
+                if first is not _END:
+                    state.first_chunk()
+                    yield first
+            # The hottest loop of the library: one counter stored per event, nothing called.
+            start = state.chunks + 1
+            for state.chunks, event in enumerate(events, start):
                 yield event
         except GeneratorExit:
             # The caller stopped early (``break``); they may read on later, so only close(),
@@ -112,8 +157,16 @@ class AioTracedEventStream(TracedEventStream):
     async def __aiter__(self) -> AsyncIterator[Any]:
         state = self._self_state
         try:
-            async for event in self.__wrapped__:
-                state.count()
+            events = aiter(self.__wrapped__)
+            if not state.chunks:
+                first = await anext(events, _END)
+                if first is not _END:
+                    state.first_chunk()
+                    yield first
+            chunks = state.chunks
+            async for event in events:
+                chunks += 1
+                state.chunks = chunks
                 yield event
         except GeneratorExit:
             raise

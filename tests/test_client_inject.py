@@ -231,6 +231,30 @@ def test_inference_id_from_trace(
     assert header(wire.requests[1].headers, "X-Amzn-SageMaker-Inference-Id") == "mine"
 
 
+@pytest.mark.parametrize(
+    "endpoints", [["other"], lambda name, params: False], ids=["names", "callable"]
+)
+def test_an_excluded_endpoint_is_left_untouched(
+    tracer_provider: TracerProvider,
+    client: Any,
+    wire: Wire,
+    exporter: InMemorySpanExporter,
+    endpoints: Any,
+) -> None:
+    """An endpoint left out by ``endpoints`` gets neither the trace context nor an InferenceId
+    from inference_id_from_trace; its call is still traced."""
+    sm_tracing.instrument(
+        tracer_provider=tracer_provider, endpoints=endpoints, inference_id_from_trace=True
+    )
+    try:
+        client.invoke_endpoint(**call_params("invoke_endpoint", CustomAttributes="a=1"))
+    finally:
+        sm_tracing.uninstrument()
+    assert wire.custom_attributes() == "a=1"
+    assert header(wire.last.headers, "X-Amzn-SageMaker-Inference-Id") is None
+    assert "aws.sagemaker.inference_id" not in (_only_span(exporter).attributes or {})
+
+
 @pytest.mark.usefixtures("instrumented")
 def test_inference_id_left_alone_by_default(client: Any, wire: Wire) -> None:
     """Without the option no InferenceId is added."""

@@ -243,6 +243,32 @@ def test_response_without_a_valid_echo(
     assert span.links == ()
 
 
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize(
+    ("returned", "handed_back"),
+    [
+        (f"session=abc;traceparent=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01",) * 2,
+        (f"tracestate=v%3D1,baggage=u%3D1,traceparent=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01",) * 2,
+        (
+            f"session=abc;traceparent=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01;"
+            f"traceresponse=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01",
+            f"session=abc;traceparent=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01",
+        ),
+        ("x-next-token=a b ; baggage=k%3Dv ;", "x-next-token=a b ; baggage=k%3Dv ;"),
+        ('{"traceparent": "x", "baggage": "y"}',) * 2,
+    ],
+    ids=["traceparent", "all-w3c-keys", "with-echo", "spaces", "json"],
+)
+def test_response_custom_attributes_lose_only_the_echo(
+    client: Any, wire: Wire, returned: str, handed_back: str
+) -> None:
+    """The container's own pairs come back byte for byte, even under keys a propagator uses;
+    only our traceresponse is taken out."""
+    wire.respond = lambda request: canned_for("InvokeEndpoint", returned)
+    response = client.invoke_endpoint(**call_params("invoke_endpoint"))
+    assert response["CustomAttributes"] == handed_back
+
+
 def test_record_echo_off_leaves_the_response_alone(
     tracer_provider: TracerProvider, wire: Wire, client: Any, exporter: InMemorySpanExporter
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -208,3 +209,131 @@ def test_zero_code_instrumentation(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("a=1;traceparent=00-"), done.stdout
+
+
+@pytest.mark.parametrize(
+    "endpoints", [42, b"my-endpoint", [1, 2], {"my-endpoint": object()}.values()]
+)
+def test_endpoints_of_another_kind_is_a_clear_type_error(endpoints: Any) -> None:
+    """A number, bytes or names that are not str are refused with a TypeError naming the
+    option, before anything is instrumented."""
+    with pytest.raises(TypeError, match="endpoints"):
+        sm_tracing.instrument(endpoints=endpoints)
+    assert not SageMakerInstrumentor().is_instrumented_by_opentelemetry
+
+
+def _all_at_once(action: Any, threads: int = 8) -> None:
+    """Run *action* on *threads* threads released together by a barrier."""
+    import threading
+
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            action()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+
+
+def test_instrument_and_uninstrument_from_many_threads_at_once(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Eight threads instrumenting at once wrap once: one span and one traceparent per call;
+    eight threads uninstrumenting at once leave botocore's own method and no handler."""
+    original = botocore.client.BaseClient.__dict__["_make_api_call"]
+    wire = Wire()
+    client = make_client(wire=wire)
+    for _ in range(3):
+        exporter.clear()
+        _all_at_once(lambda: sm_tracing.instrument(tracer_provider=tracer_provider))
+        try:
+            client.invoke_endpoint(**call_params("invoke_endpoint"))
+        finally:
+            _all_at_once(sm_tracing.uninstrument)
+        assert len(exporter.get_finished_spans()) == 1
+        value = wire.custom_attributes()
+        assert value is not None and value.count("traceparent=") == 1
+        assert botocore.client.BaseClient.__dict__["_make_api_call"] is original
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        assert wire.custom_attributes() is None
+        assert len(exporter.get_finished_spans()) == 1
+
+
+def test_the_client_side_never_imports_the_container_side() -> None:
+    """instrument() and a traced call load the client modules only."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import sm_tracing\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from _client_support import Wire, call_params, make_client\n"
+        "sm_tracing.instrument(tracer_provider=TracerProvider())\n"
+        "make_client(wire=Wire()).invoke_endpoint(**call_params('invoke_endpoint'))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('sm_tracing.'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "sm_tracing._client" in loaded
+    side = {"_container", "_carriers", "_handler", "_wsgi", "_asgi", "_middleware"}
+    assert not loaded & {f"sm_tracing.{name}" for name in side}
+
+
+_NO_PROVIDER_APP = """
+import logging, sys
+sys.path.insert(0, {tests!r})
+logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+import sm_tracing
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from _client_support import Wire, call_params, make_client
+case = {case!r}
+if case == "given":
+    sm_tracing.instrument(tracer_provider=trace.NoOpTracerProvider())
+else:
+    sm_tracing.instrument()
+if case == "set-later":
+    trace.set_tracer_provider(TracerProvider())
+wire = Wire()
+client = make_client(wire=wire)
+for _ in range(3):
+    client.invoke_endpoint(**call_params("invoke_endpoint", CustomAttributes="a=1"))
+print(wire.custom_attributes())
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "warned", "sent"),
+    [
+        ("none", True, "a=1"),
+        ("set-later", False, "a=1;traceparent=00-"),
+        ("given", False, "a=1"),
+    ],
+)
+def test_a_process_that_can_never_trace_says_so_once(case: str, warned: bool, sent: str) -> None:
+    """With no SDK TracerProvider at the first call, one WARNING names the fix; none when a
+    provider is set before the call, or one was given to instrument()."""
+
+    code = _NO_PROVIDER_APP.format(tests=str(Path(__file__).parent), case=case)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(sent)
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING sm_tracing")]
+    if warned:
+        (warning,) = warnings
+        assert "sm_tracing.configure()" in warning and "TracerProvider" in warning
+    else:
+        assert warnings == [], done.stderr
