@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sm_tracing._handler import trace_handler
     from sm_tracing._instrumentor import SageMakerInstrumentor, instrument, uninstrument
     from sm_tracing._propagation import extract_context, inject_context, strip_context
+    from sm_tracing._toolkit import instrument_model_server, uninstrument_model_server
     from sm_tracing._wsgi import WSGIMiddleware
 
 # No handler on the package logger: like OpenTelemetry's own, our warnings reach stderr through
@@ -33,9 +34,11 @@ _EXPORTS = {
     "extract_context": "_propagation",
     "inject_context": "_propagation",
     "instrument": "_instrumentor",
+    "instrument_model_server": "_toolkit",
     "strip_context": "_propagation",
     "trace_handler": "_handler",
     "uninstrument": "_instrumentor",
+    "uninstrument_model_server": "_toolkit",
 }
 
 __all__ = [
@@ -48,9 +51,11 @@ __all__ = [
     "extract_context",
     "inject_context",
     "instrument",
+    "instrument_model_server",
     "strip_context",
     "trace_handler",
     "uninstrument",
+    "uninstrument_model_server",
 ]
 
 

@@ -17,37 +17,14 @@ import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from opentelemetry.trace import Span, SpanContext, Status, StatusCode
+from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
+from sm_tracing._common import HEADER, HEADER_LOWER, SAGEMAKER_HEADERS, set_status_code
 from sm_tracing._container import Invocation
 
 _logger = logging.getLogger(__name__)
-
-HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-HEADER_LOWER = HEADER.lower()
-# The SageMaker headers that reach a container, and the span attribute each one becomes.
-SAGEMAKER_HEADERS = (
-    ("x-amzn-sagemaker-inference-id", "aws.sagemaker.inference_id"),
-    ("x-amzn-sagemaker-target-model", "aws.sagemaker.target_model"),
-    ("x-amzn-sagemaker-session-id", "aws.sagemaker.session_id"),
-)
-STATUS_CODE = "http.response.status_code"
-_ECHO_PREFIX = _propagation.TRACERESPONSE + "=00-"
-_FLAGS = tuple(f"-{flags:02x}" for flags in range(256))
-
-
-def echo_pair(span_context: SpanContext) -> str:
-    """``traceresponse=<value>`` as ``format_traceresponse`` writes it, made cheaply: this is
-    on every response of the middlewares."""
-    return (
-        _ECHO_PREFIX
-        + span_context.trace_id.to_bytes(16, "big").hex()
-        + "-"
-        + span_context.span_id.to_bytes(8, "big").hex()
-        + _FLAGS[span_context.trace_flags]
-    )
 
 
 CustomAttributesGetter = Callable[[tuple[Any, ...], dict[str, Any]], "str | None"]
@@ -66,18 +43,14 @@ class Carrier(Protocol):
     def attributes(self, index: int) -> dict[str, AttributeValue]:
         """The SageMaker span attributes of request *index*."""
 
+    def links(self) -> Sequence[SpanContext]:
+        """Spans to link: the callers of a batch whose requests can't be told apart."""
+
     def reveal(self) -> None:
         """Show the handler the CustomAttributes without our keys."""
 
     def respond(self, index: int, invocation: Invocation, result: object) -> None:
         """Echo *invocation*'s span into request *index*'s response; note a 5xx status."""
-
-
-def set_status_code(span: Span, code: int) -> None:
-    """Record the HTTP status *code* on *span*, ERROR for a 5xx."""
-    span.set_attribute(STATUS_CODE, code)
-    if code >= 500:
-        span.set_status(Status(StatusCode.ERROR))
 
 
 def find_header(headers: Mapping[Any, Any], lowered: str) -> tuple[Any, Any]:
@@ -114,6 +87,9 @@ class ExplicitCarrier:
     def attributes(self, index: int) -> dict[str, AttributeValue]:
         return {}
 
+    def links(self) -> Sequence[SpanContext]:
+        return ()
+
     def reveal(self) -> None:
         pass  # the handler reads the value its own way: nothing of ours to rewrite
 
@@ -126,19 +102,22 @@ class ModelServerCarrier:
 
     Request headers come from ``get_all_request_header(idx)`` (skipping non-string values,
     which are per-parameter content types), the echo goes back with
-    ``set_response_header(idx, ...)``, merged after what the handler set.
+    ``set_response_header(idx, ...)``, merged after what the handler set. A *shared* carrier
+    stands for a call that serves one item of a batch without saying which (the toolkit's
+    per-item functions): its one span is a new root linked to every caller, and no response
+    gets an echo, since none of them is known to be its own.
     """
 
-    __slots__ = ("_context", "_count", "_headers")
+    __slots__ = ("_context", "_headers", "_shared")
 
-    def __init__(self, context: Any, count: int) -> None:
+    def __init__(self, context: Any, count: int, *, shared: bool = False) -> None:
         self._context = context
-        self._count = count
+        self._shared = shared
         self._headers: list[MutableMapping[Any, Any]] = [
             context.get_all_request_header(index) or {} for index in range(count)
         ]
 
-    def values(self) -> Sequence[str | None]:
+    def _raw(self) -> list[str | None]:
         values: list[str | None] = []
         processors = self._context.request_processor
         for index, headers in enumerate(self._headers):
@@ -153,8 +132,17 @@ class ModelServerCarrier:
             values.append(value)
         return values
 
+    def values(self) -> Sequence[str | None]:
+        return (None,) if self._shared else self._raw()
+
     def attributes(self, index: int) -> dict[str, AttributeValue]:
-        return sagemaker_attributes(self._headers[index])
+        return {} if self._shared else sagemaker_attributes(self._headers[index])
+
+    def links(self) -> Sequence[SpanContext]:
+        if not self._shared:
+            return ()
+        found = (_propagation.remote_span_context(value) for value in self._raw())
+        return [span_context for span_context in found if span_context is not None]
 
     def reveal(self) -> None:
         processors = self._context.request_processor
@@ -174,6 +162,8 @@ class ModelServerCarrier:
                 del headers[key]
 
     def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        if self._shared:
+            return
         context = self._context
         status = context.get_response_status(index)
         code = status[0] if isinstance(status, tuple) else status
@@ -183,6 +173,31 @@ class ModelServerCarrier:
         merged = invocation.echo(value)
         if merged is not None:
             context.set_response_header(index, key or HEADER, merged)
+
+
+class IdleCarrier:
+    """A model-server ``context`` that holds no request: the handler is being loaded or
+    probed (TorchServe's ``handle(None, context)``), not called for a request."""
+
+    __slots__ = ()
+
+    def values(self) -> Sequence[str | None]:
+        return ()
+
+    def attributes(self, index: int) -> dict[str, AttributeValue]:
+        return {}
+
+    def links(self) -> Sequence[SpanContext]:
+        return ()
+
+    def reveal(self) -> None:
+        pass
+
+    def respond(self, index: int, invocation: Invocation, result: object) -> None:
+        pass
+
+
+IDLE = IdleCarrier()
 
 
 def _original(processor: Any) -> str | None:
@@ -230,6 +245,9 @@ class DJLCarrier:
     def attributes(self, index: int) -> dict[str, AttributeValue]:
         return sagemaker_attributes(self._properties[index])
 
+    def links(self) -> Sequence[SpanContext]:
+        return ()
+
     def reveal(self) -> None:
         pass  # properties named like our keys are harmless to a DJL handler
 
@@ -273,6 +291,9 @@ class FlaskCarrier:
                 attributes[attribute] = value
         return attributes
 
+    def links(self) -> Sequence[SpanContext]:
+        return ()
+
     def reveal(self) -> None:
         value = self._environ.get(self._KEY)
         if not isinstance(value, str):
@@ -304,7 +325,8 @@ def discover(
     getter: CustomAttributesGetter | None,
     batch: bool | None,
 ) -> Carrier | None:
-    """The carrier of a handler call, or None when there is none to find. Never raises."""
+    """The carrier of a handler call, or None when there is none to find; :data:`IDLE` for a
+    model-server context that holds no request. Never raises."""
     try:
         if getter is not None:
             return ExplicitCarrier(getter(args, kwargs))
@@ -313,16 +335,18 @@ def discover(
             if isinstance(arg, (str, bytes, bytearray, int, float, list, tuple, dict)):
                 previous = arg
                 continue
-            processors = getattr(arg, "request_processor", None)
-            if processors is not None and hasattr(arg, "get_all_request_header"):
+            if hasattr(arg, "get_all_request_header") and hasattr(arg, "request_processor"):
+                processors = arg.request_processor
+                if not processors:
+                    return IDLE
                 count = len(processors)
-                if not count:
-                    return None
                 if batch is None:
                     # A batch handler (TorchServe's handle(data, context)) gets a list of one
                     # entry per request just before the context; a toolkit function gets one.
                     batch = isinstance(previous, list) and len(previous) == count
-                return ModelServerCarrier(arg, count if batch else 1)
+                if batch or count == 1:
+                    return ModelServerCarrier(arg, count)
+                return ModelServerCarrier(arg, count, shared=True)
             if hasattr(arg, "get_batches") and hasattr(arg, "get_property"):
                 return DJLCarrier(arg)
             previous = arg

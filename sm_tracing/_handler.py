@@ -6,10 +6,18 @@ callable the user gives. The wrapper keeps the handler's signature, because the 
 its parameters to decide whether to pass ``context``, and is chosen once, when applied: sync,
 async, generator or async generator, where the span covers the whole iteration.
 
-A batch (TorchServe's or Multi Model Server's ``handle(data, context)`` with one entry in
-``data`` per request) gets one span per request, each with its own parent. While the handler
-runs, the first request's span is current, so the model's own spans go under it; the other
-requests' spans link to it.
+Inside a Multi Model Server or TorchServe worker the model server's own dispatch is traced
+(see :mod:`sm_tracing._toolkit`; applying the decorator there switches it on): each request
+already has its span, and a decorated function only makes a child span named after it. Called
+outside a request there (``model_fn`` at start-up, TorchServe's ``handle(None, context)``
+probe), it makes no span at all.
+
+Elsewhere, a batch (``handle(data, context)`` with one entry in ``data`` per request) gets one
+span per request, each with its own parent. While the handler runs, the first request's span is
+current, so the model's own spans go under it; the other requests' spans link to it. A function
+that serves one item of a batch without saying which (a toolkit's ``predict_fn`` with the
+batch's context) gets a new root linked to every caller of the batch, never another caller's
+parent.
 """
 
 from __future__ import annotations
@@ -17,13 +25,15 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any, TypeVar, overload
 
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._carriers import Carrier, CustomAttributesGetter, discover
-from sm_tracing._common import get_tracer
+from sm_tracing import _toolkit
+from sm_tracing._carriers import IDLE, Carrier, CustomAttributesGetter, discover
+from sm_tracing._common import get_tracer, guard
 from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
@@ -84,10 +94,19 @@ class _Tracing:
     def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any], attach: bool) -> _Call | None:
         """Start the call's spans; None (and the handler runs untraced) if that fails."""
         try:
-            carrier = discover(args, kwargs, self._getter, self._batch)
-            values = carrier.values() if carrier is not None else ()
-            if not values:
-                carrier, values = None, (None,)
+            carrier: Carrier | None = None
+            values: Sequence[str | None] = (None,)
+            if not _toolkit.serving():
+                carrier = discover(args, kwargs, self._getter, self._batch)
+                if carrier is IDLE:
+                    return None  # a model server loading or probing the handler
+                if carrier is None and _toolkit.instrumented() and not _active():
+                    return None  # start-up work in a worker whose requests are traced
+                values = carrier.values() if carrier is not None else ()
+                if not values:
+                    carrier, values = None, (None,)
+            # Under the model server's request span (or a batch's), a child span.
+            links = tuple(carrier.links()) if carrier is not None else ()
             invocations: list[Invocation] = []
             first = None
             for index, value in enumerate(values):
@@ -97,7 +116,7 @@ class _Tracing:
                     attributes=None if carrier is None else carrier.attributes(index),
                     tracer=self._tracer,
                     policy=self._policy,
-                    links=() if first is None else (first,),
+                    links=links if first is None else (first,),
                 )
                 invocation.start(attach=False)
                 if first is None:
@@ -113,6 +132,10 @@ class _Tracing:
         if attach:
             call.attach()
         return call
+
+
+def _active() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
 
 
 @overload
@@ -190,6 +213,18 @@ def _wrap(
         remote_context,
         batch,
     )
+    if _toolkit.in_worker():
+        # The model server imports the model's module in each worker: trace its dispatch, so
+        # each request has its span whichever of its functions are decorated.
+        guard(
+            "trace the model server's requests",
+            None,
+            functools.partial(
+                _toolkit.instrument_model_server,
+                tracer_provider=tracer_provider,
+                remote_context=remote_context,
+            ),
+        )
     if inspect.isasyncgenfunction(func):
         wrapper: Callable[..., Any] = _async_generator_wrapper(func, tracing)
     elif inspect.iscoroutinefunction(func):
