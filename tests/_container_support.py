@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import SpanContext, TraceFlags, Tracer
 
 import sm_tracing
+from tests._serving import closed_port as free_port  # noqa: F401 (tests still importing it)
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SPANS_ENV = "SM_TRACING_TEST_SPANS"
@@ -288,14 +289,6 @@ def read_spans(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, 
         if len(spans) >= count or time.monotonic() > deadline:
             return spans
         time.sleep(0.02)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- apps served by real servers ---------------------------------------------------------------

@@ -13,18 +13,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +36,13 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from tests._container_support import HEADER
+from tests._serving import ROOT, Container, launch, otlp_env
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from flask import Flask
 
-ROOT = Path(__file__).resolve().parent.parent
-HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 CONTAINER_SPAN = "POST /invocations"
 PREDICT_SPAN = "predict"
 REQUEST_ID = "request.id"
@@ -119,38 +115,10 @@ def create_asgi_app() -> Any:
 
 # -- container processes -----------------------------------------------------------------------
 
-# uvicorn's --fd expects a Unix socket; this serves the app on the inherited TCP socket instead.
-_UVICORN = (
-    "import socket, sys, uvicorn\n"
-    "from tests._robust_support import create_asgi_app\n"
-    "sock = socket.socket(fileno=int(sys.argv[1]))\n"
-    "config = uvicorn.Config(create_asgi_app(), log_level='warning')\n"
-    "uvicorn.Server(config).run(sockets=[sock])\n"
-)
-
-
-@functools.cache
-def _no_control_socket() -> tuple[str, ...]:
-    # Recent gunicorn opens a control socket at one fixed path per user: several servers at
-    # once (tests run in parallel) would fight over it. Older releases have no such option.
-    from gunicorn.config import KNOWN_SETTINGS
-
-    known = {flag for setting in KNOWN_SETTINGS for flag in setting.cli or ()}
-    return ("--no-control-socket",) if "--no-control-socket" in known else ()
-
-
-@dataclass
-class Container:
-    """A container process serving on a loopback socket handed to it."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        """What the process wrote so far."""
-        return self.log.read_text(errors="replace")
+APPS = {
+    "gunicorn": "tests._robust_support:create_flask_app()",
+    "uvicorn": "tests._robust_support:create_asgi_app()",
+}
 
 
 def serve(
@@ -165,72 +133,13 @@ def serve(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Container:
-    """Start a container process (``"gunicorn"`` or ``"uvicorn"``) on a socket bound here,
-    exporting its spans over OTLP to *traces_url* in batches every *schedule_delay_ms*;
-    *args* are more gunicorn options, *env* more variables."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(256)
-    fd = listener.fileno()
-    if stack == "gunicorn":
-        command = [
-            sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}",
-            "--workers", str(workers), "--threads", "4", "--graceful-timeout", "10",
-            "--chdir", str(ROOT), *(["--preload"] if preload else []), *_no_control_socket(), *args,
-            "tests._robust_support:create_flask_app()",
-        ]  # fmt: skip
-    elif stack == "uvicorn":
-        command = [sys.executable, "-c", _UVICORN, str(fd)]
-    else:
-        raise ValueError(stack)
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    environ.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        OTEL_SERVICE_NAME=name,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=traces_url,
-        OTEL_BSP_SCHEDULE_DELAY=str(schedule_delay_ms),
-        # Room for every span of a test run, so a slow export never drops one.
-        OTEL_BSP_MAX_QUEUE_SIZE="65536",
+    """Start the app above under *stack* (``"gunicorn"`` or ``"uvicorn"``), exporting its spans
+    over OTLP to *traces_url* in batches every *schedule_delay_ms*; *args* are more gunicorn
+    options, *env* more variables."""
+    environ = {**otlp_env(name, traces_url, schedule_delay_ms), **(env or {})}
+    return launch(
+        stack, APPS[stack], name, logs, env=environ, workers=workers, preload=preload, args=args
     )
-    environ.update(env or {})
-    log = logs / f"{name}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, env=environ, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, pass_fds=(fd,)
-        )
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    return Container(name, process, url, log)
-
-
-def wait_ready(container: Container, timeout: float = 30.0) -> None:
-    """Wait for ``/ping`` to answer 200; raise with the process's output if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if container.process.poll() is not None:
-            break
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(container.url + "/ping", timeout=1) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{container.name} did not start:\n{container.output()}")
-
-
-def stop(container: Container, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-    """Ask the process to exit with *sig* and wait; killed if it does not. Its exit code."""
-    process = container.process
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def rss_bytes() -> int:
@@ -433,23 +342,6 @@ class HangingExporter(SpanExporter):
 
     def shutdown(self) -> None:
         self.release()
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then closed, here)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(*containers: Container) -> Iterator[None]:
-    """Stop *containers* on the way out, whatever happens."""
-    try:
-        yield
-    finally:
-        for container in containers:
-            stop(container)
 
 
 if __name__ == "__main__":

@@ -20,29 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from botocore.config import Config
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
-import sm_tracing
 from sm_tracing._client import CONTAINER_SPAN_ID
 from sm_tracing.local import LocalRuntime
+from tests._local_support import runtime_client
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
-from tests._robust_support import (
-    CONTAINER_SPAN,
-    PREDICT_SPAN,
-    REQUEST_ID,
-    Container,
-    serve,
-    stop,
-    wait_ready,
-)
+from tests._robust_support import CONTAINER_SPAN, PREDICT_SPAN, REQUEST_ID, serve
+from tests._serving import Container, in_memory, instrument_client, stop, wait_ready
 
 STACKS = ("gunicorn", "uvicorn")
 CALLER_SPAN = "caller"
@@ -77,12 +67,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for container in containers.values():
             wait_ready(container)
         runtime = stack.enter_context(LocalRuntime({name: c.url for name, c in containers.items()}))
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        sm_tracing.uninstrument()
-        sm_tracing.instrument(tracer_provider=provider)
-        stack.callback(sm_tracing.uninstrument)
+        provider, exporter = in_memory()
+        instrument_client(stack, provider)
         yield World(receiver, containers, runtime, exporter, provider.get_tracer("caller"))
 
 
@@ -152,11 +138,7 @@ def test_threads_sharing_one_client_are_not_crossed(fresh: World, stack: str) ->
     span: every answer is the caller's own, and every container span is the child of its
     caller's client span."""
     threads, per_thread = 32, 16
-    client = boto3.session.Session(**CREDENTIALS, region_name="us-east-1").client(
-        "sagemaker-runtime",
-        endpoint_url=fresh.runtime.url,
-        config=Config(retries={"total_max_attempts": 1}, max_pool_connections=threads),
-    )
+    client = runtime_client(fresh.runtime.url, max_pool_connections=threads)
     barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
     answers: dict[str, Any] = {}

@@ -12,99 +12,53 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import sm_tracing
 from sm_tracing._client import CONTAINER_SPAN_ID, CONTAINER_TRACE_ID
 from sm_tracing.local import LocalRuntime
+from tests._local_support import runtime_client
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests._serving import (
+    ROOT,
+    STACKS,
+    Container,
+    in_memory,
+    instrument_client,
+    launch,
+    otlp_env,
+    stop,
+    wait_ready,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-STACKS = ("gunicorn", "uvicorn")
 CONTAINER_SPAN = "POST /invocations"
 MINE = "accept_eula=true"
 
-# uvicorn's --fd takes the socket for a Unix one; this serves it on the inherited TCP socket.
-_UVICORN = (
-    "import socket, sys, uvicorn\n"
-    "sys.path.insert(0, sys.argv[2])\n"
-    "sock = socket.socket(fileno=int(sys.argv[1]))\n"
-    "config = uvicorn.Config('app:app', log_level='warning', lifespan='off')\n"
-    "uvicorn.Server(config).run(sockets=[sock])\n"
-)
+# What each container runs: the demo app under gunicorn, the FastAPI example under uvicorn, and
+# the Flask BYOC example under gunicorn, each from the folder it is importable from.
+APPS = {
+    "gunicorn": ("sm_tracing._demo.app:create_app()", ROOT),
+    "uvicorn": ("app:app", ROOT / "examples" / "fastapi"),
+    "flask_byoc": ("predictor:app", ROOT / "examples" / "flask_byoc"),
+}
 
 
-@dataclass
-class Server:
-    """A container process serving on a loopback socket handed to it."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def launch(name: str, stack: str, receiver: OTLPReceiver, logs: Path, policy: str) -> Server:
-    """Start one container process on a socket bound here, exporting to *receiver*."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    fd = listener.fileno()
-    gunicorn = [
-        sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1",
-        "--threads", "4", "--graceful-timeout", "2",
-    ]  # fmt: skip
-    if stack == "gunicorn":
-        command = [*gunicorn, "sm_tracing._demo.app:create_app()"]
-    elif stack == "flask_byoc":
-        command = [*gunicorn, "--chdir", str(ROOT / "examples" / "flask_byoc"), "predictor:app"]
-    else:
-        command = [sys.executable, "-c", _UVICORN, str(fd), str(ROOT / "examples" / "fastapi")]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env.update(
-        OTEL_SERVICE_NAME=name,
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.traces_url,
-        OTEL_BSP_SCHEDULE_DELAY="20",
-        SM_TRACING_REMOTE_CONTEXT=policy,
-    )
-    log = logs / f"{name}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, env=env, stdout=sink, stderr=subprocess.STDOUT, pass_fds=(fd,)
-        )
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    return Server(name, process, url, log)
-
-
-def wait_ready(server: Server, deadline: float) -> None:
-    """Wait for ``/ping``; fail with the process's log if it dies or never answers."""
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            break
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(server.url + "/ping", timeout=1) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"{server.name} did not start:\n{server.log.read_text(errors='replace')}")
+def launch_container(
+    name: str, app: str, receiver: OTLPReceiver, logs: Path, policy: str
+) -> Container:
+    """Start one container process of *app* (a key of APPS), exporting to *receiver*."""
+    target, cwd = APPS[app]
+    stack = "uvicorn" if app == "uvicorn" else "gunicorn"
+    env = {**otlp_env(name, receiver.traces_url, 20), "SM_TRACING_REMOTE_CONTEXT": policy}
+    return launch(stack, target, name, logs, env=env, cwd=cwd)
 
 
 @dataclass
@@ -120,24 +74,23 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """Four container processes, a LocalRuntime naming each as an endpoint, and a client
+    """Five container processes, a LocalRuntime naming each as an endpoint, and a client
     instrumented with the module's own tracer provider."""
     logs = tmp_path_factory.mktemp("logs")
     s3_root = tmp_path_factory.mktemp("s3")
     with contextlib.ExitStack() as stack:
         receiver = stack.enter_context(OTLPReceiver())
-        servers = {}
-        for stack_name in STACKS:
-            for kind, policy in (("realtime", "continue"), ("async", "link")):
-                name = f"{stack_name}-{kind}"
-                server = launch(name, stack_name, receiver, logs, policy)
-                servers[name] = server
-                stack.callback(_stop, server)
-        servers["flask-byoc"] = launch("flask-byoc", "flask_byoc", receiver, logs, "continue")
-        stack.callback(_stop, servers["flask-byoc"])
-        deadline = time.monotonic() + 30
-        for server in servers.values():
-            wait_ready(server, deadline)
+        launched = [
+            launch_container(f"{app}-{kind}", app, receiver, logs, policy)
+            for app in STACKS
+            for kind, policy in (("realtime", "continue"), ("async", "link"))
+        ]
+        launched.append(launch_container("flask-byoc", "flask_byoc", receiver, logs, "continue"))
+        for server in launched:
+            stack.callback(stop, server)
+        for server in launched:
+            wait_ready(server)
+        servers = {server.name: server for server in launched}
         runtime = stack.enter_context(
             LocalRuntime(
                 {name: server.url for name, server in servers.items()},
@@ -145,30 +98,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 output_location="s3://results/out",
             )
         )
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        # instrument() keeps the options of an earlier call: start from a clean slate.
-        sm_tracing.uninstrument()
-        sm_tracing.instrument(tracer_provider=provider)
-        stack.callback(sm_tracing.uninstrument)
-        client = boto3.session.Session(
-            aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-        ).client(
-            "sagemaker-runtime",
-            endpoint_url=runtime.url,
-            config=Config(retries={"max_attempts": 1}),
-        )
-        yield World(receiver, runtime, client, exporter, s3_root)
-
-
-def _stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+        provider, exporter = in_memory()
+        instrument_client(stack, provider)
+        yield World(receiver, runtime, runtime_client(runtime.url), exporter, s3_root)
 
 
 def client_span(world: World, operation: str) -> ReadableSpan:

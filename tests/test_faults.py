@@ -52,11 +52,9 @@ from tests._robust_support import (
     RaisingPropagator,
     RaisingSpanTracerProvider,
     RaisingTracerProvider,
-    closed_port,
     serve,
-    stop,
-    wait_ready,
 )
+from tests._serving import closed_port, stop, wait_ready
 
 MINE = "accept_eula=true"
 TRACEPARENT = "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -89,6 +87,15 @@ def call(method: str) -> tuple[dict[str, Any], str | None]:
     client = make_client(wire=wire)
     response = getattr(client, method)(**call_params(method, CustomAttributes=MINE))
     return outcome(method, response), wire.custom_attributes()
+
+
+def call_traced(method: str, provider: TracerProvider) -> tuple[dict[str, Any], str | None]:
+    """:func:`call` with sm_tracing instrumented with *provider*, uninstrumented after."""
+    sm_tracing.instrument(tracer_provider=provider)
+    try:
+        return call(method)
+    finally:
+        sm_tracing.uninstrument()
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +202,7 @@ def test_client_call_survives_a_raising_propagator(
 ) -> None:
     """With a propagator that raises, each call gives what it gives untraced, sends the
     caller's CustomAttributes unchanged, is still traced, and the failure is logged."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
-        result, sent = call(method)
-    finally:
-        sm_tracing.uninstrument()
+    result, sent = call_traced(method, tracer_provider)
     assert result == untraced[method]
     assert sent == MINE
     assert [span.name for span in exporter.get_finished_spans()] == [
@@ -259,12 +262,7 @@ def test_client_call_survives_a_raising_tracer_provider(
 ) -> None:
     """With a tracer provider that raises, ``instrument()`` does not, and each call gives
     what it gives untraced, sends the caller's CustomAttributes unchanged, and is logged."""
-    provider = PROVIDERS[fault]()
-    sm_tracing.instrument(tracer_provider=provider)
-    try:
-        result, sent = call(method)
-    finally:
-        sm_tracing.uninstrument()
+    result, sent = call_traced(method, PROVIDERS[fault]())
     assert result == untraced[method]
     assert sent == MINE
     assert logged(caplog, "sm_tracing")

@@ -16,17 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-import sm_tracing
 from sm_tracing.local import LocalRuntime
-from tests._robust_support import CountingReceiver, rss_bytes, serve, stop, wait_ready
+from tests._local_support import runtime_client
+from tests._robust_support import CountingReceiver, rss_bytes, serve
+from tests._serving import instrument_client, stop, wait_ready
 
 INVOCATIONS = 10_000
 THREADS = 8
@@ -58,16 +57,8 @@ def test_ten_thousand_invocations_lose_nothing(tmp_path: Path) -> None:
                 OTLPSpanExporter(endpoint=receiver.traces_url), schedule_delay_millis=200
             )
         )
-        sm_tracing.uninstrument()
-        sm_tracing.instrument(tracer_provider=provider)
-        stack.callback(sm_tracing.uninstrument)
-        client = boto3.session.Session(
-            aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-        ).client(
-            "sagemaker-runtime",
-            endpoint_url=runtime.url,
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=THREADS),
-        )
+        instrument_client(stack, provider)
+        client = runtime_client(runtime.url, max_pool_connections=THREADS)
 
         lock = threading.Lock()
         done = 0

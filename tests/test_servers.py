@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,74 +22,40 @@ from tests._container_support import (
     SPANS_ENV,
     caller,
     echoed,
-    free_port,
     provider_from_env,
     read_spans,
-    wait_until_serving,
 )
+from tests._serving import launch, serving
 
-ROOT = Path(__file__).resolve().parents[1]
-
+# The app each server runs, and the same servers in front of apps that trace from the request
+# headers (below).
 SERVERS = {
-    "gunicorn": [
-        "-m",
-        "gunicorn",
-        "--workers",
-        "1",
-        "--bind",
-        "127.0.0.1:{port}",
-        "tests._container_support:flask_app()",
-    ],
-    "uvicorn": [
-        "-m",
-        "uvicorn",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        "tests._container_support:fastapi_app",
-    ],
+    "gunicorn": "tests._container_support:flask_app()",
+    "uvicorn": "tests._container_support:fastapi_app()",
 }
-# The same servers in front of apps that trace from the request headers (below).
 INJECTING_SERVERS = {
-    "gunicorn": [*SERVERS["gunicorn"][:-1], "tests.test_servers:injecting_flask_app()"],
-    "uvicorn": [*SERVERS["uvicorn"][:-1], "tests.test_servers:injecting_fastapi_app"],
+    "gunicorn": "tests.test_servers:injecting_flask_app()",
+    "uvicorn": "tests.test_servers:injecting_fastapi_app()",
 }
 
 
 class Served:
     """A server process and where it writes its spans."""
 
-    def __init__(self, port: int, spans: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, url: str, spans: Path) -> None:
+        self.url = url
         self.spans = spans
 
 
 @contextlib.contextmanager
 def serve(
-    args: list[str], spans: Path, environment: dict[str, str] | None = None
+    stack: str, app: str, directory: Path, environment: dict[str, str] | None = None
 ) -> Iterator[Served]:
-    """A server process started with *args*, writing its spans to *spans*, stopped after."""
-    port = free_port()
-    command = [sys.executable, *(arg.format(port=port) for arg in args)]
-    env = {**os.environ, SPANS_ENV: str(spans), "PYTHONPATH": str(ROOT)}
-    env.pop("SM_TRACING_REMOTE_CONTEXT", None)
-    env.pop("SM_TRACING_INJECT_HEADERS", None)
-    env.update(environment or {})
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    try:
-        wait_until_serving(port)
-        yield Served(port, spans)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """*app* under *stack*, writing its spans and its output to *directory*, stopped after."""
+    spans = directory / "spans.jsonl"
+    env = {SPANS_ENV: str(spans), **(environment or {})}
+    with serving(launch(stack, app, stack, directory, env=env)) as container:
+        yield Served(container.url, spans)
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
@@ -100,8 +63,8 @@ def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     """The server of this parameter, started once for the module."""
-    spans = tmp_path_factory.mktemp(request.param) / "spans.jsonl"
-    with serve(SERVERS[request.param], spans) as server:
+    directory = tmp_path_factory.mktemp(request.param)
+    with serve(request.param, SERVERS[request.param], directory) as server:
         yield server
 
 
@@ -209,9 +172,9 @@ def injecting(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     """The server of this parameter with SM_TRACING_INJECT_HEADERS=true, started once."""
-    spans = tmp_path_factory.mktemp(f"injecting-{request.param}") / "spans.jsonl"
+    directory = tmp_path_factory.mktemp(f"injecting-{request.param}")
     environment = {"SM_TRACING_INJECT_HEADERS": "true"}
-    with serve(INJECTING_SERVERS[request.param], spans, environment) as server:
+    with serve(request.param, INJECTING_SERVERS[request.param], directory, environment) as server:
         yield server
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests._otlp_receiver import OTLPReceiver
-from tests._robust_support import CONTAINER_SPAN, HEADER, PREDICT_SPAN, serve, stop, wait_ready
+from tests._robust_support import CONTAINER_SPAN, HEADER, PREDICT_SPAN, serve
+from tests._serving import stop, wait_ready
 
 REQUESTS = 12
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
