@@ -71,27 +71,47 @@ def _raw_post(runtime: LocalRuntime, path: str, headers: dict[str, str]) -> Any:
 # InvokeEndpoint
 
 
-def test_invoke_forwards_only_the_headers_sagemaker_forwards(
-    container: ModelContainer, client: Any
+# What each operation's API carries, and the headers the container gets for it: the HTTP
+# headers a real client adds (traceparent, X-Amzn-Trace-Id, Authorization...) never arrive.
+_SAGEMAKER_FIELDS = {
+    "CustomAttributes": ("x-amzn-sagemaker-custom-attributes", "accept_eula=true"),
+    "InferenceId": ("x-amzn-sagemaker-inference-id", "inference-1"),
+}
+_ROUTING_FIELDS = {
+    "TargetVariant": ("x-amzn-sagemaker-target-variant", "blue"),
+    "InferenceComponentName": ("x-amzn-sagemaker-inference-component", "component-a"),
+    "SessionId": ("x-amzn-sagemaker-session-id", "session-1"),
+    "PrefixAwareId": ("x-amzn-sagemaker-prefix-aware-id", "tenant-a"),
+}
+_FORWARDED = {
+    "invoke_endpoint": {
+        **_SAGEMAKER_FIELDS,
+        **_ROUTING_FIELDS,
+        "EnableExplanations": ("x-amzn-sagemaker-enable-explanations", "`true`"),
+    },
+    "invoke_endpoint_with_response_stream": {**_SAGEMAKER_FIELDS, **_ROUTING_FIELDS},
+    "invoke_endpoint_async": _SAGEMAKER_FIELDS,
+}
+
+
+@pytest.mark.parametrize("operation", list(_FORWARDED))
+def test_each_operation_forwards_only_the_headers_sagemaker_forwards(
+    container: ModelContainer, client: Any, operation: str
 ) -> None:
-    """The container gets body, content type, accept and the SageMaker headers, nothing else."""
+    """The container gets body, content type, accept and the SageMaker headers each operation
+    defines (PrefixAwareId on the two real-time calls), nothing else."""
     client.meta.events.register("before-sign.sagemaker-runtime.*", _add_tracing_headers)
-    response = client.invoke_endpoint(
+    fields = _FORWARDED[operation]
+    response = getattr(client, operation)(
         EndpointName="my-endpoint",
         Body=b'{"x": 1}',
         ContentType="application/json",
         Accept="application/x-echo",
-        CustomAttributes="accept_eula=true",
-        InferenceId="inference-1",
-        TargetVariant="blue",
-        EnableExplanations="`true`",
-        InferenceComponentName="component-a",
-        SessionId="session-1",
+        **{field: value for field, (_, value) in fields.items()},
     )
-    assert response["Body"].read() == b'{"X": 1}'
-    assert response["ContentType"] == "application/x-echo"
-    assert response["InvokedProductionVariant"] == "blue"
-    [seen] = container.seen
+    if operation == "invoke_endpoint_with_response_stream":
+        assert b"".join(e["PayloadPart"]["Bytes"] for e in response["Body"]) == b'{"X": 1}'
+    [seen] = _wait_for(container, 1)
     assert seen.path == "/invocations"
     assert seen.body == b'{"x": 1}'
     assert seen.headers == {
@@ -99,13 +119,17 @@ def test_invoke_forwards_only_the_headers_sagemaker_forwards(
         "content-length": "8",
         "content-type": "application/json",
         "accept": "application/x-echo",
-        "x-amzn-sagemaker-custom-attributes": "accept_eula=true",
-        "x-amzn-sagemaker-inference-id": "inference-1",
-        "x-amzn-sagemaker-target-variant": "blue",
-        "x-amzn-sagemaker-enable-explanations": "`true`",
-        "x-amzn-sagemaker-inference-component": "component-a",
-        "x-amzn-sagemaker-session-id": "session-1",
+        **dict(fields.values()),
     }
+
+
+def test_invoke_answers_with_the_container_body_type_and_variant(client: Any) -> None:
+    """InvokeEndpoint answers with the container's body and content type and the variant the
+    caller targeted."""
+    response = client.invoke_endpoint(EndpointName="e", Body=b'{"x": 1}', TargetVariant="blue")
+    assert response["Body"].read() == b'{"X": 1}'
+    assert response["ContentType"] == "application/x-echo"
+    assert response["InvokedProductionVariant"] == "blue"
 
 
 @pytest.mark.parametrize(
@@ -368,13 +392,12 @@ def test_concurrent_aiobotocore_invocations(
 
 
 def test_stream_is_an_event_stream_botocore_parses(container: ModelContainer, client: Any) -> None:
-    """Each container chunk arrives as a PayloadPart event; headers and attributes pass."""
+    """Each container chunk arrives as a PayloadPart event; the answer's content type and
+    CustomAttributes pass (what reaches the container is pinned with the other operations)."""
     container.handler = streaming([b'{"t": 1}\n', b'{"t": 2}\n', b'{"t": 3}\n'])
-    client.meta.events.register("before-sign.sagemaker-runtime.*", _add_tracing_headers)
     response = client.invoke_endpoint_with_response_stream(
         EndpointName="e",
         Body=b"{}",
-        ContentType="application/json",
         Accept="application/jsonlines",
         CustomAttributes="x-starting-token=1",
     )
@@ -388,13 +411,6 @@ def test_stream_is_an_event_stream_botocore_parses(container: ModelContainer, cl
         b'{"t": 1}\n{"t": 2}\n{"t": 3}\n'
     )
     assert all(set(event) == {"PayloadPart"} for event in events)
-    [seen] = container.seen
-    assert seen.path == "/invocations"
-    assert seen.headers["accept"] == "application/jsonlines"
-    assert seen.headers["x-amzn-sagemaker-custom-attributes"] == "x-starting-token=1"
-    assert "traceparent" not in seen.headers
-    assert "x-amzn-trace-id" not in seen.headers
-    assert "authorization" not in seen.headers
 
 
 def test_stream_of_a_fixed_length_answer_keeps_the_connection(
@@ -476,14 +492,14 @@ def test_stream_stalled_mid_way_is_a_model_stream_error(container: ModelContaine
 # InvokeEndpointAsync
 
 
-def test_async_body_is_accepted_and_written(container: ModelContainer, client: Any) -> None:
-    """202 with locations; the container gets the call in the background; the output is written."""
-    client.meta.events.register("before-sign.sagemaker-runtime.*", _add_tracing_headers)
+def test_async_body_is_accepted_and_written(
+    container: ModelContainer, runtime: LocalRuntime, client: Any
+) -> None:
+    """An inline Body and no InputLocation: 202 with locations, the container gets the call in
+    the background, and the output is written."""
     response = client.invoke_endpoint_async(
         EndpointName="e",
         Body=b"async body",
-        ContentType="text/plain",
-        Accept="text/plain",
         CustomAttributes="accept_eula=true",
         InferenceId="job-1",
     )
@@ -492,17 +508,10 @@ def test_async_body_is_accepted_and_written(container: ModelContainer, client: A
     assert "CustomAttributes" not in response
     assert response["OutputLocation"].endswith("/job-1.out")
     assert response["FailureLocation"].endswith("/job-1-error.out")
-    [seen] = _wait_for(container, 1)
-    assert seen.path == "/invocations"
+    assert runtime.wait_async(5)
+    [seen] = container.seen
     assert seen.body == b"async body"
-    assert seen.headers == {
-        "host": seen.headers["host"],
-        "content-length": "10",
-        "content-type": "text/plain",
-        "accept": "text/plain",
-        "x-amzn-sagemaker-custom-attributes": "accept_eula=true",
-        "x-amzn-sagemaker-inference-id": "job-1",
-    }
+    assert _path(response["OutputLocation"]).read_bytes() == b"ASYNC BODY"
 
 
 def test_async_output_and_failure_files(
@@ -606,6 +615,78 @@ def test_async_names_cannot_leave_the_output_location(
     with pytest.raises(ClientError) as raised:
         client.invoke_endpoint_async(EndpointName="e", Body=b"x", **params)
     assert raised.value.response["Error"]["Code"] == "ValidationError"
+    assert container.seen == []
+
+
+def test_async_filename_and_extension_name_the_output(
+    container: ModelContainer, runtime: LocalRuntime, client: Any
+) -> None:
+    """Filename names the output file and S3OutputPathExtension the folders under the output
+    location; a failure is written beside it as <inference id>-error.out."""
+    response = client.invoke_endpoint_async(
+        EndpointName="e",
+        Body=b"named",
+        InferenceId="job-2",
+        S3OutputPathExtension="runs/run-1",
+        Filename="result.json",
+    )
+    assert response["OutputLocation"] == f"{runtime.output_location}/runs/run-1/result.json"
+    assert response["FailureLocation"] == f"{runtime.failure_location}/runs/run-1/job-2-error.out"
+    assert runtime.wait_async(5)
+    assert _path(response["OutputLocation"]).read_bytes() == b"NAMED"
+
+
+def test_async_body_and_input_location_are_exclusive(
+    container: ModelContainer, client: Any, tmp_path: Path
+) -> None:
+    """An inline Body together with an InputLocation is refused, as SageMaker refuses it."""
+    source = tmp_path / "input.json"
+    source.write_bytes(b"{}")
+    with pytest.raises(ClientError) as raised:
+        client.invoke_endpoint_async(EndpointName="e", Body=b"{}", InputLocation=source.as_uri())
+    assert raised.value.response["Error"]["Code"] == "ValidationError"
+    assert "mutually exclusive" in raised.value.response["Error"]["Message"]
+    assert container.seen == []
+
+
+@pytest.mark.parametrize(
+    ("operation", "params", "member"),
+    [
+        ("invoke_endpoint", {"PrefixAwareId": "p" * 65}, "prefixAwareId"),
+        ("invoke_endpoint_with_response_stream", {"PrefixAwareId": "p\x7f"}, "prefixAwareId"),
+        ("invoke_endpoint", {"InferenceId": "i" * 65}, "inferenceId"),
+        ("invoke_endpoint", {"CustomAttributes": "secret=" + "x" * 1018}, "customAttributes"),
+        ("invoke_endpoint_async", {"Filename": "a.b.out"}, "filename"),
+        ("invoke_endpoint_async", {"Filename": "f" * 33}, "filename"),
+        ("invoke_endpoint_async", {"S3OutputPathExtension": "s3:/bucket"}, "s3OutputPathExtension"),
+        ("invoke_endpoint_async", {"S3OutputPathExtension": "a b"}, "s3OutputPathExtension"),
+        ("invoke_endpoint_async", {"Body": b"b" * 128_001}, "body"),
+    ],
+    ids=[
+        "prefix-aware-id-too-long",
+        "prefix-aware-id-not-printable",
+        "inference-id-too-long",
+        "custom-attributes-too-long",
+        "filename-two-dots",
+        "filename-too-long",
+        "extension-is-a-uri",
+        "extension-with-space",
+        "async-body-too-large",
+    ],
+)
+def test_values_beyond_the_api_limits_are_a_validation_error(
+    container: ModelContainer, client: Any, operation: str, params: dict[str, Any], member: str
+) -> None:
+    """Members beyond the limits of the API model (which botocore does not check) are refused
+    with a ValidationError naming the member, never quoting the value, before any container
+    call."""
+    params.setdefault("Body", b"{}")
+    with pytest.raises(ClientError) as raised:
+        getattr(client, operation)(EndpointName="e", **params)
+    error = raised.value.response["Error"]
+    assert error["Code"] == "ValidationError"
+    assert f"Value at '{member}' failed to satisfy constraint" in error["Message"]
+    assert "secret" not in error["Message"]
     assert container.seen == []
 
 

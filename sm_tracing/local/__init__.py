@@ -4,9 +4,13 @@
 difference: only the headers SageMaker forwards reach the container (a ``traceparent`` HTTP
 header does not), CustomAttributes pass both ways verbatim, container failures come back as
 ``ModelError`` (424), InvokeEndpointWithResponseStream is a real AWS event stream relayed as
-the container produces it, and InvokeEndpointAsync answers 202 and runs in the background,
-writing the result under an output location. Requests without a SigV4 ``Authorization``
-header are refused; signatures are not verified, so any credentials will do.
+the container produces it, and InvokeEndpointAsync (input from an ``InputLocation`` or an inline
+``Body``, output named by ``S3OutputPathExtension`` and ``Filename``) answers 202 and runs in
+the background, writing the result under an output location. Members beyond the limits of the
+API model (CustomAttributes over 1024 characters, a ``PrefixAwareId`` over 64, an inline async
+body over 128,000 bytes...) are refused with ``ValidationError``, as SageMaker refuses them.
+Requests without a SigV4 ``Authorization`` header are refused; signatures are not verified, so
+any credentials will do.
 
 Standard library only, so it works without any optional extra::
 

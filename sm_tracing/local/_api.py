@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,37 +35,80 @@ _CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 _TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 _TARGET_VARIANT = "X-Amzn-SageMaker-Target-Variant"
 _INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+_SESSION_ID = "X-Amzn-SageMaker-Session-Id"
+_INFERENCE_COMPONENT = "X-Amzn-SageMaker-Inference-Component"
+_PREFIX_AWARE_ID = "X-Amzn-SageMaker-Prefix-Aware-Id"
+_FILENAME = "X-Amzn-SageMaker-Filename"
+_OUTPUT_PATH_EXTENSION = "X-Amzn-SageMaker-S3OutputPathExtension"
+_INPUT_LOCATION = "X-Amzn-SageMaker-InputLocation"
 # Headers the container may set that SageMaker hands back to the caller.
 _RESPONSE_HEADERS = (
     _CUSTOM_ATTRIBUTES,
     "X-Amzn-SageMaker-New-Session-Id",
     "X-Amzn-SageMaker-Closed-Session-Id",
 )
-_SAGEMAKER_HEADERS = (
-    _CUSTOM_ATTRIBUTES,
-    _TARGET_MODEL,
-    _INFERENCE_ID,
-    "X-Amzn-SageMaker-Session-Id",
-    _TARGET_VARIANT,
-    "X-Amzn-SageMaker-Inference-Component",
-    "X-Amzn-SageMaker-Enable-Explanations",
-)
 
 
 def _forwarding(*names: str, **renamed: str) -> dict[str, str]:
-    table = {name.lower(): name for name in (*_SAGEMAKER_HEADERS, *names)}
+    table = {name.lower(): name for name in (_CUSTOM_ATTRIBUTES, _INFERENCE_ID, *names)}
     table.update((source.lower(), target) for target, source in renamed.items())
     return table
 
 
-# Request header (lower case) -> the name the container receives; everything else is dropped,
-# as SageMaker drops every header its API does not define. The streaming and async calls
-# carry Accept (and, async, Content-Type) in SageMaker headers of their own.
-_INVOKE_FORWARD = _forwarding("Content-Type", "Accept")
-_STREAM_FORWARD = _forwarding("Content-Type", Accept="X-Amzn-SageMaker-Accept")
+# Request header (lower case) -> the name the container receives: the headers each operation's
+# API defines; everything else is dropped, as SageMaker drops every header its API does not
+# define. The streaming and async calls carry Accept (and, async, Content-Type) in SageMaker
+# headers of their own. Whether SageMaker hands its routing fields (TargetVariant,
+# InferenceComponentName, PrefixAwareId) to the container is not documented: they are passed
+# on, so a container that reads them can be tested, and one that does not is unaffected.
+_INVOKE_FORWARD = _forwarding(
+    "Content-Type",
+    "Accept",
+    _TARGET_MODEL,
+    _TARGET_VARIANT,
+    _SESSION_ID,
+    _INFERENCE_COMPONENT,
+    _PREFIX_AWARE_ID,
+    "X-Amzn-SageMaker-Enable-Explanations",
+)
+_STREAM_FORWARD = _forwarding(
+    "Content-Type",
+    _TARGET_VARIANT,
+    _SESSION_ID,
+    _INFERENCE_COMPONENT,
+    _PREFIX_AWARE_ID,
+    Accept="X-Amzn-SageMaker-Accept",
+)
 _ASYNC_FORWARD = _forwarding(
     **{"Content-Type": "X-Amzn-SageMaker-Content-Type", "Accept": "X-Amzn-SageMaker-Accept"}
 )
+
+
+@dataclass(frozen=True)
+class _Constraint:
+    """A request member's limits in the API model, checked as SageMaker checks them."""
+
+    member: str  # as SageMaker's validation messages name it
+    max_length: int
+    pattern: re.Pattern[str] | None = None
+    min_length: int = 1
+
+
+# An identifier: a visible first character, then printable ones.
+_IDENTIFIER = re.compile(r"\S[\x20-\x7e]*")
+_CONSTRAINTS = {
+    _CUSTOM_ATTRIBUTES.lower(): _Constraint("customAttributes", 1024, min_length=0),
+    _INFERENCE_ID.lower(): _Constraint("inferenceId", 64, _IDENTIFIER),
+    _PREFIX_AWARE_ID.lower(): _Constraint("prefixAwareId", 64, _IDENTIFIER),
+    _FILENAME.lower(): _Constraint(
+        "filename", 32, re.compile(r"(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]*")
+    ),
+    _OUTPUT_PATH_EXTENSION.lower(): _Constraint(
+        "s3OutputPathExtension", 512, re.compile(r"(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]+")
+    ),
+}
+# InvokeEndpointAsync takes at most this much inline, instead of an InputLocation.
+_MAX_ASYNC_BODY = 128_000
 
 _ROUTE = re.compile(
     r"/endpoints/([^/?#]+)/(invocations|invocations-response-stream|async-invocations)"
@@ -174,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        invalid = self._invalid()
+        if invalid:
+            self._error(400, "ValidationError", invalid)
+            return
         endpoint = unquote(match.group(1))
         pool = self.server.runtime._pool(endpoint)
         if pool is None:
@@ -206,8 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
 
     def _invoke(self, endpoint: str, pool: ContainerPool, body: bytes) -> None:
-        sent = self._send(endpoint, pool.call, _INVOKE_FORWARD, body)
-        if sent is None:
+        if (sent := self._send(endpoint, pool.call, _INVOKE_FORWARD, body)) is None:
             return
         response, data = sent
         if response.status >= 400:
@@ -220,8 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(200, data, answer)
 
     def _invoke_stream(self, endpoint: str, pool: ContainerPool, body: bytes) -> None:
-        sent = self._send(endpoint, pool.post, _STREAM_FORWARD, body)
-        if sent is None:
+        if (sent := self._send(endpoint, pool.post, _STREAM_FORWARD, body)) is None:
             return
         conn, response = sent
         if response.status >= 400:
@@ -286,17 +332,52 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return complete
 
+    def _invalid(self) -> str | None:
+        """SageMaker's ValidationError message for the headers that break their constraints;
+        it names the member, never the value (which may be the caller's data)."""
+        broken = []
+        for name, value in self.headers.items():
+            constraint = _CONSTRAINTS.get(name.lower())
+            if constraint is None:
+                continue
+            if len(value) > constraint.max_length:
+                rule = f"have length less than or equal to {constraint.max_length}"
+            elif len(value) < constraint.min_length:
+                rule = f"have length greater than or equal to {constraint.min_length}"
+            elif constraint.pattern is not None and not constraint.pattern.fullmatch(value):
+                rule = f"satisfy regular expression pattern: {constraint.pattern.pattern}"
+            else:
+                continue
+            broken.append(
+                f"Value at '{constraint.member}' failed to satisfy constraint: Member must {rule}"
+            )
+        if not broken:
+            return None
+        count = f"{len(broken)} validation error{'s' if len(broken) > 1 else ''}"
+        return f"{count} detected: {'; '.join(broken)}"
+
     def _invoke_async(self, pool: ContainerPool, body: bytes) -> None:
         runtime = self.server.runtime
         inference_id = self.headers.get(_INFERENCE_ID) or str(uuid.uuid4())
-        name = self.headers.get("X-Amzn-SageMaker-Filename") or f"{inference_id}.out"
-        extension = (self.headers.get("X-Amzn-SageMaker-S3OutputPathExtension") or "").strip("/")
+        name = self.headers.get(_FILENAME) or f"{inference_id}.out"
+        extension = (self.headers.get(_OUTPUT_PATH_EXTENSION) or "").strip("/")
         names = [part for part in extension.split("/") if part]
         if any(not safe_name(part) for part in (*names, name, inference_id)):
             self._error(400, "ValidationError", "InferenceId, Filename and extension are unsafe")
             return
-        input_location = self.headers.get("X-Amzn-SageMaker-InputLocation")
+        input_location = self.headers.get(_INPUT_LOCATION)
         source: bytes | Path
+        if input_location and body:
+            self._error(400, "ValidationError", "Body and InputLocation are mutually exclusive.")
+            return
+        if len(body) > _MAX_ASYNC_BODY:
+            self._error(
+                400,
+                "ValidationError",
+                "1 validation error detected: Value at 'body' failed to satisfy constraint: "
+                f"Member must have length less than or equal to {_MAX_ASYNC_BODY}",
+            )
+            return
         if input_location:
             try:
                 source = runtime._local_path(input_location)
