@@ -1,28 +1,33 @@
 """Benchmark sm_tracing's hot paths against a bare call, an SDK floor and upstream OpenTelemetry.
 
-    python benchmarks/run.py [--quick] [--no-valgrind] [--only client|container|codec|memory]
+    python benchmarks/run.py [--quick] [--no-valgrind] [--only GROUP] [--jobs N] [--repeat R]
 
-Each configuration runs in a fresh process (``benchmarks/scenario.py``). Instructions per
-operation come from callgrind, as ``(I(N2) - I(N1)) / (N2 - N1)`` over two runs that differ only
-in their operation count; wall-clock is the median of repeats, without valgrind. The table
-says for each target whether it is MET; the exit status is non-zero only when a scenario
-crashed.
+Each configuration runs in its own process, forked from one that imported what they share
+(``benchmarks/scenario.py --plan``). Instructions per unit come from callgrind, as
+``(I(N2) - I(N1)) / (N2 - N1)`` over two stretches of one process that differ only in their
+unit count; wall-clock is the median of repeats, without valgrind, printed for information.
+The table says for each target whether it is MET; the exit status is non-zero only when a
+configuration crashed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +35,15 @@ if __package__ in (None, ""):
 from benchmarks import _callgrind, _report, _scenarios
 
 SCENARIO = str(Path(__file__).resolve().with_name("scenario.py"))
-TIMEOUT = 1800.0
+TIMEOUT = 3600.0
+WALL_REPEATS = 3
+# Rough speeds of this kind of machine, only to plan the runs and estimate the time left; the
+# estimate corrects itself from the runs already done.
+_NATIVE_RATE = 1.5e9
+_UNINSTRUMENTED_RATE = 2.5e8
+_CALLGRIND_RATE = 4e7
+# Seconds for a plan's process to import what the configurations share, and load it.
+WORKER_START = {"wall": 1.0, "memory": 1.0, "callgrind": 6.0}
 
 
 def scenario_env() -> dict[str, str]:
@@ -50,142 +63,322 @@ def scenario_env() -> dict[str, str]:
     return env
 
 
-def _command(config: str, n: int, warmup: int, repeat: int = 0) -> list[str]:
-    command = [sys.executable, SCENARIO, config, str(n), "--warmup", str(warmup)]
-    if repeat:
-        command += ["--repeat", str(repeat)]
-    return command
+@dataclass(frozen=True)
+class Run:
+    """One configuration measured once: N1 and N2 units after a warm-up."""
+
+    group: _report.Group
+    config: str
+    counts: tuple[int, int]
+    warmup: int
+    repeat: int = 1
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "counts": list(self.counts),
+            "warmup": self.warmup,
+            "repeat": self.repeat,
+        }
+
+    def estimate(self, mode: str) -> float:
+        """Seconds this run should take on a free core, roughly."""
+        weight = self.group.weight
+        units = sum(self.counts)
+        if mode == "callgrind":
+            return (
+                0.5 + self.warmup * weight / _UNINSTRUMENTED_RATE + units * weight / _CALLGRIND_RATE
+            )
+        return 0.05 + (self.warmup + self.repeat * units) * weight / _NATIVE_RATE
 
 
-def _failure(exc: BaseException) -> str:
-    if isinstance(exc, subprocess.CalledProcessError):
-        # valgrind's own lines start with "==pid=="; the scenario's traceback is what says why.
-        lines = (exc.stderr or exc.stdout or "").strip().splitlines()
-        tail = [line for line in lines if not line.startswith("==")][-1:]
-        return f"crashed (exit {exc.returncode}): " + "".join(tail).strip()
-    if isinstance(exc, subprocess.TimeoutExpired):
-        return f"timed out after {exc.timeout:.0f} s"
-    return f"crashed: {type(exc).__name__}: {exc}"
+class Progress:
+    """Progress on stderr: runs done, time spent and an estimate of the time left."""
+
+    def __init__(self, total: float) -> None:
+        self.total = max(total, 1e-9)
+        self.done = 0.0
+        self.count = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, estimate: float) -> None:
+        """More work, planned after the start."""
+        with self._lock:
+            self.total += estimate
+
+    def credit(self, estimate: float) -> None:
+        """Work of *estimate* planned seconds is done, with nothing to show for it."""
+        with self._lock:
+            self.done = min(self.done + estimate, self.total)
+
+    def step(self, what: str, estimate: float) -> None:
+        """One run of *estimate* planned seconds is done."""
+        with self._lock:
+            self.done = min(self.done + estimate, self.total)
+            self.count += 1
+            elapsed = time.monotonic() - self.started
+            left = elapsed * (self.total - self.done) / max(self.done, 1e-9)
+            print(
+                f"[{100 * self.done / self.total:3.0f}%] {what:<48} "
+                f"{_clock(elapsed)} elapsed, about {_clock(left)} left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
 
-def _run_json(command: list[str], env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        command, capture_output=True, text=True, check=True, env=env, timeout=TIMEOUT
-    )
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{seconds:02d}"
 
 
-def missing(config: str) -> str | None:
-    """Why *config* cannot run yet (the module it needs is absent), or None."""
-    module = _scenarios.REQUIRES.get(config)
-    if module is not None and importlib.util.find_spec(module) is None:
-        return f"not available: {module} is missing"
-    return None
+def _worker(
+    command: list[str],
+    runs: Sequence[Run],
+    mode: str,
+    on_result: Callable[[Run, dict[str, Any]], None],
+    *,
+    env: dict[str, str],
+    scratch: Path,
+    rounds: int = 1,
+    vgdb: str | None = None,
+    progress: Progress | None = None,
+) -> str | None:
+    """Run *runs* in one ``scenario.py --plan`` process started with *command*, handing each
+    result line to *on_result*; the tail of its stderr when it failed, else None. The start of
+    the process is credited to *progress* with its first line."""
+    plan = {
+        "mode": mode,
+        "vgdb": vgdb,
+        "rounds": rounds,
+        "runs": [run.plan() for run in runs],
+    }
+    handle, name = tempfile.mkstemp(prefix="plan-", suffix=".json", dir=scratch)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(plan, file)
+    errors = scratch / (Path(name).stem + ".stderr")
+    with errors.open("w+", encoding="utf-8", errors="replace") as stderr:
+        process = subprocess.Popen(
+            [*command, SCENARIO, "--plan", name],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(TIMEOUT, kill)
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for index, line in enumerate(process.stdout):
+                if index == 0 and progress is not None:
+                    progress.credit(WORKER_START[mode])
+                result = json.loads(line)
+                on_result(_run_of(runs, result), result)
+            status = process.wait()
+        finally:
+            timer.cancel()
+        if status == 0:
+            return None
+        if timed_out.is_set():
+            return f"timed out after {TIMEOUT:.0f} s"
+        stderr.seek(0)
+        # valgrind's own lines start with "==pid=="; the scenario's traceback says why.
+        lines = [line for line in stderr.read().splitlines() if not line.startswith("==")]
+        tail = "".join(lines[-1:]).strip()
+        if status < 0:
+            return f"crashed (signal {-status}): {tail}"
+        return f"crashed (exit {status}): {tail}"
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _run_of(runs: Sequence[Run], result: dict[str, Any]) -> Run:
+    return next(run for run in runs if run.config == result["config"])
+
+
+def _problem(result: dict[str, Any]) -> str | None:
+    error = result.get("error")
+    return None if error is None else f"crashed: {error}"
+
+
+def _plan(
+    groups: Iterable[_report.Group], quick: bool, wall: bool, skip: Iterable[str]
+) -> list[Run]:
+    """A run of each configuration of *groups*, less those to *skip*."""
+    skipped = set(skip)
+    repeat = WALL_REPEATS if wall else 1
+    return [
+        Run(group, config, group.sizes(quick, wall), group.warmup, repeat)
+        for group in groups
+        for config in group.configs
+        if config not in skipped
+    ]
 
 
 def measure_wall(
-    groups: Sequence[_report.Group],
-    quick: bool,
-    repeat: int,
-    env: dict[str, str],
+    runs: Sequence[Run],
     results: _report.Results,
+    progress: Progress,
+    *,
+    rounds: int,
+    env: dict[str, str],
+    scratch: Path,
 ) -> None:
-    """Median seconds per operation of each configuration, one process at a time.
+    """Median seconds per unit of each configuration, one process at a time.
 
-    The repeats go round the configurations of a group in turn, so a change in the machine's
-    load during the run falls on all of them alike rather than on one.
+    The rounds go through the configurations in turn, so a change in the machine's load
+    during the run falls on all of them alike rather than on one.
     """
-    for group in groups:
-        n = group.quick_wall_n if quick else group.wall_n
-        seconds: dict[str, list[float]] = {}
-        _progress(f"wall-clock  {group.name:<20} {repeat} rounds of {n:,}")
-        for _ in range(max(repeat, 1)):
-            for config in group.configs:
-                if config in results.problems:
-                    continue
-                try:
-                    result = _run_json(_command(config, n, group.warmup, 1), env)
-                except Exception as exc:
-                    results.problems[config] = _failure(exc)
-                    continue
-                per_op = result["seconds_per_op"]
-                assert isinstance(per_op, list)
-                seconds.setdefault(config, []).extend(per_op)
-        for config, values in seconds.items():
-            if config not in results.problems:
-                results.wall_seconds[config] = _report.median(values)
+    if not runs:
+        return
+    seconds: dict[str, list[float]] = {}
+
+    def on_result(run: Run, result: dict[str, Any]) -> None:
+        progress.step(f"wall-clock  {run.config}", run.estimate("wall"))
+        problem = _problem(result)
+        if problem is not None:
+            results.problems.setdefault(run.config, problem)
+            return
+        n_1, n_2 = run.counts
+        for first, second in result["seconds"]:
+            seconds.setdefault(run.config, []).append((second - first) / (n_2 - n_1))
+
+    failure = _worker(
+        [sys.executable],
+        runs,
+        "wall",
+        on_result,
+        env=env,
+        scratch=scratch,
+        rounds=rounds,
+        progress=progress,
+    )
+    for run in runs:
+        if failure is not None and run.config not in seconds:
+            results.problems.setdefault(run.config, failure)
+        if run.config in seconds and run.config not in results.problems:
+            results.wall_seconds[run.config] = _report.median(seconds[run.config])
 
 
 def measure_instructions(
-    groups: Sequence[_report.Group],
+    runs: Sequence[Run],
     results: _report.Results,
+    progress: Progress,
     *,
-    quick: bool,
     jobs: int,
     executable: str,
-    out_dir: Path,
+    vgdb: str,
+    scratch: Path,
+    keep: Path | None,
     env: dict[str, str],
 ) -> None:
-    """Instructions per operation of each configuration, *jobs* callgrind runs at a time."""
-    runs: list[tuple[_report.Group, str, int]] = []
-    for group in groups:
-        counts = group.quick_counts if quick else group.counts
-        for config in group.configs:
-            if config not in results.problems:
-                runs += [(group, config, n) for n in counts]
-    # Longest first, so the workers finish together.
-    runs.sort(key=lambda run: -run[2] * run[0].weight)
+    """Instructions per unit of each configuration, in *jobs* callgrind processes at once."""
+    if not runs:
+        return
+    # Longest first, each to the least loaded process, so they finish together.
+    shares: list[list[Run]] = [[] for _ in range(max(jobs, 1))]
+    loads = [0.0] * len(shares)
+    for run in sorted(runs, key=lambda run: -run.estimate("callgrind")):
+        least = loads.index(min(loads))
+        shares[least].append(run)
+        loads[least] += run.estimate("callgrind")
+    lock = threading.Lock()
 
-    def one(run: tuple[_report.Group, str, int]) -> tuple[str, int, int | str]:
-        group, config, n = run
-        _progress(f"callgrind   {config:<20} N={n:,}")
-        out_file = out_dir / f"callgrind.{config}.{n}.out"
+    def on_result(run: Run, result: dict[str, Any]) -> None:
+        progress.step(f"callgrind   {run.config}", run.estimate("callgrind"))
+        problem = _problem(result)
+        pid = int(result.get("pid", 0))
         try:
-            total = _callgrind.count(
-                _command(config, n, group.warmup),
-                out_file,
-                executable=executable,
-                env=env,
-                timeout=TIMEOUT,
-            )
-        except Exception as exc:
-            return config, n, _failure(exc)
-        return config, n, total
-
-    totals: dict[str, dict[int, int]] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for config, n, total in pool.map(one, runs):
-            if isinstance(total, str):
-                results.problems[config] = total
+            if problem is None:
+                totals = _callgrind.stretches(scratch, pid)
+                n_1, n_2 = run.counts
+                value = _callgrind.per_op(totals[1], n_1, totals[2], n_2)
+                if keep is not None:
+                    for index, n in ((1, n_1), (2, n_2)):
+                        source = scratch / f"callgrind.{pid}.{index + 1}"
+                        shutil.move(source, keep / f"callgrind.{run.config}.{n}.out")
+        except (OSError, ValueError) as exc:
+            problem = f"crashed: {exc}"
+        for path in _callgrind.stretch_files(scratch, pid):
+            path.unlink()
+        with lock:
+            if problem is not None:
+                results.problems.setdefault(run.config, problem)
             else:
-                totals.setdefault(config, {})[n] = total
-    for group in groups:
-        n_1, n_2 = group.quick_counts if quick else group.counts
-        for config in group.configs:
-            found = totals.get(config, {})
-            if config not in results.problems and n_1 in found and n_2 in found:
-                results.instructions[config] = _callgrind.per_op(found[n_1], n_1, found[n_2], n_2)
+                results.instructions[run.config] = value
+
+    command = _callgrind.command(executable, scratch, [sys.executable])
+
+    def one(share: list[Run]) -> None:
+        failure = _worker(
+            command,
+            share,
+            "callgrind",
+            on_result,
+            env=env,
+            scratch=scratch,
+            vgdb=vgdb,
+            progress=progress,
+        )
+        if failure is not None:
+            with lock:
+                for run in share:
+                    if run.config not in results.instructions:
+                        results.problems.setdefault(run.config, failure)
+
+    threads = [threading.Thread(target=one, args=(share,)) for share in shares if share]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
-def measure_memory(quick: bool, env: dict[str, str]) -> tuple[int, int | None, int | None, str]:
-    """Calls made, RSS in KiB after the warm-up and after the calls, and a problem if any."""
-    calls = _report.MEMORY_QUICK_CALLS if quick else _report.MEMORY_CALLS
-    problem = missing("client-ours")
-    if problem is not None:
-        return calls, None, None, problem
-    _progress(f"memory      client-ours          {calls:,} calls")
-    try:
-        result = _run_json(_command("memory", calls, _report.MEMORY_WARMUP), env)
-    except Exception as exc:
-        return calls, None, None, _failure(exc)
-    before, after = result["rss_before_kib"], result["rss_after_kib"]
-    assert isinstance(before, int) and isinstance(after, int)
-    return calls, before, after, ""
+@dataclass
+class Memory:
+    """The memory check: calls made after a warm-up, RSS before and after, or a problem."""
+
+    calls: int
+    warmup: int
+    before_kib: int | None = None
+    after_kib: int | None = None
+    problem: str = ""
+
+    def run(self) -> Run:
+        group = _report.Group(
+            name="memory", title="", unit="call", configs=(), targets=(), weight=2_600_000
+        )
+        return Run(group, "client-ours", (0, self.calls), self.warmup)
+
+
+def measure_memory(memory: Memory, env: dict[str, str], progress: Progress, scratch: Path) -> None:
+    """Resident memory of a process making instrumented calls, after the warm-up and after."""
+
+    def on_result(run: Run, result: dict[str, Any]) -> None:
+        progress.step(f"memory      {memory.calls:,} calls", run.estimate("memory"))
+        memory.problem = _problem(result) or ""
+        memory.before_kib = result.get("rss_before_kib")
+        memory.after_kib = result.get("rss_after_kib")
+
+    failure = _worker(
+        [sys.executable],
+        [memory.run()],
+        "memory",
+        on_result,
+        env=env,
+        scratch=scratch,
+        progress=progress,
+    )
+    if failure is not None and not memory.problem:
+        memory.problem = failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small counts: about a minute")
     parser.add_argument("--no-valgrind", action="store_true", help="wall-clock only")
     parser.add_argument(
         "--only",
@@ -201,77 +394,121 @@ def main(argv: list[str] | None = None) -> int:
         choices=_report.GROUP_NAMES,
         help="run only this part (may be repeated)",
     )
-    parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time (2)")
-    parser.add_argument("--repeat", type=int, default=5, help="wall-clock repeats (5)")
+    parser.add_argument("--jobs", type=int, default=2, help="callgrind processes at a time (2)")
+    parser.add_argument(
+        "--repeat", type=int, help="wall-clock rounds through the configurations (3, quick 1)"
+    )
     parser.add_argument(
         "--keep-profiles",
         type=Path,
         metavar="DIR",
-        help="keep the callgrind output files here, for callgrind_annotate",
+        help="keep the callgrind files of each stretch here, for callgrind_annotate",
     )
     args = parser.parse_args(argv)
     only = set(args.only or _report.GROUP_NAMES)
     groups = [group for group in _report.GROUPS if group.name in only]
+    rounds = max(args.repeat if args.repeat is not None else (1 if args.quick else 3), 1)
 
-    executable = None
+    executable = vgdb = None
     valgrind_note = "not used (--no-valgrind)"
     if not args.no_valgrind:
         executable = _callgrind.valgrind()
-        if executable is None:
-            valgrind_note = "valgrind NOT FOUND on PATH: wall-clock only"
+        vgdb = _callgrind.vgdb(executable) if executable is not None else None
+        if executable is None or vgdb is None:
+            executable = None
+            valgrind_note = "valgrind NOT FOUND on PATH: wall-clock only, no verdicts"
             print(
-                "valgrind is not on PATH, so there are no instruction counts: install it "
-                "(e.g. `apt-get install valgrind`) or pass --no-valgrind. Wall-clock only.",
+                "valgrind (with vgdb) is not on PATH, so there are no instruction counts and no "
+                "verdicts: install it (e.g. `apt-get install valgrind`) or pass --no-valgrind.",
                 file=sys.stderr,
             )
         else:
             valgrind_note = _callgrind.version(executable)
 
     env = scenario_env()
-    results = _report.Results()
+    skipped: dict[str, str] = {}
     for group in groups:
         for config in group.configs:
-            problem = missing(config)
-            if problem is not None:
-                results.problems[config] = problem
+            reason = _scenarios.unavailable(config)
+            if reason is not None:
+                skipped[config] = reason
 
-    started = time.monotonic()
-    # Wall-clock first and alone, so no callgrind run of ours competes for the CPU.
-    measure_wall(groups, args.quick, args.repeat, env, results)
-    memory = measure_memory(args.quick, env) if "memory" in only else None
-    if executable is not None and groups:
-        with tempfile.TemporaryDirectory(prefix="sm-tracing-bench-") as scratch:
-            out_dir = args.keep_profiles or Path(scratch)
-            out_dir.mkdir(parents=True, exist_ok=True)
+    wall_runs = _plan(groups, args.quick, True, skipped)
+    callgrind_runs = _plan(groups, args.quick, False, skipped) if executable else []
+    memory = None
+    if "memory" in only:
+        memory = Memory(
+            _report.MEMORY_QUICK_CALLS if args.quick else _report.MEMORY_CALLS,
+            _report.MEMORY_QUICK_WARMUP if args.quick else _report.MEMORY_WARMUP,
+        )
+    planned = sum(run.estimate("wall") for run in wall_runs) * rounds
+    planned += sum(run.estimate("callgrind") for run in callgrind_runs)
+    planned += WORKER_START["wall"] if wall_runs else 0.0
+    planned += WORKER_START["callgrind"] * min(max(args.jobs, 1), len(callgrind_runs))
+    if memory is not None:
+        planned += memory.run().estimate("memory") + WORKER_START["memory"]
+    progress = Progress(planned)
+
+    results = _report.Results()
+    with tempfile.TemporaryDirectory(prefix="sm-tracing-bench-") as directory:
+        scratch = Path(directory)
+        if args.keep_profiles is not None:
+            args.keep_profiles.mkdir(parents=True, exist_ok=True)
+        # Wall-clock first and alone, so no callgrind process competes for the CPU.
+        measure_wall(wall_runs, results, progress, rounds=rounds, env=env, scratch=scratch)
+        memory_thread = None
+        if memory is not None:
+            # Memory is not timed: it can share the machine with callgrind.
+            memory_thread = threading.Thread(
+                target=measure_memory, args=(memory, env, progress, scratch)
+            )
+            memory_thread.start()
+        if executable is not None and vgdb is not None:
             measure_instructions(
-                groups,
+                callgrind_runs,
                 results,
-                quick=args.quick,
+                progress,
                 jobs=max(args.jobs, 1),
                 executable=executable,
-                out_dir=out_dir,
+                vgdb=vgdb,
+                scratch=scratch,
+                keep=args.keep_profiles,
                 env=env,
             )
+        if memory_thread is not None:
+            memory_thread.join()
 
     print(
         f"sm_tracing benchmarks: Python {platform.python_version()} on {platform.machine()}, "
         f"{valgrind_note}, {_scenarios.PROCESSOR}, default propagators"
-        f"{', quick' if args.quick else ''}; {time.monotonic() - started:.0f} s"
+        f"{', quick' if args.quick else ''}; {time.monotonic() - progress.started:.0f} s"
     )
-    print("instructions per operation (instr) and microseconds (wall us), added over bare\n")
+    print(
+        "Per unit: instructions (instr, callgrind) and microseconds (wall us, median); "
+        "'added' is over the group's bare row.\nVerdicts are on instructions only; "
+        "wall-clock ratios are information.\n"
+    )
     for group in groups:
-        counts = group.quick_counts if args.quick else group.counts
-        wall_n = group.quick_wall_n if args.quick else group.wall_n
-        print(_report.group_table(group, results, counts, wall_n))
+        print(
+            _report.group_table(
+                group,
+                results,
+                group.sizes(args.quick, False),
+                group.sizes(args.quick, True),
+                skipped,
+            )
+        )
         print()
     if memory is not None:
-        print(_report.memory_table(*memory))
+        print(
+            _report.memory_table(
+                memory.calls, memory.warmup, memory.before_kib, memory.after_kib, memory.problem
+            )
+        )
         print()
 
-    crashed = [
-        config for config, problem in results.problems.items() if "not available" not in problem
-    ]
-    if memory is not None and memory[3] and "not available" not in memory[3]:
+    crashed = sorted(results.problems)
+    if memory is not None and memory.problem:
         crashed.append("memory")
     if crashed:
         print(f"crashed: {', '.join(crashed)}", file=sys.stderr)

@@ -1,10 +1,20 @@
-"""Run one configuration in this process: ``python benchmarks/scenario.py CONFIG N``.
+"""Run configurations: ``python benchmarks/scenario.py CONFIG N`` or ``--plan PLAN``.
 
-Builds the configuration, runs a warm-up, then N operations, then checks that they did their
-work (a failed check exits non-zero). Under callgrind, two runs with different N give the cost
-of one operation, start-up cancelling out. ``--repeat R`` times the N operations R times and
-prints the seconds per operation of each repeat as JSON; ``memory`` as CONFIG runs N
-instrumented client calls and prints the resident memory before and after, as JSON.
+``CONFIG N`` builds one configuration, runs a warm-up and N units of work, and checks that they
+did their work (a failed check exits non-zero): the form to profile by hand, e.g. under
+``python -m cProfile``.
+
+``--plan PLAN`` (a JSON file, as ``benchmarks/run.py`` writes it) imports what the
+configurations share once, then measures each run of the plan in a child process forked for it,
+so every configuration starts from the same state and pays only for itself. One JSON line per
+run on stdout, as each ends. The modes:
+
+- ``wall``: seconds for N1 then N2 units, ``repeat`` times;
+- ``callgrind`` (the plan runs under ``valgrind --tool=callgrind --instr-atstart=no``): the
+  child turns instrumentation on through ``vgdb`` after its warm-up, then calls the marker
+  function before N1 units, between N1 and N2 units and after them; with
+  ``--dump-before=<marker>`` callgrind writes the counts of each stretch to its own file;
+- ``memory``: resident memory before and after N2 units.
 """
 
 from __future__ import annotations
@@ -12,15 +22,24 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script: make the repository importable, whatever the working directory.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _scenarios
+
+# Called between the stretches measured; nothing else in a configuration calls it.
+MARKER = os.getppid
+VGDB_TIMEOUT = 60.0
 
 
 def rss_kib() -> int:
@@ -37,49 +56,137 @@ def rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def run(config: str, n: int, warmup: int, repeat: int) -> dict[str, object]:
-    """Run *config* as described in the module docstring; the JSON-able result."""
-    memory = config == "memory"
-    scenario = _scenarios.build("client-ours" if memory else config)
+def instrumentation_on(vgdb: str) -> None:
+    """Ask callgrind, through ``vgdb``, to start counting this process's instructions."""
+    process = subprocess.Popen(
+        [vgdb, f"--pid={os.getpid()}", "instrumentation", "on"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + VGDB_TIMEOUT
+    # Spin rather than wait: valgrind answers vgdb only while this process runs code.
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            break
+    output = process.communicate()[0].decode(errors="replace").strip()
+    if process.returncode != 0:
+        raise _scenarios.ScenarioError(f"vgdb could not turn instrumentation on: {output}")
+
+
+def measure(mode: str, run: dict[str, Any], vgdb: str | None) -> dict[str, Any]:
+    """One run of the plan, in this process: the JSON-able result."""
+    config = run["config"]
+    n_1, n_2 = run["counts"]
+    scenario = _scenarios.build(config)
     try:
-        op = scenario.op
-        for _ in range(warmup):
-            op()
-        result: dict[str, object] = {"config": config, "n": n, "warmup": warmup}
-        if memory:
+        calls = scenario.run(run["warmup"])
+        result: dict[str, Any] = {"config": config}
+        if mode == "memory":
             gc.collect()
             result["rss_before_kib"] = rss_kib()
-            for _ in range(n):
-                op()
+            calls += scenario.run(n_2)
             gc.collect()
             result["rss_after_kib"] = rss_kib()
-        elif repeat:
-            seconds = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                for _ in range(n):
-                    op()
-                seconds.append((time.perf_counter() - start) / n)
-            result["seconds_per_op"] = seconds
+        elif mode == "callgrind":
+            if vgdb is None:
+                raise ValueError("a callgrind plan names vgdb")
+            instrumentation_on(vgdb)
+            MARKER()
+            calls += scenario.run(n_1)
+            MARKER()
+            calls += scenario.run(n_2)
+            MARKER()
         else:
-            for _ in range(n):
-                op()
-        scenario.check(warmup + n * max(repeat, 1))
+            seconds = []
+            for _ in range(run.get("repeat", 1)):
+                start = time.perf_counter()
+                if n_1:
+                    calls += scenario.run(n_1)
+                middle = time.perf_counter()
+                calls += scenario.run(n_2)
+                seconds.append([middle - start if n_1 else 0.0, time.perf_counter() - middle])
+            result["seconds"] = seconds
+        scenario.check(calls)
         return result
     finally:
         scenario.close()
 
 
+def in_child(work: Callable[[], dict[str, Any]], config: str) -> dict[str, Any]:
+    """*work*'s result, computed in a forked child; a failure becomes ``{"error": ...}``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                result = {**work(), "pid": os.getpid()}
+            except BaseException as exc:
+                traceback.print_exc()
+                result = {"config": config, "error": f"{type(exc).__name__}: {exc}"}
+                status = 1
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump(result, pipe)
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if text:
+        found: dict[str, Any] = json.loads(text)
+        return found
+    return {"config": config, "pid": pid, "error": f"died ({_describe(status)})"}
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
+
+
+def run_plan(plan: dict[str, Any]) -> None:
+    """Measure every run of *plan*, ``rounds`` times over, printing a JSON line for each."""
+    _scenarios.prepare(run["config"] for run in plan["runs"])
+    # What is loaded now is shared by every child: leave it out of their collections.
+    gc.collect()
+    gc.freeze()
+    mode, vgdb = plan["mode"], plan.get("vgdb")
+    for round_number in range(plan.get("rounds", 1)):
+        for run in plan["runs"]:
+
+            def work(run: dict[str, Any] = run) -> dict[str, Any]:
+                return measure(mode, run, vgdb)
+
+            result = in_child(work, run["config"])
+            result["round"] = round_number
+            print(json.dumps(result), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", choices=[*_scenarios.BUILDERS, "memory"])
-    parser.add_argument("n", type=int, help="operations measured")
-    parser.add_argument("--warmup", type=int, default=50, help="operations before measuring")
-    parser.add_argument("--repeat", type=int, default=0, help="time N operations this often")
+    parser.add_argument("config", nargs="?", choices=sorted(_scenarios.BUILDERS))
+    parser.add_argument("n", nargs="?", type=int, help="units of work measured")
+    parser.add_argument("--warmup", type=int, default=50, help="units of work before measuring")
+    parser.add_argument("--plan", type=Path, help="a plan file written by benchmarks/run.py")
     args = parser.parse_args(argv)
-    result = run(args.config, args.n, args.warmup, args.repeat)
-    if args.repeat or args.config == "memory":
-        print(json.dumps(result))
+    if args.plan is not None:
+        run_plan(json.loads(args.plan.read_text(encoding="utf-8")))
+        return 0
+    if args.config is None or args.n is None:
+        parser.error("give CONFIG and N, or --plan")
+    scenario = _scenarios.build(args.config)
+    try:
+        calls = scenario.run(args.warmup)
+        calls += scenario.run(args.n)
+        scenario.check(calls)
+    finally:
+        scenario.close()
     return 0
 
 
