@@ -50,22 +50,29 @@ def run_driver(
 
 TOOLKIT = """
 import json
-from mms.context import Context, RequestProcessor
-from sagemaker_inference.default_inference_handler import DefaultInferenceHandler
-from sagemaker_inference.transformer import Transformer
+from mms.service import Service
+from sagemaker_inference.default_handler_service import DefaultHandlerService
 
-context = Context("words", "/tmp", {}, 1, None, "1.0")
-context.request_processor = [RequestProcessor({
-    "Content-Type": "application/json",
-    "Accept": "application/json",
-    "X-Amzn-SageMaker-Custom-Attributes": CUSTOM_ATTRIBUTES,
-})]
-result = Transformer(DefaultInferenceHandler()).transform(
-    [{"body": b'{"inputs": "a great good day"}'}], context
-)
+# As a Multi Model Server worker loads the model and serves a request.
+handler = DefaultHandlerService()
+service = Service("words", "/tmp", None, handler.handle, None, 1)
+handler.initialize(service.context)
+wire = service.predict([{
+    "requestId": b"r-1",
+    "headers": [
+        {"name": b"Content-Type", "value": b"application/json"},
+        {"name": b"Accept", "value": b"application/json"},
+        {"name": b"X-Amzn-SageMaker-Custom-Attributes", "value": CUSTOM_ATTRIBUTES.encode()},
+    ],
+    "parameters": [{
+        "name": "body",
+        "contentType": "application/json",
+        "value": b'{"inputs": "a great good day"}',
+    }],
+}])
 print(json.dumps({
-    "result": result,
-    "response_headers": context.request_processor[0].get_response_headers(),
+    "wire": bytes(wire).decode("latin-1"),
+    "response_headers": service.context.request_processor[0].get_response_headers(),
 }))
 """
 
@@ -78,24 +85,25 @@ print(json.dumps({
     ],
 )
 def test_toolkit_example(mine: str) -> None:
-    """Under the toolkit's Transformer each decorated function joins the caller's trace as a
-    child of the caller's span (with or without the caller's own pairs next to ours), the
-    model's own span nests under predict_fn, and the answer and the trace echo come back."""
+    """Served by Multi Model Server's own Service, each request is one SERVER span, the child
+    of the caller's span (with or without the caller's own pairs next to ours); the decorated
+    functions are its children, the model's own span nests under predict_fn, loading the model
+    makes no span, and the answer and the trace echo come back."""
     value = f"{mine}traceparent=00-{TRACE}-{PARENT}-01"
     code = f"CUSTOM_ATTRIBUTES = {value!r}\n" + TOOLKIT
     with OTLPReceiver() as receiver:
         output, spans = run_driver(receiver, "toolkit", "toolkit-example", code)
-    assert output["result"] == [json.dumps({"score": 3.0})]
+    assert json.dumps({"score": 3.0}) in str(output["wire"])
     by_name = {span.name: span for span in spans}
-    assert {"model_fn", "input_fn", "predict_fn", "output_fn", "score"} <= set(by_name)
-    for name in ("input_fn", "predict_fn", "output_fn"):
-        assert by_name[name].trace_id == TRACE
-        assert by_name[name].parent_id == PARENT
+    assert set(by_name) == {"invocations", "input_fn", "predict_fn", "score"}
+    server = by_name["invocations"]
+    assert (server.kind, server.trace_id, server.parent_id) == ("server", TRACE, PARENT)
+    for name in ("input_fn", "predict_fn"):
+        assert by_name[name].parent_id == server.span_id
     assert by_name["score"].parent_id == by_name["predict_fn"].span_id
     headers = output["response_headers"]
     assert isinstance(headers, dict)
-    echo = headers[HEADER]
-    assert echo.startswith(f"traceresponse=00-{TRACE}-")
+    assert headers[HEADER] == f"traceresponse=00-{TRACE}-{server.span_id}-01"
 
 
 TORCHSERVE = f"""

@@ -1,16 +1,11 @@
 """A TorchServe handler whose requests each join their caller's trace.
 
-TorchServe batches requests: ``handle(data, context)`` gets one entry in ``data`` per request,
-and ``@trace_handler`` makes one span per request, each the child of its own caller's span.
-Package and serve it::
-
-    torch-model-archiver --model-name words --version 1.0 --handler handler.py \\
-        --export-path model_store
-    OTEL_SERVICE_NAME=torchserve-model torchserve --start --model-store model_store \\
-        --models words=words.mar
-
-No PyTorch is needed for this toy model; a real one would subclass
-``ts.torch_handler.base_handler.BaseHandler`` and decorate its ``handle`` the same way.
+``sm_tracing.instrument_model_server()`` traces TorchServe's own dispatch: each request becomes
+one span in its caller's trace, read from its CustomAttributes, and each response echoes its own
+span. TorchServe batches requests: ``handle(data, context)`` gets one entry in ``data`` per
+request, and the work done for the whole batch (the ``handle`` span, named by ``@trace_handler``,
+and the model's own spans under it) goes under one span of the batch, linked to every caller.
+See README.md beside this file to package and serve it.
 """
 
 from __future__ import annotations
@@ -23,7 +18,9 @@ from opentelemetry import trace
 import sm_tracing
 from sm_tracing import trace_handler
 
+# TorchServe imports this module in each worker: one provider per worker process.
 sm_tracing.configure()
+sm_tracing.instrument_model_server()
 tracer = trace.get_tracer(__name__)
 WEIGHTS = {"good": 1.0, "great": 2.0, "bad": -1.0, "awful": -2.0}
 
