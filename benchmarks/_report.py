@@ -255,9 +255,9 @@ GROUPS = (
 GROUP_NAMES = (*(group.name for group in GROUPS), "memory")
 
 MEMORY_CALLS = 100_000
-MEMORY_QUICK_CALLS = 2_000
+MEMORY_QUICK_CALLS = 1_000
 MEMORY_WARMUP = 2_000
-MEMORY_QUICK_WARMUP = 500
+MEMORY_QUICK_WARMUP = 200
 MEMORY_LIMIT_MB = 5.0
 
 
@@ -359,7 +359,7 @@ def _ratio(value: float | None) -> str:
 
 def _shown(target: Target, value: float | None, wall: bool = False) -> str:
     """*value* as the target reads it: a ratio, or an added cost in instructions or us."""
-    if not target.absolute:
+    if not target.absolute or value is None:
         return _ratio(value)
     if wall:
         return _micros(value, signed=True) + " us"
@@ -372,31 +372,41 @@ def _limit(target: Target) -> str:
     return f"<= {target.limit:.2f}"
 
 
-def _sizes(group: Group, counts: tuple[int, int], wall_counts: tuple[int, int]) -> str:
-    n_1, n_2 = wall_counts
-    wall = f"N2={n_2:,}" if not n_1 else f"N1={n_1:,} N2={n_2:,}"
-    return (
-        f"  per {group.unit}; callgrind N1={counts[0]:,} N2={counts[1]:,} after "
-        f"{group.warmup:,} warm-up; wall-clock median of repeats of {wall}"
-    )
+def _sizes(
+    group: Group, counts: tuple[int, int] | None, wall_counts: tuple[int, int] | None
+) -> str:
+    measured = []
+    if counts is not None:
+        measured.append(
+            f"callgrind N1={counts[0]:,} N2={counts[1]:,} after {group.warmup:,} warm-up"
+        )
+    if wall_counts is not None:
+        n_1, n_2 = wall_counts
+        stretch = f"N2={n_2:,}" if not n_1 else f"N1={n_1:,} N2={n_2:,}"
+        measured.append(f"wall-clock median of repeats of {stretch}")
+    return f"  per {group.unit}; " + ("; ".join(measured) or "nothing measured")
 
 
 def group_table(
     group: Group,
     results: Results,
-    counts: tuple[int, int],
-    wall_counts: tuple[int, int],
+    counts: tuple[int, int] | None,
+    wall_counts: tuple[int, int] | None,
     skipped: Mapping[str, str] | None = None,
 ) -> str:
     """The rows of *group*: costs, costs added over bare, targets and verdicts.
 
     Verdicts come from instructions only; the wall-clock ratio beside each is information.
-    *skipped* gives why a configuration was not run, where that is expected.
+    *counts* and *wall_counts* are the stretches measured, None when that measure was not
+    taken; *skipped* gives why a configuration was not run, where that is expected.
     """
     instr, wall = results.instructions, results.wall_seconds
     skipped = skipped or {}
+    show_wall = wall_counts is not None
     lines = [group.title, _sizes(group, counts, wall_counts)]
-    head = f"  {'configuration':<40}{'instr':>13}{'added':>12}{'wall us':>12}{'added':>10}"
+    head = f"  {'configuration':<40}{'instr':>13}{'added':>12}"
+    if show_wall:
+        head += f"{'wall us':>12}{'added':>10}"
     lines += [head, "  " + "-" * (len(head) - 2)]
     bare = group.bare
     for config in group.configs:
@@ -410,19 +420,20 @@ def group_table(
                 added_i = instr[config] - instr[bare]
             if config in wall and bare in wall:
                 added_w = wall[config] - wall[bare]
-        lines.append(
+        line = (
             f"  {LABELS[config]:<40}{_instr(instr.get(config)):>13}"
-            f"{_instr(added_i, signed=True):>12}{_micros(wall.get(config)):>12}"
-            f"{_micros(added_w, signed=True):>10}"
+            f"{_instr(added_i, signed=True):>12}"
         )
+        if show_wall:
+            line += f"{_micros(wall.get(config)):>12}{_micros(added_w, signed=True):>10}"
+        lines.append(line)
     lines.append(
         f"  {'target, in instructions':<40}{'value':>13}   {'limit':<10}{'verdict':<36}"
-        "wall-clock, information"
+        + ("wall-clock, information" if show_wall else "")
     )
     for target in group.targets:
         what = f"{target.label}, {'added' if target.added else 'whole'}"
         value, result = evaluate(target, instr, bare)
-        wall_value = value_of(target, wall, bare)
         why = skipped.get(target.ours) or skipped.get(target.versus or "")
         if value is None and why is not None:
             result = f"{UNKNOWN}: {why.split(':')[0]}"
@@ -434,18 +445,21 @@ def group_table(
                 result += f" ({left:,.0f} instr to spare)"
             elif left is not None:
                 result += f" (over by {-left:,.0f} instr)"
-        lines.append(
-            f"  {what:<40}{_shown(target, value):>13}   {_limit(target):<10}{result:<36}"
-            f"{_shown(target, wall_value, wall=True)}"
-        )
+        line = f"  {what:<40}{_shown(target, value):>13}   {_limit(target):<10}"
+        if show_wall:
+            line += f"{result:<36}{_shown(target, value_of(target, wall, bare), wall=True)}"
+        else:
+            line += result
+        lines.append(line)
     for comparison in group.comparisons:
         as_target = Target(comparison.label, comparison.ours, comparison.versus, 0.0)
-        value = value_of(as_target, instr, bare)
-        wall_value = value_of(as_target, wall, bare)
-        lines.append(
-            f"  {comparison.label + ', added':<40}{_ratio(value):>13}   {'none':<10}"
-            f"{'information':<36}{_ratio(wall_value)}"
+        line = (
+            f"  {comparison.label + ', added':<40}{_ratio(value_of(as_target, instr, bare)):>13}"
+            f"   {'none':<10}information"
         )
+        if show_wall:
+            line += " " * 25 + _ratio(value_of(as_target, wall, bare))
+        lines.append(line)
     return "\n".join(lines)
 
 
