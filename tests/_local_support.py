@@ -1,4 +1,5 @@
-"""A tiny model container on a loopback thread, and a plain boto3 client, for LocalRuntime tests.
+"""A tiny model container on a loopback thread, plain boto3 clients, and a launcher of gunicorn
+containers for transform jobs, for LocalRuntime tests.
 
 The container is an ``http.server`` speaking HTTP/1.1 with keep-alive, like the serving stacks
 behind SageMaker: a fixed-size answer gets a Content-Length, an iterable one is sent chunked,
@@ -9,14 +10,23 @@ handler the test installs.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from sm_tracing.local import LocalTransformJob
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,23 @@ class _ContainerHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _ContainerServer
+
+    def do_GET(self) -> None:
+        """``/ping``, and ``/execution-parameters`` when the test gives some."""
+        suggested = self.server.container.execution_parameters
+        if self.path == "/ping":
+            body = b""
+        elif self.path == "/execution-parameters" and suggested is not None:
+            body = json.dumps(suggested).encode()
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -105,11 +132,13 @@ class _ContainerServer(ThreadingHTTPServer):
 
 
 class ModelContainer:
-    """A model container answering ``/invocations`` and ``/models/<name>/invoke``."""
+    """A model container answering ``/invocations`` and ``/models/<name>/invoke``, ``GET /ping``
+    and, when ``execution_parameters`` is set, ``GET /execution-parameters``."""
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self.handler: Handler = echo
+        self.execution_parameters: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._server = _ContainerServer(self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -131,16 +160,66 @@ class ModelContainer:
         self._thread.join()
 
 
-def runtime_client(url: str, **config: Any) -> Any:
-    """A plain boto3 ``sagemaker-runtime`` client for *url*, with fake credentials."""
+def runtime_client(url: str, service: str = "sagemaker-runtime", **config: Any) -> Any:
+    """A plain boto3 client of *service* (``sagemaker-runtime``, or ``sagemaker`` for batch
+    transform) for *url*, with fake credentials."""
     return boto3.session.Session().client(
-        "sagemaker-runtime",
+        service,
         region_name="us-east-1",
         endpoint_url=url,
         aws_access_key_id="AKIDLOCAL",
         aws_secret_access_key="local-secret",
         config=Config(retries={"total_max_attempts": 1}, **config),
     )
+
+
+class GunicornContainers:
+    """A ``LocalRuntime(transform_container=...)`` launcher: each transform job's container is
+    gunicorn serving *app* (``module:callable``, imported from *chdir*), started as SageMaker
+    starts it, with the job's environment (over this process's, less ``OTEL_*``, plus
+    *environment*), and stopped when the job ends. ``processes`` keeps every one started and
+    ``logs`` their output files."""
+
+    def __init__(
+        self, app: str, *, chdir: Path, environment: Mapping[str, str] | None = None
+    ) -> None:
+        self.app = app
+        self.chdir = chdir
+        self.environment = dict(environment or {})
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    @contextmanager
+    def __call__(self, job: LocalTransformJob) -> Iterator[str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+        env.update(self.environment)
+        env.update(job.environment)
+        log = self.chdir / f"{job.name}-container.log"
+        with socket.socket() as listener, log.open("wb") as sink:
+            # Bound here and handed over, so no other process can take the port in between.
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(64)
+            command = [
+                sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}",
+                "--workers", "1", "--threads", "4", "--graceful-timeout", "2",
+                "--chdir", str(self.chdir), self.app,
+            ]  # fmt: skip
+            process = subprocess.Popen(
+                command, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),),
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        self.processes.append(process)
+        self.logs.append(log)
+        try:
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handler:

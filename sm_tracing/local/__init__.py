@@ -12,6 +12,11 @@ body over 128,000 bytes...) are refused with ``ValidationError``, as SageMaker r
 Requests without a SigV4 ``Authorization`` header are refused; signatures are not verified, so
 any credentials will do.
 
+The same URL serves batch transform to a ``sagemaker`` client (CreateTransformJob and
+DescribeTransformJob): records read from files go to the model container once per record or
+mini-batch, the answers are written as ``<input>.out``, and the container process can be
+started with the job's ``Environment``, as SageMaker starts it (:class:`LocalTransformJob`).
+
 Standard library only, so it works without any optional extra::
 
     with LocalRuntime("http://127.0.0.1:8080") as runtime:
@@ -20,5 +25,6 @@ Standard library only, so it works without any optional extra::
 """
 
 from sm_tracing.local._runtime import LocalRuntime
+from sm_tracing.local._transform import LocalTransformJob
 
-__all__ = ["LocalRuntime"]
+__all__ = ["LocalRuntime", "LocalTransformJob"]

@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 from sm_tracing.local import _eventstream
 from sm_tracing.local._pool import ContainerPool, cut
 from sm_tracing.local._storage import safe_name
+from sm_tracing.local._transform import ApiError
 
 if TYPE_CHECKING:
     from sm_tracing.local._runtime import LocalRuntime
@@ -113,6 +114,9 @@ _MAX_ASYNC_BODY = 128_000
 _ROUTE = re.compile(
     r"/endpoints/([^/?#]+)/(invocations|invocations-response-stream|async-invocations)"
 )
+# The ``sagemaker`` API (JSON 1.1 protocol): POST / naming the operation in X-Amz-Target.
+_CONTROL_PREFIX = "SageMaker."
+_JSON_1_1 = "application/x-amz-json-1.1"
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/,]*/[^/,]*/([^/,]*)/")
 _STREAM_READ = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -201,8 +205,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.request_id = str(uuid.uuid4())
-        match = _ROUTE.fullmatch(self.path.partition("?")[0])
-        if match is None:
+        path = self.path.partition("?")[0]
+        target = self.headers.get("X-Amz-Target", "")
+        control = path == "/" and target.startswith(_CONTROL_PREFIX)
+        match = _ROUTE.fullmatch(path)
+        if match is None and not control:
             self._drain_or_close()
             self._error(404, "UnknownOperationException", "Unknown operation")
             return
@@ -217,6 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self._read_body()
         if body is None:
+            return
+        if match is None:
+            self._control(target.removeprefix(_CONTROL_PREFIX), body)
             return
         invalid = self._invalid()
         if invalid:
@@ -238,6 +248,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._invoke_stream(endpoint, pool, body)
         else:
             self._invoke_async(pool, body)
+
+    def _control(self, operation: str, body: bytes) -> None:
+        """The ``sagemaker`` (control plane) operations of batch transform, in its JSON
+        protocol."""
+        transforms = self.server.runtime._transforms
+        try:
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError:
+                request = None
+            if not isinstance(request, dict):
+                raise ApiError(400, "SerializationException", "The request is not a JSON object.")
+            if operation == "CreateTransformJob":
+                arn = transforms.create(request, self._region(), _ACCOUNT)
+                answer: dict[str, Any] = {"TransformJobArn": arn}
+            elif operation == "DescribeTransformJob":
+                answer = transforms.describe(str(request.get("TransformJobName")))
+            else:
+                raise ApiError(
+                    400, "UnknownOperationException", f"The local runtime has no {operation}."
+                )
+        except ApiError as exc:
+            self._error(exc.status, exc.code, str(exc))
+            return
+        self._answer(200, json.dumps(answer).encode(), [("Content-Type", _JSON_1_1)])
 
     def _send(
         self,
@@ -501,9 +536,13 @@ class _Handler(BaseHTTPRequestHandler):
             LogStreamArn=self._log_stream(endpoint),
         )
 
-    def _log_stream(self, endpoint: str) -> str:
+    def _region(self) -> str:
+        """The region the caller signed for."""
         found = _CREDENTIAL_REGION.search(self.headers.get("Authorization", ""))
-        region = found.group(1) if found else "us-east-1"
+        return found.group(1) if found else "us-east-1"
+
+    def _log_stream(self, endpoint: str) -> str:
+        region = self._region()
         return f"arn:aws:logs:{region}:{_ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}"
 
     def version_string(self) -> str:

@@ -31,9 +31,10 @@ class ContainerPool:
         self._closed = False
 
     def post(
-        self, path: str, headers: list[tuple[str, str]], body: bytes
+        self, path: str, headers: list[tuple[str, str]], body: bytes, *, method: str = "POST"
     ) -> tuple[HTTPConnection, HTTPResponse]:
-        """Send a POST and return its connection (for :meth:`release`) and response."""
+        """Send a request (a POST unless *method* says) and return its connection (for
+        :meth:`release`) and response."""
         with self._lock:
             if self._closed:
                 raise ConnectionAbortedError("the local runtime is closing")
@@ -41,7 +42,7 @@ class ContainerPool:
             conn = self._idle.pop() if reused else self._new()
             self._busy.add(conn)
         try:
-            return conn, self._send(conn, path, headers, body)
+            return conn, self._send(conn, method, path, headers, body)
         except _STALE:
             self.release(conn, reusable=False)
             if not reused:
@@ -49,21 +50,25 @@ class ContainerPool:
         except BaseException:
             self.release(conn, reusable=False)
             raise
-        # The container closed a kept-alive connection before it saw the request: retry once.
+        # The container closed a kept-alive connection before it saw the request: retry once,
+        # unless it was this pool's close that cut it.
         with self._lock:
+            if self._closed:
+                raise ConnectionAbortedError("the local runtime is closing")
             conn = self._new()
             self._busy.add(conn)
         try:
-            return conn, self._send(conn, path, headers, body)
+            return conn, self._send(conn, method, path, headers, body)
         except BaseException:
             self.release(conn, reusable=False)
             raise
 
     def call(
-        self, path: str, headers: list[tuple[str, str]], body: bytes
+        self, path: str, headers: list[tuple[str, str]], body: bytes, *, method: str = "POST"
     ) -> tuple[HTTPResponse, bytes]:
-        """POST and read the whole answer: the response (status, headers) and its body."""
-        conn, response = self.post(path, headers, body)
+        """Send a request (a POST unless *method* says) and read the whole answer: the response
+        (status, headers) and its body."""
+        conn, response = self.post(path, headers, body, method=method)
         try:
             data = response.read()
         except BaseException:
@@ -96,11 +101,16 @@ class ContainerPool:
         return self._factory(self._host, self._port, timeout=self._timeout)
 
     def _send(
-        self, conn: HTTPConnection, path: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        conn: HTTPConnection,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
     ) -> HTTPResponse:
         if conn.sock is None:
             _connect(conn)
-        conn.putrequest("POST", self._prefix + path, skip_accept_encoding=True)
+        conn.putrequest(method, self._prefix + path, skip_accept_encoding=True)
         for name, value in headers:
             conn.putheader(name, value)
         conn.putheader("Content-Length", str(len(body)))

@@ -16,6 +16,7 @@ from pathlib import Path
 from sm_tracing.local._api import Server
 from sm_tracing.local._pool import ContainerPool
 from sm_tracing.local._storage import Location, local_path, location, write
+from sm_tracing.local._transform import Launcher, LocalTransformJob, TransformJobs
 
 _logger = logging.getLogger(__name__)
 
@@ -31,6 +32,17 @@ class LocalRuntime:
     (``file://``, ``s3://`` or a folder; by default a temporary folder removed on close), as
     ``<inference id>.out``, failures as ``<inference id>-error.out`` under *failure_location*
     (by default the output location).
+
+    The same ``url`` serves a ``sagemaker`` client's ``create_transform_job`` and
+    ``describe_transform_job``: a batch transform job reads its input files (an ``s3://`` prefix
+    under *s3_root*, or a ``file://`` folder), calls a model container once per record or
+    mini-batch and writes ``<input>.out`` files under its ``S3OutputPath``. With
+    *transform_container*, each job starts its own container: it is called with the
+    :class:`LocalTransformJob`, whose ``environment`` is what SageMaker would give the container
+    process, and returns a context manager that yields the container's base URL while the job
+    runs and stops the container on exit. Without it, a job calls the container of its
+    ``ModelName`` (the one container, or the mapping's entry), which does not get the job's
+    environment.
     """
 
     def __init__(
@@ -46,6 +58,7 @@ class LocalRuntime:
         container_timeout: float = 60.0,
         async_workers: int = 2,
         max_async_queue: int = 10_000,
+        transform_container: Launcher | None = None,
     ) -> None:
         if isinstance(container_url, str):
             self._default: ContainerPool | None = ContainerPool(container_url, container_timeout)
@@ -71,6 +84,12 @@ class LocalRuntime:
         self._owned_dir: str | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._transforms = TransformJobs(
+            s3_root=self._s3_root,
+            launcher=transform_container,
+            pool_for=self._pool,
+            timeout=container_timeout,
+        )
 
     @property
     def url(self) -> str:
@@ -135,6 +154,7 @@ class LocalRuntime:
             if server is None:
                 return
             self._closed = True
+            self._transforms.stop()
             server.shutdown()
             # Cut kept-alive callers and the container calls in flight, so every handler
             # thread returns now rather than when its peer gives up.
@@ -153,6 +173,7 @@ class LocalRuntime:
             for thread in self._threads:
                 thread.join()
             self._threads = []
+            self._transforms.join()
             if self._owned_dir is not None:
                 shutil.rmtree(self._owned_dir, ignore_errors=True)
                 self._owned_dir = None
@@ -161,6 +182,14 @@ class LocalRuntime:
         """Wait until every accepted async invocation is written; False on timeout."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def transform_job(self, name: str) -> LocalTransformJob:
+        """The transform job called *name*; KeyError when there is none."""
+        return self._transforms.get(name)
+
+    def wait_transform_jobs(self, timeout: float | None = None) -> bool:
+        """Wait until every transform job created so far has ended; False on timeout."""
+        return self._transforms.wait(timeout)
 
     def __enter__(self) -> LocalRuntime:
         return self.start()
