@@ -22,9 +22,14 @@ Standard library only, so it works without any optional extra::
     with LocalRuntime("http://127.0.0.1:8080") as runtime:
         client = boto3.client("sagemaker-runtime", endpoint_url=runtime.url, ...)
         client.invoke_endpoint(EndpointName="any", Body=b"{}")
+
+:class:`LocalBidiRuntime` does the same for InvokeEndpointWithBidirectionalStream (HTTP/2 over
+TLS) in front of a WebSocket container; it needs the ``test`` extra's h2, websockets and
+trustme.
 """
 
+from sm_tracing.local._bidi import LocalBidiRuntime
 from sm_tracing.local._runtime import LocalRuntime
 from sm_tracing.local._transform import LocalTransformJob
 
-__all__ = ["LocalRuntime", "LocalTransformJob"]
+__all__ = ["LocalBidiRuntime", "LocalRuntime", "LocalTransformJob"]
