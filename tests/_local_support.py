@@ -1,5 +1,5 @@
-"""A tiny model container on a loopback thread, plain boto3 clients, and a launcher of gunicorn
-containers for transform jobs, for LocalRuntime tests.
+"""A tiny model container on a loopback thread, plain boto3 clients, and a launcher of container
+processes for transform jobs, for LocalRuntime tests.
 
 The container is an ``http.server`` speaking HTTP/1.1 with keep-alive, like the serving stacks
 behind SageMaker: a fixed-size answer gets a Content-Length, an iterable one is sent chunked,
@@ -11,10 +11,6 @@ handler the test installs.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +23,7 @@ import boto3
 from botocore.config import Config
 
 from sm_tracing.local import LocalTransformJob
+from tests._serving import ROOT, Container, launch, stop
 
 
 @dataclass(frozen=True)
@@ -173,70 +170,34 @@ def runtime_client(url: str, service: str = "sagemaker-runtime", **config: Any) 
     )
 
 
-class GunicornContainers:
+class TransformContainers:
     """A ``LocalRuntime(transform_container=...)`` launcher: each transform job's container is
-    gunicorn serving *app* (``module:callable``, imported from *chdir*), started as SageMaker
-    starts it, with the job's environment (over this process's, less ``OTEL_*``, plus
-    *environment*), and stopped when the job ends. ``processes`` keeps every one started and
-    ``logs`` their output files."""
+    *app* under *stack* (``"gunicorn"`` or ``"uvicorn"``, started by :func:`tests._serving.launch`
+    from *cwd*), with the job's environment over *env*, as SageMaker starts a batch container,
+    and stopped when the job ends. ``containers`` keeps every one started."""
 
     def __init__(
-        self, app: str, *, chdir: Path, environment: Mapping[str, str] | None = None
+        self,
+        stack: str,
+        app: str,
+        logs: Path,
+        *,
+        cwd: Path = ROOT,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        self.stack = stack
         self.app = app
-        self.chdir = chdir
-        self.environment = dict(environment or {})
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
+        self.logs = logs
+        self.cwd = cwd
+        self.env = dict(env or {})
+        self.containers: list[Container] = []
 
     @contextmanager
     def __call__(self, job: LocalTransformJob) -> Iterator[str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-        env.update(self.environment)
-        env.update(job.environment)
-        log = self.chdir / f"{job.name}-container.log"
-        with socket.socket() as listener, log.open("wb") as sink:
-            # Bound here and handed over, so no other process can take the port in between.
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(64)
-            command = [
-                sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}",
-                "--workers", "1", "--threads", "4", "--graceful-timeout", "2",
-                "--chdir", str(self.chdir), self.app,
-            ]  # fmt: skip
-            process = subprocess.Popen(
-                command, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                pass_fds=(listener.fileno(),),
-            )  # fmt: skip
-            url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        self.processes.append(process)
-        self.logs.append(log)
+        env = {**self.env, **job.environment}
+        container = launch(self.stack, self.app, job.name, self.logs, env=env, cwd=self.cwd)
+        self.containers.append(container)
         try:
-            yield url
+            yield container.url
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handler:
-    """A handler streaming *parts*; with a *gate*, the second part waits for it (5 s at most)."""
-
-    def handler(seen: Seen) -> Reply:
-        def body() -> Iterator[bytes]:
-            yield parts[0]
-            if gate is not None:
-                yield parts[1] if gate.wait(5) else b"late"
-                return
-            yield from parts[1:]
-
-        return Reply(
-            body(),
-            content_type="application/jsonlines",
-            headers={"X-Amzn-SageMaker-Custom-Attributes": "x-next-token=2"},
-        )
-
-    return handler
+            stop(container)

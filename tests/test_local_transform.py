@@ -16,26 +16,42 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sm_tracing.local import LocalRuntime, LocalTransformJob
-from tests._local_support import GunicornContainers, ModelContainer, Reply, Seen, runtime_client
+from tests._local_support import ModelContainer, Reply, Seen, TransformContainers, runtime_client
 
-# A WSGI container answering each request with what it got and the environment it runs in.
+# A container answering each request with the records it got and the environment it runs in,
+# as a WSGI app (for gunicorn) and an ASGI app (for uvicorn).
 _APP = """\
 import json, os
 
-def app(environ, start_response):
-    if environ["PATH_INFO"] == "/ping":
-        start_response("200 OK", [("Content-Length", "0")])
-        return [b""]
+NAMES = ("JOB_MARK", "SAGEMAKER_BATCH", "SAGEMAKER_BATCH_STRATEGY", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
+
+
+def answer(path, body):
+    if path == "/ping":
+        return b""
+    seen = {name: os.environ.get(name) for name in NAMES}
+    return json.dumps({"records": body.decode().split("\\n"), **seen}).encode()
+
+
+def wsgi(environ, start_response):
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    answer = {"records": body.decode().split("\\n")}
-    for name in ("JOB_MARK", "SAGEMAKER_BATCH", "SAGEMAKER_BATCH_STRATEGY"):
-        answer[name] = os.environ.get(name)
-    answer["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB")
-    data = json.dumps(answer).encode()
+    data = answer(environ["PATH_INFO"], body)
     start_response("200 OK", [("Content-Length", str(len(data)))])
     return [data]
-"""
 
+
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    data = answer(scope["path"], body)
+    headers = [(b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+"""
 
 _MANIFEST = {"S3DataType": "ManifestFile", "S3Uri": "s3://in/manifest"}
 
@@ -210,11 +226,14 @@ def test_calls_run_concurrently_up_to_max_concurrent_transforms(
     assert written == b"".join(b"%d\n" % n for n in range(12))
 
 
-def test_the_container_process_gets_the_job_environment(tmp_path: Path) -> None:
-    """With transform_container, each job starts its own gunicorn with the job's Environment
-    and SageMaker's batch variables, and stops it when the job ends."""
+@pytest.mark.parametrize(("stack", "app"), [("gunicorn", "wsgi"), ("uvicorn", "asgi")])
+def test_the_container_process_gets_the_job_environment(
+    tmp_path: Path, stack: str, app: str
+) -> None:
+    """With transform_container, each job starts its own gunicorn or uvicorn with the job's
+    Environment and SageMaker's batch variables, and stops it when the job ends."""
     (tmp_path / "transform_app.py").write_text(_APP)
-    containers = GunicornContainers("transform_app:app", chdir=tmp_path)
+    containers = TransformContainers(stack, f"transform_app:{app}", tmp_path, cwd=tmp_path)
     with LocalRuntime({}, s3_root=tmp_path / "s3", transform_container=containers) as runtime:
         _put(tmp_path, "in/records/a.csv", b"1\n2\n")
         request = _job(
@@ -225,24 +244,22 @@ def test_the_container_process_gets_the_job_environment(tmp_path: Path) -> None:
         )
         described = Transform(None, runtime, runtime_client(runtime.url, "sagemaker")).run(request)
         job = runtime.transform_job("job-1")
-    assert described["TransformJobStatus"] == "Completed", (described, containers.logs)
+    [container] = containers.containers
+    assert described["TransformJobStatus"] == "Completed", (described, container.output())
     assert described["Environment"] == {"JOB_MARK": "from-the-job"}
-    assert job.environment == {
+    expected = {
         "JOB_MARK": "from-the-job",
         "SAGEMAKER_BATCH": "true",
         "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
         "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2",
     }
+    assert job.environment == expected
     lines = (tmp_path / "s3" / "out" / "job-1" / "a.csv.out").read_text().splitlines()
-    answers = [json.loads(line) for line in lines]
-    assert [answer["records"] for answer in answers] == [["1"], ["2"]]
-    [process] = containers.processes
-    for answer in answers:
-        assert answer["JOB_MARK"] == "from-the-job"
-        assert answer["SAGEMAKER_BATCH"] == "true"
-        assert answer["SAGEMAKER_BATCH_STRATEGY"] == "SINGLE_RECORD"
-        assert answer["SAGEMAKER_MAX_PAYLOAD_IN_MB"] == "2"
-    assert process.poll() is not None  # stopped when the job ended
+    assert [json.loads(line) for line in lines] == [
+        {"records": ["1"], **expected},
+        {"records": ["2"], **expected},
+    ]
+    assert container.process.poll() is not None  # stopped when the job ended
 
 
 def test_waiter_sees_the_job_complete(transform: Transform, tmp_path: Path) -> None:

@@ -413,15 +413,15 @@ def wait_ready(containers: list[_Container], deadline: float, progress: _Progres
         time.sleep(0.05)
 
 
+@dataclass
 class _Container:
     """A gunicorn process serving the demo app on a socket the demo bound for it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path, name: str) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-        self.name = name
-        self._terminated = False
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    name: str
+    _terminated: bool = False
 
     def ready(self) -> bool:
         """Whether ``/ping`` answers 200 now; DemoError if the process has exited."""
