@@ -201,3 +201,23 @@ class TransformContainers:
             yield container.url
         finally:
             stop(container)
+
+
+def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handler:
+    """A handler streaming *parts*; with a *gate*, the second part waits for it (5 s at most)."""
+
+    def handler(seen: Seen) -> Reply:
+        def body() -> Iterator[bytes]:
+            yield parts[0]
+            if gate is not None:
+                yield parts[1] if gate.wait(5) else b"late"
+                return
+            yield from parts[1:]
+
+        return Reply(
+            body(),
+            content_type="application/jsonlines",
+            headers={"X-Amzn-SageMaker-Custom-Attributes": "x-next-token=2"},
+        )
+
+    return handler
