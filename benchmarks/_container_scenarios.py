@@ -237,19 +237,11 @@ SCOPE: dict[str, Any] = {
     "client": ("127.0.0.1", 50000),
     "server": ("127.0.0.1", 8080),
 }
-_START: Message = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(RESPONSE_BODY)).encode()),
-    ],
-}
-_STREAM_START: Message = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-type", b"text/event-stream")],
-}
+_HEADERS = (
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(RESPONSE_BODY)).encode()),
+)
+_STREAM_HEADERS = ((b"content-type", b"text/event-stream"),)
 
 
 def drive(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -290,14 +282,14 @@ class AsgiServer:
         """The model server: reads the request, answers a small JSON body."""
         self.seen = scope
         await receive()
-        await send(dict(_START))
+        await send({"type": "http.response.start", "status": 200, "headers": [*_HEADERS]})
         await send({"type": "http.response.body", "body": RESPONSE_BODY})
 
     async def stream_app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """The model server streaming its answer, one token per body message."""
         self.seen = scope
         await receive()
-        await send(dict(_STREAM_START))
+        await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS]})
         for _ in range(self.chunks - 1):
             await send({"type": "http.response.body", "body": TOKEN, "more_body": True})
         await send({"type": "http.response.body", "body": TOKEN})

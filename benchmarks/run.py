@@ -297,6 +297,7 @@ def measure_instructions(
         progress.step(f"callgrind   {run.config}", run.estimate("callgrind"))
         problem = _problem(result)
         pid = int(result.get("pid", 0))
+        value = None
         try:
             if problem is None:
                 totals = _callgrind.stretches(scratch, pid)
@@ -311,8 +312,8 @@ def measure_instructions(
         for path in _callgrind.stretch_files(scratch, pid):
             path.unlink()
         with lock:
-            if problem is not None:
-                results.problems.setdefault(run.config, problem)
+            if problem is not None or value is None:
+                results.problems.setdefault(run.config, problem or "not measured")
             else:
                 results.instructions[run.config] = value
 

@@ -572,6 +572,15 @@ def test_wall_clock_alone_is_never_judged() -> None:
     assert "1.50" in table  # ours / floor + attributes, in wall-clock
 
 
+def test_table_without_wall_clock_has_no_wall_columns() -> None:
+    """A run without wall-clock (a quick one) prints instructions and verdicts only."""
+    results = _report.Results(instructions={**CLIENT_COSTS, "client-ours": 2_210_000.0})
+    table = _report.group_table(CLIENT, results, (5, 15), None)
+    assert "wall" not in table
+    assert "callgrind N1=5 N2=15" in table
+    assert f"{_report.MET} (10,000 instr to spare)" in table  # 210,000 against 1.1 x 200,000
+
+
 def test_table_says_why_a_row_is_missing() -> None:
     """A configuration that crashed, or was skipped, shows why instead of numbers; its
     targets have no verdict."""
