@@ -15,6 +15,7 @@ spans over OTLP/HTTP to a receiver in the test.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -73,6 +74,14 @@ def build(name: str) -> Path:
 
     Raises CalledProcessError when the packages can't be installed."""
     home = _venvs() / name
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # Test runs at the same time build each environment once, one after the other.
+    with open(home.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(name, home)
+
+
+def _build(name: str, home: Path) -> Path:
     stamp = home / ".sm-tracing-stamp"
     bin_dir = home / "bin"
     if stamp.exists() and stamp.read_text() == _stamp(name):

@@ -353,9 +353,9 @@ def torchserve_ports(env: dict[str, str], inference: int) -> dict[str, str]:
     return env
 
 
-def batch_of(spans: list[ReceivedSpan], callers: list[ReadableSpan]) -> ReceivedSpan:
-    """The one batch span among *spans*: a root linked to every caller's span."""
-    (batch,) = [span for span in spans if span.name == "batch"]
+def batch_of(spans: list[ReceivedSpan], service: str, callers: list[ReadableSpan]) -> ReceivedSpan:
+    """The one batch span *service* exported among *spans*: a root linked to every caller."""
+    (batch,) = [span for span in spans if span.name == "batch" and span.service == service]
     assert batch.parent_id is None
     assert batch.kind == "internal"
     assert sorted(batch.links) == sorted(
@@ -407,8 +407,11 @@ class TestPyTorchToolkitOnTorchServe:
                 {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"},
             )
             clients.append(client_span)
-        spans = receiver.wait_for(lambda spans: any(s.name == "batch" for s in spans))
-        batch = batch_of(spans, clients)
+        service = pytorch_server.service
+        spans = receiver.wait_for(
+            lambda spans: any(s.name == "batch" and s.service == service for s in spans)
+        )
+        batch = batch_of(spans, service, clients)
         assert not [span for span in spans if span.trace_id == batch.trace_id and span is not batch]
         no_other_traces(
             receiver,
@@ -513,7 +516,7 @@ class TestTorchServeExample:
             one_request(spans, client_span, {})
             clients.append(client_span)
         spans = receiver.wait_for(lambda spans: any(s.name == "score batch" for s in spans))
-        batch = batch_of(spans, clients)
+        batch = batch_of(spans, example_server.service, clients)
         work = [span for span in spans if span.trace_id == batch.trace_id]
         by_name = {span.name: span for span in work}
         assert set(by_name) == {"batch", "handle", "score batch"}
