@@ -94,6 +94,8 @@ class _Tracing:
     def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any], attach: bool) -> _Call | None:
         """Start the call's spans; None (and the handler runs untraced) if that fails."""
         try:
+            # Under the model server's traced dispatch the request already has its span (or
+            # the batch has): this call is a child span, with no carrier of its own.
             carrier: Carrier | None = None
             values: Sequence[str | None] = (None,)
             if not _toolkit.serving():
@@ -105,7 +107,6 @@ class _Tracing:
                 values = carrier.values() if carrier is not None else ()
                 if not values:
                     carrier, values = None, (None,)
-            # Under the model server's request span (or a batch's), a child span.
             links = tuple(carrier.links()) if carrier is not None else ()
             invocations: list[Invocation] = []
             first = None
