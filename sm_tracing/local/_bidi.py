@@ -17,6 +17,7 @@ Needs ``h2``, ``websockets`` and ``trustme`` (all in sm-tracing's ``test`` extra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -49,6 +50,7 @@ _INVOCATION_PATH = re.compile(r"[A-Za-z0-9\-._]+(?:/[A-Za-z0-9\-._]+)*")
 _PRELUDE = struct.Struct(">III")
 _HEADER_SIZES = {2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}  # fixed-size header value types
 _MAX_MESSAGE = 24 * 1024 * 1024
+_END_GRACE = 5.0  # seconds
 _PART_HEADERS = {
     data_type: encode_headers(
         {
@@ -227,8 +229,12 @@ class LocalBidiRuntime:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        tasks: list[asyncio.Task[Any]] = []
         for connection in list(self._connections):
-            connection.abort()
+            tasks.extend(connection.abort())
+        # Wait for every session to close its WebSocket, so none is left half-open on the
+        # container when the loop stops.
+        await asyncio.gather(*tasks, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
 
@@ -276,8 +282,11 @@ class _Connection:
         except (OSError, asyncio.CancelledError):
             pass
         finally:
-            for exchange in list(self.exchanges.values()):
-                exchange.abort()
+            sessions = [exchange.task for exchange in self.exchanges.values()]
+            for task in sessions:
+                task.cancel()
+            # Each session closes its WebSocket on the way out: wait for that.
+            await asyncio.gather(*sessions, return_exceptions=True)
             self.writer.close()
 
     def _dispatch(self, event: Any, events: Any) -> None:
@@ -323,9 +332,14 @@ class _Connection:
             view = view[size:]
             await self.flush()
 
-    def abort(self) -> None:
+    def abort(self) -> list[asyncio.Task[Any]]:
+        """Cancel the connection and its exchanges; the tasks to wait for."""
+        tasks = [exchange.task for exchange in self.exchanges.values()]
         if self.task is not None:
-            self.task.cancel()
+            tasks.append(self.task)
+        for task in tasks:
+            task.cancel()
+        return tasks
 
 
 class _Exchange:
@@ -397,6 +411,7 @@ class _Exchange:
                 await self._relay(websocket)
             finally:
                 forwarding.cancel()
+                await asyncio.gather(forwarding, return_exceptions=True)
         await self._end()
 
     def _refusal(self) -> str | None:
@@ -475,23 +490,35 @@ class _Exchange:
     async def _forward(self, websocket: Any) -> None:
         """The caller's request parts to the container, one frame each; at the end of the
         request stream, the WebSocket is closed."""
-        buffer = bytearray()
         try:
-            while (chunk := await self.inbound.get()) is not None:
-                buffer += chunk
-                for message in _messages(buffer):
-                    event = _unsign(message)
-                    if event is None:  # the signed empty frame that ends the stream
-                        return
-                    headers, payload = event
-                    if headers.get(":event-type") != "PayloadPart":
-                        continue
-                    if headers.get("DataType") == "UTF8":
-                        await websocket.send(payload.decode("utf-8", errors="replace"))
-                    else:
-                        await websocket.send(payload)
+            await self._send_parts(websocket)
         finally:
             await websocket.close()
+
+    async def _send_parts(self, websocket: Any) -> None:
+        buffer = bytearray()
+        while (chunk := await self.inbound.get()) is not None:
+            buffer += chunk
+            for message in _messages(buffer):
+                event = _unsign(message)
+                if event is None:  # the signed empty frame: the caller sends nothing more
+                    # The HTTP/2 end of the request follows it. Ending the response (which
+                    # closing the WebSocket does) before that makes the CRT client fail to
+                    # write its own end of stream, so wait for it a moment.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._request_end(), _END_GRACE)
+                    return
+                headers, payload = event
+                if headers.get(":event-type") != "PayloadPart":
+                    continue
+                if headers.get("DataType") == "UTF8":
+                    await websocket.send(payload.decode("utf-8", errors="replace"))
+                else:
+                    await websocket.send(payload)
+
+    async def _request_end(self) -> None:
+        while await self.inbound.get() is not None:
+            pass
 
     async def _relay(self, websocket: Any) -> None:
         """The container's frames to the caller, one response part each."""
