@@ -427,10 +427,8 @@ def group_table(
         if show_wall:
             line += f"{_micros(wall.get(config)):>12}{_micros(added_w, signed=True):>10}"
         lines.append(line)
-    lines.append(
-        f"  {'target, in instructions':<40}{'value':>13}   {'limit':<10}{'verdict':<36}"
-        + ("wall-clock, information" if show_wall else "")
-    )
+    heading = f"  {'target, in instructions':<40}{'value':>13}   {'limit':<10}verdict"
+    lines.append(heading + " " * 29 + "wall-clock, information" if show_wall else heading)
     for target in group.targets:
         what = f"{target.label}, {'added' if target.added else 'whole'}"
         value, result = evaluate(target, instr, bare)

@@ -144,6 +144,7 @@ def _worker(
     env: dict[str, str],
     scratch: Path,
     rounds: int = 1,
+    jobs: int = 1,
     vgdb: str | None = None,
     progress: Progress | None = None,
 ) -> str | None:
@@ -154,6 +155,7 @@ def _worker(
         "mode": mode,
         "vgdb": vgdb,
         "rounds": rounds,
+        "jobs": jobs,
         "runs": [run.plan() for run in runs],
     }
     handle, name = tempfile.mkstemp(prefix="plan-", suffix=".json", dir=scratch)
@@ -281,17 +283,9 @@ def measure_instructions(
     keep: Path | None,
     env: dict[str, str],
 ) -> None:
-    """Instructions per unit of each configuration, in *jobs* callgrind processes at once."""
+    """Instructions per unit of each configuration, *jobs* configurations at once."""
     if not runs:
         return
-    # Longest first, each to the least loaded process, so they finish together.
-    shares: list[list[Run]] = [[] for _ in range(max(jobs, 1))]
-    loads = [0.0] * len(shares)
-    for run in sorted(runs, key=lambda run: -run.estimate("callgrind")):
-        least = loads.index(min(loads))
-        shares[least].append(run)
-        loads[least] += run.estimate("callgrind")
-    lock = threading.Lock()
 
     def on_result(run: Run, result: dict[str, Any]) -> None:
         progress.step(f"callgrind   {run.config}", run.estimate("callgrind"))
@@ -311,36 +305,28 @@ def measure_instructions(
             problem = f"crashed: {exc}"
         for path in _callgrind.stretch_files(scratch, pid):
             path.unlink()
-        with lock:
-            if problem is not None or value is None:
-                results.problems.setdefault(run.config, problem or "not measured")
-            else:
-                results.instructions[run.config] = value
+        if problem is not None or value is None:
+            results.problems.setdefault(run.config, problem or "not measured")
+        else:
+            results.instructions[run.config] = value
 
-    command = _callgrind.command(executable, scratch, [sys.executable])
-
-    def one(share: list[Run]) -> None:
-        failure = _worker(
-            command,
-            share,
-            "callgrind",
-            on_result,
-            env=env,
-            scratch=scratch,
-            vgdb=vgdb,
-            progress=progress,
-        )
-        if failure is not None:
-            with lock:
-                for run in share:
-                    if run.config not in results.instructions:
-                        results.problems.setdefault(run.config, failure)
-
-    threads = [threading.Thread(target=one, args=(share,)) for share in shares if share]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Longest first, so the last to end are short.
+    ordered = sorted(runs, key=lambda run: -run.estimate("callgrind"))
+    failure = _worker(
+        _callgrind.command(executable, scratch, [sys.executable]),
+        ordered,
+        "callgrind",
+        on_result,
+        env=env,
+        scratch=scratch,
+        jobs=jobs,
+        vgdb=vgdb,
+        progress=progress,
+    )
+    if failure is not None:
+        for run in runs:
+            if run.config not in results.instructions:
+                results.problems.setdefault(run.config, failure)
 
 
 @dataclass
@@ -395,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=_report.GROUP_NAMES,
         help="run only this part (may be repeated)",
     )
-    parser.add_argument("--jobs", type=int, default=2, help="callgrind processes at a time (2)")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="configurations under callgrind at a time (2)"
+    )
     parser.add_argument(
         "--repeat", type=int, help="wall-clock rounds through the configurations (3, quick 1)"
     )
@@ -448,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = sum(run.estimate("wall") for run in wall_runs) * rounds
     planned += sum(run.estimate("callgrind") for run in callgrind_runs)
     planned += WORKER_START["wall"] if wall_runs else 0.0
-    planned += WORKER_START["callgrind"] * min(max(args.jobs, 1), len(callgrind_runs))
+    planned += WORKER_START["callgrind"] if callgrind_runs else 0.0
     if memory is not None:
         planned += memory.run().estimate("memory") + WORKER_START["memory"]
     progress = Progress(planned)

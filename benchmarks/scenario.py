@@ -5,9 +5,9 @@ did their work (a failed check exits non-zero): the form to profile by hand, e.g
 ``python -m cProfile``.
 
 ``--plan PLAN`` (a JSON file, as ``benchmarks/run.py`` writes it) imports what the
-configurations share once, then measures each run of the plan in a child process forked for it,
-so every configuration starts from the same state and pays only for itself. One JSON line per
-run on stdout, as each ends. The modes:
+configurations share once, then measures each run of the plan in a child process forked for it
+(``jobs`` at a time), so every configuration starts from the same state and pays only for
+itself. One JSON line per run on stdout, as each ends. The modes:
 
 - ``wall``: seconds for N1 then N2 units, ``repeat`` times;
 - ``callgrind`` (the plan runs under ``valgrind --tool=callgrind --instr-atstart=no``): the
@@ -23,6 +23,7 @@ import argparse
 import gc
 import json
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -108,40 +109,63 @@ def measure(mode: str, run: dict[str, Any], vgdb: str | None) -> dict[str, Any]:
                 seconds.append([middle - start if n_1 else 0.0, time.perf_counter() - middle])
             result["seconds"] = seconds
         scenario.check(calls)
+        # The CPU time of this child since it was forked: what the run cost, for the estimates.
+        result["cpu_seconds"] = time.process_time()
         return result
     finally:
         scenario.close()
 
 
-def in_child(work: Callable[[], dict[str, Any]], config: str) -> dict[str, Any]:
-    """*work*'s result, computed in a forked child; a failure becomes ``{"error": ...}``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 0
-        try:
-            os.close(read_end)
+class Child:
+    """A forked child computing one result; a failure becomes ``{"error": ...}``."""
+
+    def __init__(self, work: Callable[[], dict[str, Any]], config: str, round_number: int) -> None:
+        self.config = config
+        self.round = round_number
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            status = 0
             try:
-                result = {**work(), "pid": os.getpid()}
-            except BaseException as exc:
-                traceback.print_exc()
-                result = {"config": config, "error": f"{type(exc).__name__}: {exc}"}
-                status = 1
-            with os.fdopen(write_end, "w") as pipe:
-                json.dump(result, pipe)
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if text:
-        found: dict[str, Any] = json.loads(text)
-        return found
-    return {"config": config, "pid": pid, "error": f"died ({_describe(status)})"}
+                os.close(read_end)
+                try:
+                    result = {**work(), "pid": os.getpid()}
+                except BaseException as exc:
+                    traceback.print_exc()
+                    result = {"config": config, "error": f"{type(exc).__name__}: {exc}"}
+                    status = 1
+                with os.fdopen(write_end, "w") as pipe:
+                    json.dump(result, pipe)
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self.pid = pid
+        self.pipe = read_end
+        self.text = b""
+
+    def read(self) -> bool:
+        """Read what the child wrote; True once it closed its end (it is done)."""
+        chunk = os.read(self.pipe, 65536)
+        self.text += chunk
+        return not chunk
+
+    def result(self) -> dict[str, Any]:
+        """Reap the child: its result, or why it gave none."""
+        os.close(self.pipe)
+        _, status = os.waitpid(self.pid, 0)
+        if self.text:
+            result: dict[str, Any] = json.loads(self.text)
+        else:
+            result = {
+                "config": self.config,
+                "pid": self.pid,
+                "error": f"died ({_describe(status)})",
+            }
+        result["round"] = self.round
+        return result
 
 
 def _describe(status: int) -> str:
@@ -151,21 +175,34 @@ def _describe(status: int) -> str:
 
 
 def run_plan(plan: dict[str, Any]) -> None:
-    """Measure every run of *plan*, ``rounds`` times over, printing a JSON line for each."""
+    """Measure every run of *plan*, ``rounds`` times over, ``jobs`` children at a time, printing
+    a JSON line for each as it ends."""
     _scenarios.prepare(run["config"] for run in plan["runs"])
     # What is loaded now is shared by every child: leave it out of their collections.
     gc.collect()
     gc.freeze()
-    mode, vgdb = plan["mode"], plan.get("vgdb")
-    for round_number in range(plan.get("rounds", 1)):
-        for run in plan["runs"]:
+    mode, vgdb, jobs = plan["mode"], plan.get("vgdb"), max(plan.get("jobs", 1), 1)
+    pending = [
+        (round_number, run) for round_number in range(plan.get("rounds", 1)) for run in plan["runs"]
+    ]
+    running: dict[int, Child] = {}
+    with selectors.DefaultSelector() as selector:
+        while pending or running:
+            while pending and len(running) < jobs:
+                round_number, run = pending.pop(0)
 
-            def work(run: dict[str, Any] = run) -> dict[str, Any]:
-                return measure(mode, run, vgdb)
+                def work(run: dict[str, Any] = run) -> dict[str, Any]:
+                    return measure(mode, run, vgdb)
 
-            result = in_child(work, run["config"])
-            result["round"] = round_number
-            print(json.dumps(result), flush=True)
+                child = Child(work, run["config"], round_number)
+                running[child.pipe] = child
+                selector.register(child.pipe, selectors.EVENT_READ)
+            for key, _ in selector.select():
+                child = running[key.fd]
+                if child.read():
+                    selector.unregister(key.fd)
+                    del running[key.fd]
+                    print(json.dumps(child.result()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -256,9 +256,11 @@ def test_groups_name_known_configurations() -> None:
 # --- the scenario script ---------------------------------------------------------------------
 
 
-def _plan(tmp_path: Path, mode: str, runs: list[dict[str, Any]], rounds: int = 1) -> list[Any]:
+def _plan(
+    tmp_path: Path, mode: str, runs: list[dict[str, Any]], rounds: int = 1, jobs: int = 1
+) -> list[Any]:
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"mode": mode, "rounds": rounds, "runs": runs}))
+    plan.write_text(json.dumps({"mode": mode, "rounds": rounds, "jobs": jobs, "runs": runs}))
     done = subprocess.run(
         [sys.executable, SCENARIO, "--plan", str(plan)],
         capture_output=True,
@@ -288,6 +290,17 @@ def test_plan_times_each_configuration_in_a_child(tmp_path: Path) -> None:
     assert len(results[0]["seconds"]) == 3
     assert all(first > 0 and second > 0 for first, second in results[0]["seconds"])
     assert all(first == 0 for first, _ in results[1]["seconds"])
+
+
+def test_plan_runs_children_side_by_side(tmp_path: Path) -> None:
+    """With ``jobs``, that many children run at once; every run still gives one result."""
+    runs = [
+        {"config": config, "counts": [0, 20], "warmup": 2}
+        for config in ("inject-bare", "inject-ours", "extract-bare", "extract-ours", "wsgi-ours")
+    ]
+    results = _plan(tmp_path, "wall", runs, jobs=3)
+    assert sorted(result["config"] for result in results) == sorted(run["config"] for run in runs)
+    assert all("seconds" in result for result in results)
 
 
 def test_plan_reports_memory(tmp_path: Path) -> None:
@@ -409,8 +422,8 @@ def test_callgrind_command_counts_from_the_marker(tmp_path: Path) -> None:
     reason="valgrind (with vgdb) is not on PATH",
 )
 def test_callgrind_counts_a_configuration(tmp_path: Path) -> None:
-    """A real callgrind plan counts the two stretches of a configuration: a codec operation
-    costs thousands of instructions, the same from stretch to stretch."""
+    """A real callgrind plan counts the two stretches of a configuration (a codec operation
+    costs thousands of instructions) and keeps their files under the configuration's name."""
     results = _report.Results()
     progress = run.Progress(1.0)
     group = GROUP_OF["inject-ours"]
