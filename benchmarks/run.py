@@ -98,14 +98,8 @@ class Progress:
     def __init__(self, total: float) -> None:
         self.total = max(total, 1e-9)
         self.done = 0.0
-        self.count = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
-
-    def add(self, estimate: float) -> None:
-        """More work, planned after the start."""
-        with self._lock:
-            self.total += estimate
 
     def credit(self, estimate: float) -> None:
         """Work of *estimate* planned seconds is done, with nothing to show for it."""
@@ -116,7 +110,6 @@ class Progress:
         """One run of *estimate* planned seconds is done."""
         with self._lock:
             self.done = min(self.done + estimate, self.total)
-            self.count += 1
             elapsed = time.monotonic() - self.started
             left = elapsed * (self.total - self.done) / max(self.done, 1e-9)
             print(
@@ -125,9 +118,6 @@ class Progress:
                 file=sys.stderr,
                 flush=True,
             )
-
-    def note(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _clock(seconds: float) -> str:
