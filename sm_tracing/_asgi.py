@@ -4,8 +4,8 @@ container span of the caller's trace.
 The same routes, options and span names as the WSGI middleware. The app sees
 CustomAttributes without our keys (each CustomAttributes header it was sent keeps its own
 value); ``traceresponse`` is merged into the response CustomAttributes in the
-``http.response.start`` message. The span ends with the last ``http.response.body`` (no
-``more_body``), an ``http.disconnect``, or the app's exception or return, whichever is first.
+``http.response.start`` message. The span ends with the app's return or exception, or an
+``http.disconnect``, whichever is first.
 At ``lifespan`` shutdown the tracer provider is flushed before the server is told the app has
 stopped. With ``inject_headers`` the app gets a copy of the scope whose ``headers`` carry the
 span's context, written by the configured propagator.
@@ -18,6 +18,7 @@ children of ours.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, TypeAlias
@@ -81,8 +82,8 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         started = guard("start the container span", None, self._start, scope, path, route, model)
         if started is None:
             return await self.app(scope, receive, send)
-        scope, invocation = started
-        exchange = _Exchange(invocation, receive, send, self._echo)
+        scope, invocation, attributes = started
+        exchange = _Exchange(invocation, attributes, receive, send, self._echo)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
@@ -106,8 +107,9 @@ class ASGIMiddleware(Middleware[ASGIApp]):
 
     def _start(
         self, scope: Scope, path: str, route: str, model: str | None
-    ) -> tuple[Scope, Invocation]:
+    ) -> tuple[Scope, Invocation, dict[str, Any]]:
         method = scope.get("method") or "GET"
+        # Every attribute goes on in one call, with the status: each call costs.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         headers: RawHeaders = scope.get("headers") or ()
         raw: bytes | None = None
@@ -128,17 +130,16 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         invocation = Invocation(
             custom_attributes,
             name=self._name or f"{method} {route}",
-            attributes=attributes,
             tracer=self._tracer,
             policy=self._policy,
         )
+        invocation.begin()
         remainder = invocation.remainder
         replaced: RawHeaders | None = None
         if duplicates:
             replaced = _strip_each(headers)
         elif remainder is not custom_attributes:
             replaced = _replace(headers, remainder)
-        invocation.start()
         if self._inject_headers:
             # The span's context is the current one now.
             injected = with_trace_headers(headers if replaced is None else replaced, invocation)
@@ -149,7 +150,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             scope = {**scope, "headers": replaced}
         if self._quiet_fastapi:
             scope = {**scope, _FASTAPI_TELEMETRY: None}
-        return scope, invocation
+        return scope, invocation, attributes
 
 
 def _has_builtin_tracing(app: object) -> bool:
@@ -216,20 +217,30 @@ def with_trace_headers(
 
 
 class _Exchange:
-    """The messages of one traced request: sets the status and echo, ends the span.
+    """The messages of one traced request: sets the status and echo; ends the span on a
+    disconnect, or when told (the app returned or raised).
 
-    ``send`` is a plain function returning the server's own awaitable for every message but
-    the first and the last, so a streamed body costs no coroutine of ours per chunk.
+    ``send`` is what the app sends through: our own function until the response starts, then
+    the server's send itself, so a streamed body costs no frame of ours per chunk.
     """
 
-    __slots__ = ("_echo", "_ended", "_invocation", "_receive", "_send")
+    __slots__ = ("_attributes", "_echo", "_ended", "_invocation", "_receive", "_send", "send")
 
-    def __init__(self, invocation: Invocation, receive: Receive, send: Send, echo: bool) -> None:
+    def __init__(
+        self,
+        invocation: Invocation,
+        attributes: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        echo: bool,
+    ) -> None:
         self._invocation = invocation
+        self._attributes = attributes
         self._receive = receive
         self._send = send
         self._echo = echo
         self._ended = False
+        self.send = functools.partial(self._send_start)
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -237,24 +248,21 @@ class _Exchange:
             self.end(None)
         return message
 
-    def send(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.body":
-            if message.get("more_body"):
-                return self._send(message)
-            return self._send_last(message)
+    def _send_start(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message = guard("trace the response status", message, self._start, message)
+            # From here on the app's messages go straight to the server: a partial's target
+            # can be swapped, a plain function's cannot, and the app keeps what it was given.
+            self.send.__setstate__((self._send, (), None, None))  # type: ignore[attr-defined]
         return self._send(message)
-
-    async def _send_last(self, message: Message) -> None:
-        await self._send(message)
-        self.end(None)
 
     def _start(self, message: Message) -> Message:
         invocation = self._invocation
         span = invocation.span
         code = int(message["status"])
-        span.set_attribute(STATUS_CODE, code)
+        attributes = self._attributes
+        attributes[STATUS_CODE] = code
+        span.set_attributes(attributes)
         if code >= 500:
             span.set_status(_ERROR)
         if self._echo:
@@ -268,4 +276,7 @@ class _Exchange:
         """End the span once, with *error* recorded when given."""
         if not self._ended:
             self._ended = True
+            attributes = self._attributes
+            if STATUS_CODE not in attributes:  # no response started: record the request
+                guard("record the request", None, self._invocation.span.set_attributes, attributes)
             self._invocation.end(error)

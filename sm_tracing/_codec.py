@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import NamedTuple
 from urllib.parse import unquote
 
 MAX_LENGTH = 1024
@@ -71,13 +70,10 @@ class Keys:
         return f"Keys({sorted(self.exact)!r}, prefixes={self.prefixes!r})"
 
 
-class Read(NamedTuple):
-    """What :func:`read` found: our pairs (keys lower-cased, values decoded, the last of a key
-    wins) and the value without them (the very same string when none were found; ``""`` when
-    nothing of the caller's is left)."""
-
-    pairs: dict[str, str]
-    rest: str
+Read = tuple[dict[str, str], str]
+"""What :func:`read` finds: our pairs (keys lower-cased, values decoded, the last of a key
+wins) and the value without them (the very same string when none were found; ``""`` when
+nothing of the caller's is left)."""
 
 
 def is_valid(value: str) -> bool:
@@ -145,45 +141,49 @@ def separator(value: str) -> str:
     return ";"
 
 
-class _Parsed(NamedTuple):
-    sep: str
-    kept: list[str]  # the caller's tokens, in order
-    pairs: dict[str, str]  # ours, decoded
-    is_list: bool  # False: an opaque value, ours (if any) appended after it with ';'
+# The caller's tokens in order, our pairs decoded, and the separator; no separator means an
+# opaque value, whole as the one token, ours (if any) appended after it with ';'.
+_Parsed = tuple[list[str], dict[str, str], str | None]
 
 
-def _parse(value: str, keys: Keys) -> _Parsed:
-    """Tokenize a valid, non-empty *value* once: the caller's tokens and our pairs."""
-    sep = separator(value)
-    tokens = value.split(sep)
+@lru_cache(maxsize=1024)
+def _is_key(key: str) -> bool:
+    # Cached: callers send the same few keys over and over, and a regex match is dear.
+    key = key.strip()
+    return bool(key) and _KEY.fullmatch(key) is not None
+
+
+def _parse(value: str, keys: Keys, sep: str) -> _Parsed:
+    """Tokenize a valid, non-empty *value* once, split on *sep*: the caller's tokens and our
+    pairs."""
     exact = keys.exact
+    prefixes = keys.prefixes
     pairs: dict[str, str] = {}
     kept: list[str] = []
     is_list = True
     seen = False
-    for token in tokens:
+    for token in value.split(sep):
         key, sign, rest = token.partition("=")
         if sign and rest[:1] != "=":
             if key in exact:  # the common case, our own key as we write it
                 lowered = key
             else:
-                key = key.strip()
-                lowered = key.lower()
-            if lowered in exact or keys.owns(lowered):
-                rest = rest.strip()
-                pairs[lowered] = decode_value(rest) if "%" in rest else rest
-                continue
-            if key and _KEY.fullmatch(key) is not None:
-                seen = True
-                kept.append(token)
-                continue
-        elif not token.strip():
-            kept.append(token)
+                lowered = key.strip().lower()
+                if lowered not in exact and not (prefixes and lowered.startswith(prefixes)):
+                    if _is_key(key):
+                        seen = True
+                    else:
+                        is_list = False
+                    kept.append(token)
+                    continue
+            rest = rest.strip()
+            pairs[lowered] = decode_value(rest) if "%" in rest else rest
             continue
-        is_list = False
+        if token.strip():
+            is_list = False
         kept.append(token)
     if is_list and (seen or pairs):
-        return _Parsed(sep, kept, pairs, True)
+        return kept, pairs, sep
     return _parse_opaque(value, keys)
 
 
@@ -208,8 +208,8 @@ def _parse_opaque(value: str, keys: Keys) -> _Parsed:
         end -= 1
     body = ";".join(tokens[:end])
     if not required or not body.strip():
-        return _Parsed(";", [value], {}, False)
-    return _Parsed(";", [body], pairs, False)
+        return [value], {}, None
+    return [body], pairs, None
 
 
 def read(value: str, keys: Keys) -> Read:
@@ -219,17 +219,19 @@ def read(value: str, keys: Keys) -> Read:
     read: no pairs, the value untouched. So is JSON or text that is not a ``key=value`` list,
     unless pairs of ours were appended to it the way :func:`merge` appends them.
     """
-    if not value or not is_valid(value):
-        return Read({}, value)
-    parsed = _parse(value, keys)
-    if not parsed.pairs:
-        return Read({}, value)
-    kept = parsed.kept
+    if not value or len(value) > MAX_LENGTH or not value.isascii() or not value.isprintable():
+        return {}, value
+    # Without ',' the tokens are the same whichever separator the value would take.
+    kept, pairs, sep = _parse(value, keys, separator(value) if "," in value else ";")
+    if not pairs:
+        return pairs, value
+    if sep is None:
+        return pairs, kept[0]
     if kept and value[:1] != " ":
         # Where our first pair went, the caller's first token now leads: drop the blank that
         # followed the separator we removed.
         kept[0] = kept[0].lstrip(" ")
-    return Read(parsed.pairs, parsed.sep.join(kept))
+    return pairs, sep.join(kept)
 
 
 def merge(
@@ -281,13 +283,12 @@ def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str] 
         return "", ";", ""
     if not is_valid(value):
         return SKIP_INVALID
-    parsed = _parse(value, keys)
-    if not parsed.is_list:
-        body = parsed.kept[0]
+    kept, _, sep = _parse(value, keys, separator(value))
+    if sep is None:
+        body = kept[0]
         if not opaque or not body.strip():
             return SKIP_OPAQUE
         return body + ";", ";", ""
-    sep, kept = parsed.sep, parsed.kept
     # Ours go before a trailing separator, so parsers see the same shape as before.
     end = len(kept)
     while end and not kept[end - 1].strip():
@@ -297,14 +298,25 @@ def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str] 
     return prefix, sep, suffix
 
 
+_FLAGS = tuple(f"-{flags:02x}" for flags in range(256))
+
+
 def format_traceresponse(trace_id: int, span_id: int, trace_flags: int) -> str:
     """The W3C ``traceresponse`` value of a span: ``00-<trace id>-<span id>-<flags>``."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{trace_flags:02x}"
+    # Bytes to hex beats format specs: this is on every response of the middlewares.
+    return (
+        "00-"
+        + trace_id.to_bytes(16, "big").hex()
+        + "-"
+        + span_id.to_bytes(8, "big").hex()
+        + _FLAGS[trace_flags]
+    )
 
 
 def parse_traceresponse(value: str) -> tuple[str, str, int] | None:
-    """The trace id and span id (lower-case hex) and the flags a ``traceresponse`` names, or
-    None when it is malformed or names the invalid span."""
+    """The trace id and span id (lower-case hex) and the flags a ``traceresponse`` (or a
+    version-00 ``traceparent``: the format is the same) names, or None when it is malformed or
+    names the invalid span."""
     value = value.strip()
     if (
         len(value) != 55

@@ -72,24 +72,25 @@ def inject_headers_option(inject_headers: bool | None = None) -> bool:
 class Invocation:
     """One traced invocation in a container: the one primitive under every adapter.
 
-    Built from the request's raw CustomAttributes, read once: ``remainder`` is the value the
-    application should see (our keys removed; the very same string when there were none;
-    ``""`` when nothing of the caller's is left). ``start()`` starts the span (SERVER where no
-    span is active, INTERNAL under one) with the caller's context as its parent under
-    ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``, and makes it
-    current; ``detach()`` restores the context that was current before; ``end()`` ends the
-    span, recording an error if one is given. Adapters whose response outlives the handler
-    (streamed bodies) detach when the handler returns and end when the last chunk is sent. As a
-    context manager it does all three. *links* are further spans to link (the callers of a
-    batch whose items can't be told apart). Bad input never raises: it gives a new root.
+    Built from the request's raw CustomAttributes, read once when it starts: ``remainder`` is
+    then the value the application should see (our keys removed; the very same string when
+    there were none; ``""`` when nothing of the caller's is left). ``start()`` starts the span
+    (SERVER where no span is active, INTERNAL under one) with the caller's context as its
+    parent under ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``,
+    and makes it current; ``detach()`` restores the context that was current before; ``end()``
+    ends the span, recording an error if one is given. Adapters whose response outlives the
+    handler (streamed bodies) detach when the handler returns and end when the last chunk is
+    sent. As a context manager it does all three. *links* are further spans to link (the
+    callers of a batch whose items can't be told apart). Bad input never raises: it gives a
+    new root.
     """
 
     __slots__ = (
         "_attributes",
         "_context",
+        "_custom_attributes",
         "_links",
         "_name",
-        "_pairs",
         "_policy",
         "_token",
         "_tracer",
@@ -107,14 +108,8 @@ class Invocation:
         policy: RemoteContext,
         links: Sequence[SpanContext] = (),
     ) -> None:
-        pairs: Mapping[str, str] | None = None
-        remainder = custom_attributes
-        if custom_attributes:
-            read = guard("read CustomAttributes", None, _propagation.read, custom_attributes)
-            if read is not None:
-                pairs, remainder = read
-        self._pairs = pairs
-        self.remainder = remainder
+        self._custom_attributes = custom_attributes
+        self.remainder = custom_attributes
         self._name = name
         self._attributes = attributes
         self._tracer = tracer
@@ -125,36 +120,32 @@ class Invocation:
         self.span: Span = trace.INVALID_SPAN
 
     def start(self, *, attach: bool = True) -> Span:
-        """Start the span and, unless *attach* is false, make it current; never raises for
-        bad input."""
-        current = otel_context.get_current()
-        span = guard("start the container span", None, self._start, current)
+        """Read the carrier (setting ``remainder``), start the span and, unless *attach* is
+        false, make it current; never raises for bad input."""
+        span = guard("start the container span", None, self.begin, attach)
         if span is None:
-            span = trace.INVALID_SPAN
-            self._context = current
-        self.span = span
-        if attach:
-            self._token = otel_context.attach(self._context)  # type: ignore[arg-type]
+            self.span = span = trace.INVALID_SPAN
+            self._context = current = otel_context.get_current()
+            if attach and self._token is None:
+                self._token = otel_context.attach(current)
         return span
 
-    def _start(self, current: otel_context.Context) -> Span:
+    def begin(self, attach: bool = True) -> Span:
+        """``start()`` for an adapter that guards its own entry point: raises what fails."""
+        current = otel_context.get_current()
         active = trace.get_current_span(current).get_span_context()
         under_span = active.is_valid
         parent = current
         links = [Link(link) for link in self._links] if self._links else None
         policy = self._policy
-        pairs = self._pairs
-        if pairs and policy != "ignore":
-            remote = guard(
-                "read the trace context from CustomAttributes",
-                None,
-                _propagation.context_from,
-                pairs,
-                current if policy == "continue" else None,
+        remote = None
+        raw = self._custom_attributes
+        if raw:
+            self.remainder, remote = _propagation.carried(
+                raw, current if policy == "continue" else None, policy != "ignore"
             )
-            if remote is None:
-                pass
-            elif policy == "continue" and not under_span:
+        if remote is not None:
+            if policy == "continue" and not under_span:
                 # The remote context is the current one plus what came: a valid span in it is
                 # the parent, an invalid one makes a root, as no carrier would.
                 parent = remote
@@ -172,10 +163,16 @@ class Invocation:
             self._name,
             context=parent,
             kind=SpanKind.INTERNAL if under_span else SpanKind.SERVER,
-            attributes=self._attributes,
             links=links,
         )
-        self._context = trace.set_span_in_context(span, parent)
+        if self._attributes:
+            # Set after the start, not passed to it: the SDK's sampler wraps what it is given
+            # in a mapping proxy whose Mapping check misses the ABC cache on every span.
+            span.set_attributes(self._attributes)
+        self._context = context = trace.set_span_in_context(span, parent)
+        self.span = span
+        if attach:
+            self._token = otel_context.attach(context)
         return span
 
     @property
@@ -197,7 +194,10 @@ class Invocation:
     def end(self, error: BaseException | None = None) -> None:
         """End the span, with ERROR status and the exception's type recorded when *error* is
         given. Never raises: a span processor that fails on end costs a log line."""
-        guard("end the container span", None, _end, self.span, error)
+        if error is None:
+            guard("end the container span", None, self.span.end)
+        else:
+            guard("end the container span", None, _end, self.span, error)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
@@ -234,7 +234,10 @@ def _end(span: Span, error: BaseException | None) -> None:
 
 def end_span(span: Span, error: BaseException | None = None) -> None:
     """End *span*, recording *error*'s type when given; never raises."""
-    guard("end the container span", None, _end, span, error)
+    if error is None:
+        guard("end the container span", None, span.end)
+    else:
+        guard("end the container span", None, _end, span, error)
 
 
 def continue_trace(

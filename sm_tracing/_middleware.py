@@ -7,11 +7,11 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-from opentelemetry import context as otel_context
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import TracerProvider
 
+from sm_tracing._codec import TRACERESPONSE, format_traceresponse
 from sm_tracing._common import HEADER, HEADER_LOWER, get_tracer, guard
 from sm_tracing._container import (
     Invocation,
@@ -19,6 +19,7 @@ from sm_tracing._container import (
     inject_headers_option,
     remote_context_policy,
 )
+from sm_tracing._propagation import echo_value
 
 _logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ App = TypeVar("App")
 MODEL_ROUTE = "/models/{name}/invoke"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
+_ECHO_PREFIX = TRACERESPONSE + "="
 
 
 def traced_routes(trace_ping: bool, paths: Iterable[str] | None) -> dict[str, str]:
@@ -83,22 +85,28 @@ class Middleware(Generic[App]):
 
 
 def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:
-    """A new list of response *headers* (``str`` or ``bytes`` pairs) with *invocation*'s span
+    """Called under the caller's guard: may raise.
+
+    A new list of response *headers* (``str`` or ``bytes`` pairs) with *invocation*'s span
     echoed as ``traceresponse`` in their CustomAttributes, the app's own value first, matched
     in any case and replaced rather than repeated; None when nothing is to be added."""
+    span_context = invocation.span.get_span_context()
     binary = bool(headers) and isinstance(headers[0][0], bytes)
     for index, (name, value) in enumerate(headers):
         if len(name) == _HEADER_LENGTH and name.lower() in (HEADER_LOWER, _HEADER_BYTES):
             binary = isinstance(name, bytes)
-            merged = invocation.echo(value.decode("latin-1") if binary else value)
+            merged = echo_value(value.decode("latin-1") if binary else value, span_context)
             if merged is None:
                 return None
             copy = list(headers)
             copy[index] = (name, merged.encode("latin-1") if binary else merged)
             return copy
-    merged = invocation.echo(None)
-    if merged is None:
+    if not span_context.is_valid:
         return None
+    # The common case, the app set no CustomAttributes: the echo is the one pair.
+    merged = _ECHO_PREFIX + format_traceresponse(
+        span_context.trace_id, span_context.span_id, span_context.trace_flags
+    )
     if binary:
         return [*headers, (_HEADER_BYTES, merged.encode("ascii"))]
     return [*headers, (HEADER, merged)]
@@ -141,8 +149,3 @@ def trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str
     return guard(
         "write the trace context into the request headers", None, _trace_headers, invocation
     )
-
-
-def attached(invocation: Invocation) -> object:
-    """Make *invocation*'s span current; the token to detach it with."""
-    return otel_context.attach(invocation.context)  # type: ignore[arg-type]

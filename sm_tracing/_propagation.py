@@ -11,10 +11,13 @@ import logging
 from collections.abc import Mapping, MutableSequence
 
 from opentelemetry import baggage, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sm_tracing import _codec
 from sm_tracing._codec import TRACERESPONSE
@@ -54,22 +57,38 @@ class _PairGetter(Getter[Mapping[str, str]]):
 
 
 _SETTER = _PairSetter()
-_GETTER = _PairGetter()
+GETTER = _PairGetter()
+"""Reads our pairs, keyed in lower case, for a propagator's extract."""
 _DEFAULT_KEYS = _codec.Keys(_W3C_KEYS, required=("traceparent",))
-_keys_cache: tuple[TextMapPropagator | None, _codec.Keys] = (None, _DEFAULT_KEYS)
+# The keys of the propagator last asked about, and whether it is OpenTelemetry's default.
+_keys_cache: tuple[TextMapPropagator | None, _codec.Keys, bool] = (None, _DEFAULT_KEYS, True)
+
+
+def _reading(propagator: TextMapPropagator) -> tuple[_codec.Keys, bool]:
+    global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
+    cached_for, keys, w3c = _keys_cache
+    if cached_for is not propagator:
+        keys, w3c = _list_keys(propagator), _is_w3c(propagator)
+        _keys_cache = (propagator, keys, w3c)
+    return keys, w3c
 
 
 def our_keys(propagator: TextMapPropagator | None = None) -> _codec.Keys:
     """The keys this library owns in CustomAttributes under *propagator* (the global one)."""
-    global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
-    if propagator is None:
-        propagator = get_global_textmap()
-    cached_for, keys = _keys_cache
-    if cached_for is propagator:
-        return keys
-    keys = _list_keys(propagator)
-    _keys_cache = (propagator, keys)
-    return keys
+    return _reading(get_global_textmap() if propagator is None else propagator)[0]
+
+
+def _is_w3c(propagator: TextMapPropagator) -> bool:
+    """True when *propagator* is OpenTelemetry's default: W3C trace context (and baggage)."""
+    if type(propagator) is TraceContextTextMapPropagator:
+        return True
+    if type(propagator) is not CompositePropagator:
+        return False
+    parts = getattr(propagator, "_propagators", None) or ()
+    return [type(part) for part in parts] in (
+        [TraceContextTextMapPropagator],
+        [TraceContextTextMapPropagator, W3CBaggagePropagator],
+    )
 
 
 def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
@@ -97,15 +116,41 @@ def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
     return _codec.Keys(exact, prefixes, required)
 
 
-def read(custom_attributes: str) -> _codec.Read:
-    """Our pairs in a request's *custom_attributes* and the value without them (see
-    :func:`sm_tracing._codec.read`), under the configured propagator's keys."""
-    return _codec.read(custom_attributes, our_keys())
+def carried(
+    custom_attributes: str, context: Context | None, extract: bool = True
+) -> tuple[str, Context | None]:
+    """In one pass over a request's *custom_attributes*: the value without our keys (see
+    :func:`sm_tracing._codec.read`), and the context the configured propagator reads from our
+    pairs on top of *context*; None when there are none, *extract* is false, or the propagator
+    fails (logged: no parent, but the value is still the caller's)."""
+    propagator = get_global_textmap()
+    keys, w3c = _reading(propagator)
+    pairs, rest = _codec.read(custom_attributes, keys)
+    if not pairs or not extract:
+        return rest, None
+    try:
+        return rest, _extract(propagator, w3c, pairs, context)
+    except Exception:
+        _logger.warning("could not read the trace context from CustomAttributes", exc_info=True)
+        return rest, None
 
 
-def context_from(pairs: Mapping[str, str], context: Context | None = None) -> Context:
-    """The context the configured propagator reads from our *pairs*, on top of *context*."""
-    return get_global_textmap().extract(pairs, context=context, getter=_GETTER)
+def _extract(
+    propagator: TextMapPropagator, w3c: bool, pairs: Mapping[str, str], context: Context | None
+) -> Context:
+    if w3c and len(pairs) == 1:
+        # A lone version-00 traceparent under the default propagator: read by slicing, to the
+        # very context the propagator would give; anything else goes through the propagator.
+        parsed = _codec.parse_traceresponse(pairs.get("traceparent") or "")
+        if parsed is not None:
+            trace_id, span_id, flags = parsed
+            span_context = SpanContext(
+                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(flags)
+            )
+            return trace.set_span_in_context(
+                NonRecordingSpan(span_context), Context() if context is None else context
+            )
+    return propagator.extract(pairs, context=context, getter=GETTER)
 
 
 def merge_context(
@@ -148,11 +193,10 @@ def inject_context(
     return guard("merge the trace context", custom_attributes, _inject, custom_attributes, context)
 
 
-def _extract(custom_attributes: str | None, base: Context) -> Context:
+def _extract_context(custom_attributes: str | None, base: Context) -> Context:
     if not custom_attributes:
         return base
-    pairs = read(custom_attributes).pairs
-    return context_from(pairs, base) if pairs else base
+    return carried(custom_attributes, base)[1] or base
 
 
 def extract_context(custom_attributes: str | None, context: Context | None = None) -> Context:
@@ -163,12 +207,16 @@ def extract_context(custom_attributes: str | None, context: Context | None = Non
     """
     base = Context() if context is None else context
     return guard(
-        "read the trace context from CustomAttributes", base, _extract, custom_attributes, base
+        "read the trace context from CustomAttributes",
+        base,
+        _extract_context,
+        custom_attributes,
+        base,
     )
 
 
 def _strip(custom_attributes: str | None) -> str | None:
-    return None if custom_attributes is None else read(custom_attributes).rest
+    return None if custom_attributes is None else carried(custom_attributes, None, False)[0]
 
 
 def strip_context(custom_attributes: str | None) -> str | None:

@@ -23,7 +23,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Status, StatusCode
 
 from sm_tracing._common import INFERENCE_ID, SESSION_ID, STATUS_CODE, TARGET_MODEL, guard
-from sm_tracing._container import Invocation, end_span
+from sm_tracing._container import Invocation
 from sm_tracing._middleware import MODEL_ROUTE, Middleware, model_name, trace_headers, with_echo
 
 ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -60,8 +60,10 @@ class WSGIMiddleware(Middleware[WSGIApp]):
                 return self.app(environ, start_response)
             route = MODEL_ROUTE
         method = environ.get("REQUEST_METHOD") or "GET"
+        # Every attribute goes on in one call, with the status: each call costs.
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         invocation = guard(
-            "start the container span", None, self._start, environ, method, route, model
+            "start the container span", None, self._start, environ, attributes, route, model
         )
         if invocation is None:
             return self.app(environ, start_response)
@@ -71,14 +73,13 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         def traced_start_response(
             status: str, headers: Headers, exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            headers = guard("trace the response status", headers, _respond, status, headers)
+            headers = guard("trace the response status", headers, respond, status, headers)
             return start_response(status, headers, exc_info)
 
-        def _respond(status: str, headers: Headers) -> Headers:
+        def respond(status: str, headers: Headers) -> Headers:
             code = int(status[:3])
-            span.set_attributes(
-                {"http.request.method": method, "url.path": path, STATUS_CODE: code}
-            )
+            attributes[STATUS_CODE] = code
+            span.set_attributes(attributes)
             if code >= 500:
                 span.set_status(_ERROR)
             if echo:
@@ -88,26 +89,22 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         try:
             body = self.app(environ, traced_start_response)
         except BaseException as exc:
-            guard(
-                "record the request",
-                None,
-                span.set_attributes,
-                {"http.request.method": method, "url.path": path},
-            )
-            end_span(span, exc)
+            if STATUS_CODE not in attributes:
+                guard("record the request", None, span.set_attributes, attributes)
+            invocation.end(exc)
             raise
         finally:
             invocation.detach()
         if type(body) is list:
             # Already materialised: nothing of the app's runs after this.
-            end_span(span)
+            invocation.end()
             return body
         return _Body(invocation, body)
 
-    def _start(self, environ: Environ, method: str, route: str, model: str | None) -> Invocation:
+    def _start(
+        self, environ: Environ, attributes: dict[str, Any], route: str, model: str | None
+    ) -> Invocation:
         get = environ.get
-        # The HTTP attributes go on with the status, in one call: each call costs.
-        attributes: dict[str, Any] = {}
         value = get(_INFERENCE_ID)
         if value is not None:
             attributes[INFERENCE_ID] = value
@@ -120,18 +117,17 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         raw = get(_KEY)
         invocation = Invocation(
             raw,
-            name=self._name or f"{method} {route}",
-            attributes=attributes or None,
+            name=self._name or f"{attributes['http.request.method']} {route}",
             tracer=self._tracer,
             policy=self._policy,
         )
+        invocation.begin()
         remainder = invocation.remainder
         if remainder is not raw:
             if remainder:
                 environ[_KEY] = remainder
             else:
                 del environ[_KEY]
-        invocation.start()
         if self._inject_headers:
             inject_environ(environ, invocation)
         return invocation
