@@ -26,10 +26,18 @@ from typing import Any, TypeAlias
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
+from sm_tracing import _websocket
 from sm_tracing._common import HEADER_LOWER, STATUS_CODE, TARGET_MODEL, guard
 from sm_tracing._container import Invocation
-from sm_tracing._middleware import MODEL_ROUTE, Middleware, model_name, trace_headers, with_echo
+from sm_tracing._middleware import (
+    MODEL_ROUTE,
+    Middleware,
+    model_name,
+    with_echo,
+    with_trace_headers,
+)
 from sm_tracing._propagation import strip_context
+from sm_tracing._websocket import BIDI_PATH
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -62,12 +70,18 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         # Only a FastAPI app with its own tracing is told to stand aside; any other app gets
         # the server's scope as it came where nothing else has to change.
         self._quiet_fastapi = not self._inject_headers and _has_builtin_tracing(app)
+        # Bidirectional streams: SageMaker's WebSocket path, or the caller's own among paths.
+        self._paths = frozenset(options.get("paths") or ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
                 return await self.app(scope, receive, self._lifespan_send(send))
+            if kind == "websocket":
+                path = scope.get("path") or ""
+                if path == BIDI_PATH or path in self._paths:
+                    return await _websocket.serve(self, path, scope, receive, send)
             return await self.app(scope, receive, send)
         path = scope.get("path") or ""
         route = self._routes.get(path)
@@ -196,24 +210,6 @@ def _strip_each(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
         if stripped:
             replaced.append((key, stripped.encode("latin-1")))
     return replaced
-
-
-def with_trace_headers(
-    headers: RawHeaders, invocation: Invocation
-) -> list[tuple[bytes, bytes]] | None:
-    """A new list of request *headers* carrying *invocation*'s context as the configured
-    propagator writes it, in place of those of its fields they had; None (and the failure
-    logged) when there is nothing to write or it can't be written. Never raises."""
-    found = trace_headers(invocation)
-    if found is None:
-        return None
-    written, drop = found
-    names = {name.encode("latin-1") for name in drop}
-    items = [(key, value) for key, value in headers if key.lower() not in names]
-    items.extend(
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in written.items()
-    )
-    return items
 
 
 class _Exchange:

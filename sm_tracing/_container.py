@@ -81,8 +81,10 @@ class Invocation:
     ends the span, recording an error if one is given. Adapters whose response outlives the
     handler (streamed bodies) detach when the handler returns and end when the last chunk is
     sent. As a context manager it does all three. *links* are further spans to link (the
-    callers of a batch whose items can't be told apart). Bad input never raises: it gives a
-    new root.
+    callers of a batch whose items can't be told apart). With *query*, the carrier is a
+    WebSocket query string rather than CustomAttributes. A request that brings no context of
+    ours takes the one in the environment (``TRACEPARENT`` ...: a batch transform job's), if
+    any. Bad input never raises: it gives a new root.
     """
 
     __slots__ = (
@@ -92,6 +94,7 @@ class Invocation:
         "_links",
         "_name",
         "_policy",
+        "_query",
         "_token",
         "_tracer",
         "remainder",
@@ -107,8 +110,10 @@ class Invocation:
         tracer: trace.Tracer,
         policy: RemoteContext,
         links: Sequence[SpanContext] = (),
+        query: bool = False,
     ) -> None:
         self._custom_attributes = custom_attributes
+        self._query = query
         self.remainder = custom_attributes
         self._name = name
         self._attributes = attributes
@@ -140,10 +145,15 @@ class Invocation:
         policy = self._policy
         remote = None
         raw = self._custom_attributes
+        base = current if policy == "continue" else None
         if raw:
             self.remainder, remote = _propagation.carried(
-                raw, current if policy == "continue" else None, policy != "ignore"
+                raw, base, policy != "ignore", query=self._query
             )
+        if remote is None and policy != "ignore":
+            # No carrier: a batch transform job's records find the job's context in the
+            # environment its containers were started with.
+            remote = _propagation.environment_context(base)
         if remote is not None:
             if policy == "continue" and not under_span:
                 # The remote context is the current one plus what came: a valid span in it is

@@ -149,3 +149,21 @@ def trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str
     return guard(
         "write the trace context into the request headers", None, _trace_headers, invocation
     )
+
+
+def with_trace_headers(
+    headers: Iterable[tuple[bytes, bytes]], invocation: Invocation
+) -> list[tuple[bytes, bytes]] | None:
+    """A new list of request *headers* carrying *invocation*'s context as the configured
+    propagator writes it, in place of those of its fields they had; None (and the failure
+    logged) when there is nothing to write or it can't be written. Never raises."""
+    found = trace_headers(invocation)
+    if found is None:
+        return None
+    written, drop = found
+    names = {name.encode("latin-1") for name in drop}
+    items = [(key, value) for key, value in headers if key.lower() not in names]
+    items.extend(
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in written.items()
+    )
+    return items

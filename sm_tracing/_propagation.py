@@ -8,6 +8,7 @@ the propagator writes, and the per-entry baggage keys of propagators such as Jae
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, MutableSequence
 
 from opentelemetry import baggage, trace
@@ -19,7 +20,7 @@ from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from sm_tracing import _codec
+from sm_tracing import _codec, _querystring
 from sm_tracing._codec import TRACERESPONSE
 from sm_tracing._common import guard
 
@@ -117,15 +118,19 @@ def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
 
 
 def carried(
-    custom_attributes: str, context: Context | None, extract: bool = True
+    custom_attributes: str, context: Context | None, extract: bool = True, *, query: bool = False
 ) -> tuple[str, Context | None]:
-    """In one pass over a request's *custom_attributes*: the value without our keys (see
-    :func:`sm_tracing._codec.read`), and the context the configured propagator reads from our
-    pairs on top of *context*; None when there are none, *extract* is false, or the propagator
-    fails (logged: no parent, but the value is still the caller's)."""
+    """In one pass over a request's *custom_attributes* (or, with *query*, a WebSocket query
+    string): the value without our keys (see :func:`sm_tracing._codec.read`), and the context
+    the configured propagator reads from our pairs on top of *context*; None when there are
+    none, *extract* is false, or the propagator fails (logged: no parent, but the value is
+    still the caller's)."""
     propagator = get_global_textmap()
     keys, w3c = _reading(propagator)
-    pairs, rest = _codec.read(custom_attributes, keys)
+    if query:
+        pairs, rest = _querystring.read(custom_attributes, keys.owns)
+    else:
+        pairs, rest = _codec.read(custom_attributes, keys)
     if not pairs or not extract:
         return rest, None
     try:
@@ -133,6 +138,23 @@ def carried(
     except Exception:
         _logger.warning("could not read the trace context from CustomAttributes", exc_info=True)
         return rest, None
+
+
+def environment_context(context: Context | None) -> Context | None:
+    """The context the configured propagator reads from this process's environment
+    (``TRACEPARENT``, ``TRACESTATE``, ``BAGGAGE``: each key upper-cased, ``-`` as ``_``), on top
+    of *context*, as a batch transform job's containers get it; None when there is none."""
+    propagator = get_global_textmap()
+    keys, w3c = _reading(propagator)
+    environ = os.environ
+    carrier: dict[str, str] = {}
+    for key in keys.exact:
+        value = environ.get(key.upper().replace("-", "_"))
+        if value:
+            carrier[key] = value
+    if not carrier:
+        return None
+    return _extract(propagator, w3c, carrier, context)
 
 
 def _extract(
