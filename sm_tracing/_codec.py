@@ -26,6 +26,10 @@ MAX_LENGTH = 1024
 TRACERESPONSE = "traceresponse"
 """The key the container side echoes its span under, in the response CustomAttributes."""
 
+CONTAINER_TIME = "sm-container-us"
+"""The key the container side echoes, beside ``traceresponse``, how long it took until the
+response started, in whole microseconds; the first of ours to go when space is short."""
+
 # A key we recognise as the start of a pair: what real users put there (accept_eula,
 # tfs-model-name, x-starting-token, request_id) and every propagator field name.
 _KEY = re.compile(r"[A-Za-z0-9_.:/+-]+")

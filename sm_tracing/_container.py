@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from time import perf_counter_ns
 from types import TracebackType
 from typing import Literal
 
@@ -89,6 +90,7 @@ class Invocation:
 
     __slots__ = (
         "_attributes",
+        "_began",
         "_context",
         "_custom_attributes",
         "_links",
@@ -114,6 +116,7 @@ class Invocation:
     ) -> None:
         self._custom_attributes = custom_attributes
         self._query = query
+        self._began = perf_counter_ns()
         self.remainder = custom_attributes
         self._name = name
         self._attributes = attributes
@@ -137,6 +140,7 @@ class Invocation:
 
     def begin(self, attach: bool = True) -> Span:
         """``start()`` for an adapter that guards its own entry point: raises what fails."""
+        self._began = perf_counter_ns()
         current = otel_context.get_current()
         active = trace.get_current_span(current).get_span_context()
         under_span = active.is_valid
@@ -218,7 +222,12 @@ class Invocation:
             _propagation.echo_value,
             custom_attributes,
             self.span.get_span_context(),
+            self.elapsed_us(),
         )
+
+    def elapsed_us(self) -> int:
+        """Whole microseconds since the invocation began."""
+        return (perf_counter_ns() - self._began) // 1000
 
     def __enter__(self) -> Span:
         return self.start()

@@ -11,7 +11,7 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._codec import TRACERESPONSE, format_traceresponse
+from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE, format_traceresponse
 from sm_tracing._common import HEADER, HEADER_LOWER, get_tracer, guard
 from sm_tracing._container import (
     Invocation,
@@ -28,6 +28,7 @@ MODEL_ROUTE = "/models/{name}/invoke"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
 _ECHO_PREFIX = TRACERESPONSE + "="
+_TIME_PREFIX = ";" + CONTAINER_TIME + "="
 
 
 def traced_routes(trace_ping: bool, paths: Iterable[str] | None) -> dict[str, str]:
@@ -95,7 +96,9 @@ def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> lis
     for index, (name, value) in enumerate(headers):
         if len(name) == _HEADER_LENGTH and name.lower() in (HEADER_LOWER, _HEADER_BYTES):
             binary = isinstance(name, bytes)
-            merged = echo_value(value.decode("latin-1") if binary else value, span_context)
+            merged = echo_value(
+                value.decode("latin-1") if binary else value, span_context, invocation.elapsed_us()
+            )
             if merged is None:
                 return None
             copy = list(headers)
@@ -103,9 +106,14 @@ def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> lis
             return copy
     if not span_context.is_valid:
         return None
-    # The common case, the app set no CustomAttributes: the echo is the one pair.
-    merged = _ECHO_PREFIX + format_traceresponse(
-        span_context.trace_id, span_context.span_id, span_context.trace_flags
+    # The common case, the app set no CustomAttributes: the echo is all there is.
+    merged = (
+        _ECHO_PREFIX
+        + format_traceresponse(
+            span_context.trace_id, span_context.span_id, span_context.trace_flags
+        )
+        + _TIME_PREFIX
+        + str(invocation.elapsed_us())
     )
     if binary:
         return [*headers, (_HEADER_BYTES, merged.encode("ascii"))]

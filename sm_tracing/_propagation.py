@@ -21,20 +21,21 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sm_tracing import _codec, _querystring
-from sm_tracing._codec import TRACERESPONSE
+from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE
 from sm_tracing._common import guard
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["TRACERESPONSE"]
+__all__ = ["CONTAINER_TIME", "TRACERESPONSE"]
 
 # Always ours, whatever the propagator: nobody else writes these keys into CustomAttributes.
 _W3C_KEYS = frozenset({"traceparent", "tracestate", "baggage", TRACERESPONSE})
 # Over budget these go first, in this order; the trace parent itself is never dropped.
 DROP_ORDER = ("baggage", "tracestate")
 _NOT_REQUIRED = frozenset({*DROP_ORDER, TRACERESPONSE})
-ECHO_KEYS = _codec.Keys((TRACERESPONSE,))
+ECHO_KEYS = _codec.Keys((TRACERESPONSE, CONTAINER_TIME), required=(TRACERESPONSE,))
 """The keys of ours in a response's CustomAttributes: only the container's echo."""
+_ECHO_DROP = (CONTAINER_TIME,)
 # A baggage entry written while listing a propagator's keys: the keys it comes out under
 # give the prefixes of per-entry baggage keys.
 _PROBE = "smtracingprobe"
@@ -254,17 +255,24 @@ def remote_span_context(custom_attributes: str | None) -> SpanContext | None:
     return span_context if span_context.is_valid else None
 
 
-def echo_value(custom_attributes: str | None, span_context: SpanContext) -> str | None:
+def echo_value(
+    custom_attributes: str | None, span_context: SpanContext, elapsed_us: int | None = None
+) -> str | None:
     """The response *custom_attributes* with *span_context* echoed as ``traceresponse`` after
-    what the application set; None where it can't be (then send the app's value as it was)."""
+    what the application set, and *elapsed_us* (the container's time until the response
+    started) as ``sm-container-us``, which goes first when space is short; None where not
+    even the echo fits (then send the app's value as it was)."""
     if not span_context.is_valid:
         return None
     pair = _codec.format_traceresponse(
         span_context.trace_id, span_context.span_id, span_context.trace_flags
     )
+    echo = [(TRACERESPONSE, pair)]
+    if elapsed_us is not None:
+        echo.append((CONTAINER_TIME, str(elapsed_us)))
     if not custom_attributes:
-        return f"{TRACERESPONSE}={pair}"
-    merged, reason = _codec.merge(custom_attributes, ((TRACERESPONSE, pair),), ECHO_KEYS)
+        return ";".join(f"{key}={value}" for key, value in echo)
+    merged, reason = _codec.merge(custom_attributes, echo, ECHO_KEYS, _ECHO_DROP)
     if merged is None:
         _logger.debug("no trace echo in the response CustomAttributes: %s", reason)
     return merged

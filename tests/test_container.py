@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-from sm_tracing import continue_trace
+from sm_tracing import _codec, _propagation, continue_trace
 from sm_tracing._container import remote_context_policy
 from tests._container_support import caller, echoed
 
@@ -244,3 +244,25 @@ def test_a_failing_tracer_provider_never_breaks_the_block(
         raise error
     assert raised.value is error
     assert any(record.name.startswith("sm_tracing") for record in caplog.records)
+
+
+def test_the_echo_carries_the_containers_time_and_gives_it_up_first(
+    tracer_provider: TracerProvider,
+) -> None:
+    """Beside traceresponse the echo says how long the container took (whole microseconds);
+    when the app's value leaves no room for both, the time goes and the echo stays."""
+    invocation = continue_trace(None, tracer_provider=tracer_provider)
+    with invocation:
+        value = invocation.echo("x-next-token=abc")
+        assert value is not None
+        pairs = dict(token.split("=", 1) for token in value.split(";"))
+        assert int(pairs["sm-container-us"]) >= 0
+        assert list(pairs) == ["x-next-token", "traceresponse", "sm-container-us"]
+        room = 1024 - len(";traceresponse=") - 55
+        tight = invocation.echo("k=" + "v" * (room - 2))
+        assert tight is not None and len(tight) == 1024
+        assert "sm-container-us" not in tight and "traceresponse=" in tight
+    assert _codec.read(value, _propagation.ECHO_KEYS) == (
+        {"traceresponse": pairs["traceresponse"], "sm-container-us": pairs["sm-container-us"]},
+        "x-next-token=abc",
+    )
