@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from sm_tracing import _websocket
-from sm_tracing._common import HEADER_LOWER, STATUS_CODE, TARGET_MODEL, guard
+from sm_tracing._common import ERROR_TYPE, HEADER_LOWER, STATUS_CODE, TARGET_MODEL, guard
 from sm_tracing._container import Invocation
 from sm_tracing._middleware import (
     MODEL_ROUTE,
@@ -97,7 +97,9 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if started is None:
             return await self.app(scope, receive, send)
         scope, invocation, attributes = started
-        exchange = _Exchange(invocation, attributes, receive, send, self._echo)
+        measured = {"http.request.method": attributes["http.request.method"], "http.route": route}
+        invocation.measure(self._duration, measured)
+        exchange = _Exchange(invocation, attributes, measured, receive, send, echo=self._echo)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
@@ -220,18 +222,30 @@ class _Exchange:
     the server's send itself, so a streamed body costs no frame of ours per chunk.
     """
 
-    __slots__ = ("_attributes", "_echo", "_ended", "_invocation", "_receive", "_send", "send")
+    __slots__ = (
+        "_attributes",
+        "_echo",
+        "_ended",
+        "_invocation",
+        "_measured",
+        "_receive",
+        "_send",
+        "send",
+    )
 
     def __init__(
         self,
         invocation: Invocation,
         attributes: dict[str, Any],
+        measured: dict[str, Any],
         receive: Receive,
         send: Send,
+        *,
         echo: bool,
     ) -> None:
         self._invocation = invocation
         self._attributes = attributes
+        self._measured = measured
         self._receive = receive
         self._send = send
         self._echo = echo
@@ -257,10 +271,11 @@ class _Exchange:
         span = invocation.span
         code = int(message["status"])
         attributes = self._attributes
-        attributes[STATUS_CODE] = code
+        attributes[STATUS_CODE] = self._measured[STATUS_CODE] = code
         span.set_attributes(attributes)
         if code >= 500:
             span.set_status(_ERROR)
+            self._measured[ERROR_TYPE] = str(code)
         if self._echo:
             headers = with_echo(message.get("headers") or (), invocation)
             if headers is not None:

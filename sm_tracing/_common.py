@@ -10,7 +10,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
 from sm_tracing.version import __version__
@@ -62,6 +63,43 @@ def get_tracer(tracer_provider: TracerProvider | None = None) -> trace.Tracer:
     )
 
 
+# The HTTP server duration's bucket advice, from the semantic conventions, in seconds.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+SERVER_DURATION = "http.server.request.duration"
+INVOCATION_DURATION = "aws.sagemaker.container.invocation.duration"
+
+
+@lru_cache(maxsize=32)
+def get_meter(meter_provider: MeterProvider | None = None) -> metrics.Meter:
+    """This library's meter from *meter_provider*, or from the global one; a meter that
+    records nothing (logged) when the provider fails to give one."""
+    no_op: metrics.Meter = metrics.NoOpMeter("sm_tracing")
+    return guard(
+        "get a meter; not measuring",
+        no_op,
+        metrics.get_meter,
+        "sm_tracing",
+        __version__,
+        meter_provider,
+    )
+
+
+@lru_cache(maxsize=64)
+def duration_histogram(name: str, meter_provider: MeterProvider | None = None) -> Histogram:
+    """The duration histogram *name* (seconds, the HTTP buckets) of *meter_provider*."""
+    description = (
+        "Duration of HTTP server requests."
+        if name == SERVER_DURATION
+        else "Duration of a model container's invocations."
+    )
+    return get_meter(meter_provider).create_histogram(
+        name,
+        unit="s",
+        description=description,
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+
+
 def _record_messages() -> bool:
     return os.environ.get(RECORD_MESSAGES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -75,18 +113,21 @@ def record_error(span: Span, error: BaseException, *, message: bool | None = Non
     """
     if not span.is_recording():
         return
-    kind = type(error)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    name = error_type(error)
     attributes = {"exception.type": name}
     if message if message is not None else _record_messages():
         attributes["exception.message"] = str(error)
     span.add_event("exception", attributes)
     span.set_attribute(ERROR_TYPE, name)
-    span.set_status(Status(StatusCode.ERROR, kind.__name__))
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+def error_type(error: BaseException) -> str:
+    """The ``error.type`` of *error*: its class, qualified by module outside the builtins."""
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def set_status_code(span: Span, code: int) -> None:

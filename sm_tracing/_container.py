@@ -16,11 +16,20 @@ from typing import Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
-from sm_tracing._common import get_tracer, guard, record_error
+from sm_tracing._common import (
+    ERROR_TYPE,
+    INVOCATION_DURATION,
+    duration_histogram,
+    error_type,
+    get_tracer,
+    guard,
+    record_error,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -94,6 +103,7 @@ class Invocation:
         "_context",
         "_custom_attributes",
         "_links",
+        "_measure",
         "_name",
         "_policy",
         "_query",
@@ -117,6 +127,7 @@ class Invocation:
         self._custom_attributes = custom_attributes
         self._query = query
         self._began = perf_counter_ns()
+        self._measure: tuple[Histogram, dict[str, AttributeValue]] | None = None
         self.remainder = custom_attributes
         self._name = name
         self._attributes = attributes
@@ -208,10 +219,25 @@ class Invocation:
     def end(self, error: BaseException | None = None) -> None:
         """End the span, with ERROR status and the exception's type recorded when *error* is
         given. Never raises: a span processor that fails on end costs a log line."""
-        if error is None:
+        if self._measure is None and error is None:
             guard("end the container span", None, self.span.end)
         else:
-            guard("end the container span", None, _end, self.span, error)
+            guard("end the container span", None, self._end, error)
+
+    def measure(self, histogram: Histogram, attributes: dict[str, AttributeValue]) -> None:
+        """Record the invocation's duration, in seconds, into *histogram* when it ends, with
+        *attributes* (bounded ones: no ids) and the error's type when there is one."""
+        self._measure = (histogram, attributes)
+
+    def _end(self, error: BaseException | None) -> None:
+        measure = self._measure
+        if measure is not None:
+            self._measure = None
+            histogram, attributes = measure
+            if error is not None:
+                attributes[ERROR_TYPE] = error_type(error)
+            histogram.record((perf_counter_ns() - self._began) / 1e9, attributes)
+        _end(self.span, error)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
@@ -266,6 +292,7 @@ def continue_trace(
     attributes: Mapping[str, AttributeValue] | None = None,
     tracer_provider: TracerProvider | None = None,
     remote_context: RemoteContext | None = None,
+    meter_provider: MeterProvider | None = None,
 ) -> Invocation:
     """Continue the caller's trace from the CustomAttributes of a request.
 
@@ -275,12 +302,18 @@ def continue_trace(
     variable ``SM_TRACING_REMOTE_CONTEXT``) chooses ``"continue"`` (a child of the caller's
     span), ``"link"`` (a new trace linked to it) or ``"ignore"``. Malformed input gives a new
     root span. The returned object's ``echo(value)`` gives the response CustomAttributes with
-    the span's ``traceresponse`` merged in.
+    the span's ``traceresponse`` merged in. Its duration is recorded in seconds as
+    ``aws.sagemaker.container.invocation.duration`` (by ``name`` and error type) through
+    ``meter_provider``, or the global MeterProvider.
     """
-    return Invocation(
+    invocation = Invocation(
         custom_attributes,
         name=name,
         attributes=attributes,
         tracer=get_tracer(tracer_provider),
         policy=remote_context_policy(remote_context),
     )
+    invocation.measure(
+        duration_histogram(INVOCATION_DURATION, meter_provider), {"aws.sagemaker.handler": name}
+    )
+    return invocation

@@ -7,12 +7,20 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import TracerProvider
 
 from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE, format_traceresponse
-from sm_tracing._common import HEADER, HEADER_LOWER, get_tracer, guard
+from sm_tracing._common import (
+    HEADER,
+    HEADER_LOWER,
+    SERVER_DURATION,
+    duration_histogram,
+    get_tracer,
+    guard,
+)
 from sm_tracing._container import (
     Invocation,
     RemoteContext,
@@ -62,6 +70,7 @@ class Middleware(Generic[App]):
         paths: Iterable[str] | None = None,
         name: str | None = None,
         inject_headers: bool | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         """Wrap *app*. Options: ``tracer_provider``; ``remote_context`` (``"continue"``,
         ``"link"`` or ``"ignore"``, else ``SM_TRACING_REMOTE_CONTEXT``); ``trace_ping``
@@ -70,7 +79,9 @@ class Middleware(Generic[App]):
         span name for all); ``inject_headers`` (else ``SM_TRACING_INJECT_HEADERS``, else False:
         the span's context written by the configured propagator into the request headers the
         app sees, replacing any it had, so an app that traces from a ``traceparent`` header
-        makes its spans children of ours)."""
+        makes its spans children of ours); ``meter_provider`` (else the global one: where
+        ``http.server.request.duration`` is recorded, by method, route, status and error
+        type)."""
         if not callable(app):
             raise TypeError(f"{type(self).__name__} wraps an application, not {app!r}")
         if isinstance(paths, str):
@@ -83,6 +94,7 @@ class Middleware(Generic[App]):
         self._inject_headers = inject_headers_option(inject_headers)
         self._echo = echo
         self._name = name
+        self._duration = duration_histogram(SERVER_DURATION, meter_provider)
 
 
 def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:

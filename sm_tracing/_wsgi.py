@@ -22,7 +22,14 @@ from typing import Any, TypeAlias
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Status, StatusCode
 
-from sm_tracing._common import INFERENCE_ID, SESSION_ID, STATUS_CODE, TARGET_MODEL, guard
+from sm_tracing._common import (
+    ERROR_TYPE,
+    INFERENCE_ID,
+    SESSION_ID,
+    STATUS_CODE,
+    TARGET_MODEL,
+    guard,
+)
 from sm_tracing._container import Invocation
 from sm_tracing._middleware import MODEL_ROUTE, Middleware, model_name, trace_headers, with_echo
 
@@ -69,6 +76,8 @@ class WSGIMiddleware(Middleware[WSGIApp]):
             return self.app(environ, start_response)
         span = invocation.span
         echo = self._echo
+        measured: dict[str, Any] = {"http.request.method": method, "http.route": route}
+        invocation.measure(self._duration, measured)
 
         def traced_start_response(
             status: str, headers: Headers, exc_info: ExcInfo | None = None
@@ -78,10 +87,11 @@ class WSGIMiddleware(Middleware[WSGIApp]):
 
         def respond(status: str, headers: Headers) -> Headers:
             code = int(status[:3])
-            attributes[STATUS_CODE] = code
+            attributes[STATUS_CODE] = measured[STATUS_CODE] = code
             span.set_attributes(attributes)
             if code >= 500:
                 span.set_status(_ERROR)
+                measured[ERROR_TYPE] = str(code)
             if echo:
                 return with_echo(headers, invocation) or headers
             return headers

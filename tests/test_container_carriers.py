@@ -243,7 +243,7 @@ def test_under_uvicorn_a_websocket_session_joins_the_callers_trace(
 
 
 @pytest.mark.parametrize(("policy", "linked"), [("continue", False), ("link", True)])
-def test_without_a_carrier_the_environment_gives_the_jobs_context(  # noqa: PLR0917
+def test_without_a_carrier_the_environment_gives_the_jobs_context(
     tracer: Tracer,
     tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,

@@ -118,7 +118,7 @@ _BAGGAGE = {"user": "alice", "tier": "gold"}
 
 
 @pytest.mark.parametrize("name", sorted(_propagators()))
-def test_every_propagator_round_trips(  # noqa: PLR0917 - pytest fixtures
+def test_every_propagator_round_trips(
     transport: Transport,
     tracer: Tracer,
     tracer_provider: TracerProvider,

@@ -1,0 +1,124 @@
+"""The container's metrics, read through the SDK's in-memory metric reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+import sm_tracing
+from tests._container_support import ASGI, HEADER, WSGI, Answer, Transport, caller
+
+
+@pytest.fixture(params=[WSGI, ASGI], ids=lambda transport: transport.name)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """WSGIMiddleware before Flask, then ASGIMiddleware before FastAPI."""
+    chosen: Transport = request.param
+    return chosen
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    """An in-memory reader of this test's own."""
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(reader: InMemoryMetricReader) -> MeterProvider:
+    """A MeterProvider of this test's own, read by ``reader``."""
+    return MeterProvider(metric_readers=[reader])
+
+
+def _points(reader: InMemoryMetricReader, name: str) -> list[HistogramDataPoint]:
+    data = reader.get_metrics_data()
+    points: list[HistogramDataPoint] = []
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    assert metric.unit == "s"
+                    points.extend(metric.data.data_points)  # type: ignore[arg-type]
+    return points
+
+
+@pytest.mark.parametrize(
+    ("status", "path", "route", "error"),
+    [
+        (200, "/invocations", "/invocations", None),
+        (503, "/invocations", "/invocations", "503"),
+        (200, "/models/m1/invoke", "/models/{name}/invoke", None),
+    ],
+)
+def test_each_request_is_measured_by_route_and_status(
+    transport: Transport,
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+    reader: InMemoryMetricReader,
+    status: int,
+    path: str,
+    route: str,
+    error: str | None,
+) -> None:
+    """http.server.request.duration counts each request once, in seconds, by method, route,
+    status and error type, and never by a per-request value."""
+    value, _ = caller(tracer, "a=1")
+    served = transport.serve(tracer_provider, Answer(status=status), meter_provider=meter_provider)
+    for _ in range(3):
+        response = served.request(
+            "POST", path, {HEADER: value, "X-Amzn-SageMaker-Inference-Id": "inf-1"}
+        )
+        assert response.status_code == status
+    (point,) = _points(reader, "http.server.request.duration")
+    expected: dict[str, Any] = {
+        "http.request.method": "POST",
+        "http.route": route,
+        "http.response.status_code": status,
+    }
+    if error is not None:
+        expected["error.type"] = error
+    assert dict(point.attributes or {}) == expected
+    assert point.count == 3
+    assert 0 < point.sum < 10
+
+
+def test_an_exception_is_measured_by_its_type(
+    transport: Transport,
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+    reader: InMemoryMetricReader,
+) -> None:
+    """An app that raises is measured with the exception's type as error.type."""
+    served = transport.serve(
+        tracer_provider, inner=transport.raising(KeyError("x")), meter_provider=meter_provider
+    )
+    with pytest.raises(KeyError):
+        served.post({HEADER: "a=1"})
+    (point,) = _points(reader, "http.server.request.duration")
+    assert dict(point.attributes or {})["error.type"] == "KeyError"
+    assert "http.response.status_code" not in dict(point.attributes or {})
+
+
+def test_continue_trace_measures_the_invocation(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    """continue_trace records aws.sagemaker.container.invocation.duration by its name."""
+    for _ in range(2):
+        with sm_tracing.continue_trace(
+            None, name="predict", tracer_provider=tracer_provider, meter_provider=meter_provider
+        ):
+            pass
+    (point,) = _points(reader, "aws.sagemaker.container.invocation.duration")
+    assert dict(point.attributes or {}) == {"aws.sagemaker.handler": "predict"}
+    assert point.count == 2
+
+
+def test_without_a_meter_provider_nothing_breaks(transport: Transport, tracer: Tracer) -> None:
+    """With only the API's global no-op meter provider, requests are served as before."""
+    value, _ = caller(tracer, "a=1")
+    served = transport.serve(TracerProvider())
+    assert served.answer({HEADER: value})["seen"] == "a=1"
