@@ -27,7 +27,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from sm_tracing import _websocket
-from sm_tracing._common import ERROR_TYPE, HEADER_LOWER, STATUS_CODE, TARGET_MODEL, guard
+from sm_tracing._common import (
+    ERROR_TYPE,
+    HEADER_LOWER,
+    SERVER_DURATION,
+    STATUS_CODE,
+    TARGET_MODEL,
+    duration_histogram,
+    guard,
+)
 from sm_tracing._container import Invocation
 from sm_tracing._middleware import (
     MODEL_ROUTE,
@@ -98,7 +106,9 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             return await self.app(scope, receive, send)
         scope, invocation, attributes = started
         measured = {"http.request.method": attributes["http.request.method"], "http.route": route}
-        invocation.measure(self._duration, measured)
+        histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
+        if histogram is not None:
+            invocation.measure(histogram, measured)
         exchange = _Exchange(invocation, attributes, measured, receive, send, echo=self._echo)
         try:
             await self.app(scope, exchange.receive, exchange.send)

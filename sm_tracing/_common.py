@@ -84,9 +84,24 @@ def get_meter(meter_provider: MeterProvider | None = None) -> metrics.Meter:
     )
 
 
+# The API's stand-in until an SDK MeterProvider is installed: nothing it is given is kept.
+_DEFERRED_METER_PROVIDER = ("opentelemetry.metrics._internal", "_ProxyMeterProvider")
+
+
+def duration_histogram(name: str, meter_provider: MeterProvider | None = None) -> Histogram | None:
+    """The duration histogram *name* (seconds, the HTTP buckets) of *meter_provider*, or of
+    the global one; None while no SDK MeterProvider is installed globally, so an application
+    without metrics pays nothing for them."""
+    if meter_provider is None:
+        meter_provider = metrics.get_meter_provider()
+        kind = type(meter_provider)
+        if (kind.__module__, kind.__name__) == _DEFERRED_METER_PROVIDER:
+            return None
+    return _histogram(name, meter_provider)
+
+
 @lru_cache(maxsize=64)
-def duration_histogram(name: str, meter_provider: MeterProvider | None = None) -> Histogram:
-    """The duration histogram *name* (seconds, the HTTP buckets) of *meter_provider*."""
+def _histogram(name: str, meter_provider: MeterProvider) -> Histogram:
     description = (
         "Duration of HTTP server requests."
         if name == SERVER_DURATION

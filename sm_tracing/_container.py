@@ -313,7 +313,7 @@ def continue_trace(
         tracer=get_tracer(tracer_provider),
         policy=remote_context_policy(remote_context),
     )
-    invocation.measure(
-        duration_histogram(INVOCATION_DURATION, meter_provider), {"aws.sagemaker.handler": name}
-    )
+    histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
+    if histogram is not None:
+        invocation.measure(histogram, {"aws.sagemaker.handler": name})
     return invocation

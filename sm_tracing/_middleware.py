@@ -16,8 +16,6 @@ from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE, format_tracerespons
 from sm_tracing._common import (
     HEADER,
     HEADER_LOWER,
-    SERVER_DURATION,
-    duration_histogram,
     get_tracer,
     guard,
 )
@@ -94,7 +92,7 @@ class Middleware(Generic[App]):
         self._inject_headers = inject_headers_option(inject_headers)
         self._echo = echo
         self._name = name
-        self._duration = duration_histogram(SERVER_DURATION, meter_provider)
+        self._meter_provider = meter_provider
 
 
 def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:

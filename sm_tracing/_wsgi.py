@@ -25,9 +25,11 @@ from opentelemetry.trace import Status, StatusCode
 from sm_tracing._common import (
     ERROR_TYPE,
     INFERENCE_ID,
+    SERVER_DURATION,
     SESSION_ID,
     STATUS_CODE,
     TARGET_MODEL,
+    duration_histogram,
     guard,
 )
 from sm_tracing._container import Invocation
@@ -77,7 +79,9 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         span = invocation.span
         echo = self._echo
         measured: dict[str, Any] = {"http.request.method": method, "http.route": route}
-        invocation.measure(self._duration, measured)
+        histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
+        if histogram is not None:
+            invocation.measure(histogram, measured)
 
         def traced_start_response(
             status: str, headers: Headers, exc_info: ExcInfo | None = None
