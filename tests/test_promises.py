@@ -381,3 +381,12 @@ def test_a_default_fastapi_app_gives_one_trace_per_invocation(
         f"{parent.trace_id:032x}" for parent in parents
     )
     assert {span["kind"] for span in recorded} == {"SERVER"}
+
+
+@pytest.mark.parametrize("name", ["WSGIMiddleware", "ASGIMiddleware"])
+@pytest.mark.parametrize("app", [None, "app", 42])
+def test_a_middleware_wraps_only_an_application(name: str, app: object) -> None:
+    """Something that cannot be called is refused when the middleware is built, with a
+    TypeError naming it, not on the first request."""
+    with pytest.raises(TypeError, match=name):
+        getattr(sm_tracing, name)(app)
