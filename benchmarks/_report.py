@@ -358,7 +358,10 @@ def _ratio(value: float | None) -> str:
 
 
 def _shown(target: Target, value: float | None, wall: bool = False) -> str:
-    """*value* as the target reads it: a ratio, or an added cost in instructions or us."""
+    """*value* as the target reads it: a ratio (to three places where two would read as the
+    limit itself), or an added cost in instructions or us."""
+    if value is not None and not target.absolute and f"{value:.2f}" == f"{target.limit:.2f}":
+        return f"{value:.3f}"
     if not target.absolute or value is None:
         return _ratio(value)
     if wall:

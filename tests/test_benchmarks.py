@@ -594,6 +594,16 @@ def test_table_without_wall_clock_has_no_wall_columns() -> None:
     assert f"{_report.MET} (10,000 instr to spare)" in table  # 210,000 against 1.1 x 200,000
 
 
+@pytest.mark.parametrize(
+    ("ours", "shown"), [(2_220_900.0, "1.105 "), (2_219_600.0, "1.098 "), (2_230_000.0, "1.15 ")]
+)
+def test_ratio_next_to_its_limit_shows_why_it_failed(ours: float, shown: str) -> None:
+    """A ratio that two places would round to its limit is printed to three."""
+    table = _table(_report.Results(instructions={**CLIENT_COSTS, "client-ours": ours}))
+    [row] = [line for line in table.splitlines() if "floor + attributes, added" in line]
+    assert shown in row
+
+
 def test_table_says_why_a_row_is_missing() -> None:
     """A configuration that crashed, or was skipped, shows why instead of numbers; its
     targets have no verdict."""
