@@ -22,7 +22,6 @@ start-up, outside any request, and makes no span.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from opentelemetry import trace
 
