@@ -3,24 +3,44 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sm_tracing
 from sm_tracing import _configure
-from tests._otlp_receiver import OTLPReceiver, named
+from tests._otlp_receiver import OTLPReceiver, ReceivedSpan, decode, named
 
 _ENV = (
     "OTEL_SERVICE_NAME",
@@ -30,19 +50,32 @@ _ENV = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_METRIC_EXPORT_INTERVAL",
 )
 
 
 @pytest.fixture(autouse=True)
 def fresh_global(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with no global provider and no OTEL_* variables; both are restored."""
+    """Each test starts with no global providers and no OTEL_* variables; all are restored."""
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
-    # OpenTelemetry lets the global provider be set once per process: reset that guard here
-    # and put the previous state back, so no other test sees what these install.
+    # OpenTelemetry lets the global providers be set once per process: reset those guards here
+    # and put the previous state back, so no other test sees what these install. The meters'
+    # proxy is swapped too: setting a provider binds every meter the proxy handed out to it.
     saved = (trace._TRACER_PROVIDER_SET_ONCE._done, trace._TRACER_PROVIDER)
+    saved_meters = (
+        metrics_internal._METER_PROVIDER_SET_ONCE._done,
+        metrics_internal._METER_PROVIDER,
+        metrics_internal._PROXY_METER_PROVIDER,
+    )
     trace._TRACER_PROVIDER_SET_ONCE._done = False
     trace._TRACER_PROVIDER = None
+    metrics_internal._METER_PROVIDER_SET_ONCE._done = False
+    metrics_internal._METER_PROVIDER = None
+    metrics_internal._PROXY_METER_PROVIDER = metrics_internal._ProxyMeterProvider()
     _configure._installed = None
     try:
         yield
@@ -50,7 +83,15 @@ def fresh_global(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         provider = trace._TRACER_PROVIDER
         if isinstance(provider, TracerProvider):
             provider.shutdown()
+        meter_provider = metrics_internal._METER_PROVIDER
+        if isinstance(meter_provider, MeterProvider):
+            meter_provider.shutdown()
         trace._TRACER_PROVIDER_SET_ONCE._done, trace._TRACER_PROVIDER = saved
+        (
+            metrics_internal._METER_PROVIDER_SET_ONCE._done,
+            metrics_internal._METER_PROVIDER,
+            metrics_internal._PROXY_METER_PROVIDER,
+        ) = saved_meters
         _configure._installed = None
 
 
@@ -235,7 +276,8 @@ def test_http_protocols_use_http(
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
         (exporter,) = exporters(sm_tracing.configure())
     assert isinstance(exporter, OTLPSpanExporter)
-    assert ("not supported" in caplog.text) is warns
+    assert isinstance(metric_exporters(meter_provider())[0], OTLPMetricExporter)
+    assert caplog.text.count("not supported") == int(warns)  # once for both signals
 
 
 def test_repeat_call_warns_and_returns_the_first(caplog: pytest.LogCaptureFixture) -> None:
@@ -281,16 +323,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _exit_after_spans(endpoint: str, spans: int) -> tuple[float, str]:
-    """Run a process that configures tracing towards *endpoint*, ends *spans* spans (left for
-    the flush at exit) and returns. How long its exit took, from its last line to its end, and
-    what it wrote to stderr."""
+def _exit_after(endpoint: str, spans: int, points: int = 0) -> tuple[float, str]:
+    """Run a process that configures tracing towards *endpoint*, ends *spans* spans and records
+    *points* histogram values (both left for the flush at exit) and returns. How long its exit
+    took, from its last line to its end, and what it wrote to stderr."""
     code = (
         "import time, sm_tracing\n"
-        "from opentelemetry import trace\n"
+        "from opentelemetry import metrics, trace\n"
         "sm_tracing.configure('exit-test')\n"
         f"for index in range({spans}):\n"
         "    trace.get_tracer('t').start_span(f'span {index}').end()\n"
+        "histogram = metrics.get_meter('t').create_histogram('work.duration', unit='s')\n"
+        f"for index in range({points}):\n"
+        "    histogram.record(index / 10)\n"
         "print(time.monotonic(), flush=True)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -311,16 +356,20 @@ def _exit_after_spans(endpoint: str, spans: int) -> tuple[float, str]:
     return ended - float(done.stdout.split()[-1]), done.stderr
 
 
-def test_no_collector_costs_one_warning_and_no_wait_at_exit() -> None:
-    """With nothing listening at the OTLP endpoint, the process exits at once (the exporter
-    alone retries each batch for its 10 s timeout) and says once where spans were meant to go,
-    with no retry lines."""
+@pytest.mark.parametrize("points", [0, 3])
+def test_no_collector_costs_one_warning_and_no_wait_at_exit(points: int) -> None:
+    """With nothing listening at the OTLP endpoint, the process exits at once (the exporters
+    alone retry each export for their 10 s timeout) and says once, for both signals, where
+    spans and metrics were meant to go, with no retry lines."""
     base = f"http://127.0.0.1:{_free_port()}"
-    took, stderr = _exit_after_spans(base, spans=5)
-    print(f"\nexit with no collector: {took:.2f} s")
+    took, stderr = _exit_after(base, spans=5, points=points)
+    print(f"\nexit with no collector, {points} metric values: {took:.2f} s")
     assert took < 1.5, stderr
     assert stderr.count("nothing is listening at") == 1, stderr
-    assert f"nothing is listening at {base}/v1/traces (OTLP/HTTP)" in stderr
+    assert (
+        f"nothing is listening at {base}/v1/traces and {base}/v1/metrics (OTLP/HTTP), "
+        "so spans and metrics are dropped"
+    ) in stderr
     assert "retrying" not in stderr
     assert "Failed to export" not in stderr
 
@@ -337,9 +386,20 @@ def silent_collector() -> Iterator[str]:
 def test_exit_flush_to_a_collector_that_never_answers_is_bounded(silent_collector: str) -> None:
     """A collector that accepts connections and never answers costs the flush at exit one
     short timeout, not the exporter's 10 s."""
-    took, stderr = _exit_after_spans(silent_collector, spans=5)
+    took, stderr = _exit_after(silent_collector, spans=5)
     print(f"\nexit with a silent collector: {took:.2f} s")
     assert 1.5 < took < 4.5, stderr
+    assert "nothing is listening" not in stderr
+
+
+def test_exit_flush_of_both_signals_to_a_silent_collector_costs_one_timeout(
+    silent_collector: str,
+) -> None:
+    """Metrics left at exit, beside the spans, add no second timeout: the spans' failed flush
+    drops the metrics bound for the same collector."""
+    took, stderr = _exit_after(silent_collector, spans=5, points=3)
+    print(f"\nexit with a silent collector, spans and metrics: {took:.2f} s")
+    assert 1.5 < took < 1.5 + _configure._EXIT_TIMEOUT, stderr
     assert "nothing is listening" not in stderr
 
 
@@ -387,3 +447,552 @@ def test_the_otlp_http_exporter_is_a_dependency() -> None:
     requires = importlib.metadata.requires("sm-tracing") or []
     plain = [r for r in requires if "extra ==" not in r]
     assert any(r.startswith("opentelemetry-exporter-otlp-proto-http") for r in plain), requires
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedPoint:
+    """One metric data point as it arrived over OTLP (a histogram's count and sum, or one value
+    as a count of 1)."""
+
+    metric: str
+    unit: str
+    service: str
+    attributes: dict[str, Any]
+    count: int
+    total: float
+
+
+def _any_value(value: AnyValue) -> Any:
+    which = value.WhichOneof("value")
+    return None if which is None else getattr(value, which)
+
+
+def decode_metrics(body: bytes) -> list[ReceivedPoint]:
+    """The data points of one serialized ``ExportMetricsServiceRequest``."""
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(body)
+    points = []
+    for resource_metrics in request.resource_metrics:
+        resource = {a.key: _any_value(a.value) for a in resource_metrics.resource.attributes}
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                data = getattr(metric, metric.WhichOneof("data"))
+                for point in data.data_points:
+                    if hasattr(point, "bucket_counts"):
+                        count, total = point.count, point.sum
+                    else:
+                        count, total = 1, getattr(point, point.WhichOneof("value"))
+                    points.append(
+                        ReceivedPoint(
+                            metric=metric.name,
+                            unit=metric.unit,
+                            service=str(resource.get("service.name", "")),
+                            attributes={a.key: _any_value(a.value) for a in point.attributes},
+                            count=count,
+                            total=total,
+                        )
+                    )
+    return points
+
+
+class Collector:
+    """An OTLP/HTTP receiver on loopback for both signals: spans at ``/v1/traces`` (decoded as
+    the demo's receiver does), metric data points at ``/v1/metrics``."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.points: list[ReceivedPoint] = []
+        self.requests: list[str] = []
+        self._changed = threading.Condition()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 10.0) -> None:
+        """Return once *predicate* holds; raise TimeoutError after *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"received so far: {self.requests}")
+                self._changed.wait(remaining)
+
+    def __enter__(self) -> Collector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
+
+    def _received(self, path: str, body: bytes) -> None:
+        with self._changed:
+            self.requests.append(path)
+            if path == "/v1/traces":
+                self.spans.extend(decode(body))
+            else:
+                self.points.extend(decode_metrics(body))
+            self._changed.notify_all()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path not in ("/v1/traces", "/v1/metrics"):
+                    self._reply(404, b"")
+                    return
+                collector._received(self.path, body)
+                self._reply(200, ExportMetricsServiceResponse().SerializeToString())
+
+            def _reply(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """An OTLP/HTTP receiver of spans and metrics on a free loopback port."""
+    with Collector() as running:
+        yield running
+
+
+def has_metric(name: str) -> Callable[[Collector], bool]:
+    """A ``wait_for`` predicate: a data point of the metric *name* has arrived."""
+    return lambda collector: any(point.metric == name for point in collector.points)
+
+
+def meter_provider() -> MeterProvider:
+    """The global MeterProvider, which configure() installed."""
+    provider = metrics.get_meter_provider()
+    assert isinstance(provider, MeterProvider)
+    return provider
+
+
+def metric_exporters(provider: MeterProvider) -> list[MetricExporter]:
+    """The exporters behind the provider's periodic readers (an OTLP one out of the wrapper
+    that checks its collector listens)."""
+    found = []
+    for reader in provider._metric_readers:
+        assert isinstance(reader, PeriodicExportingMetricReader)
+        found.append(reader._exporter)
+    return [e.exporter if isinstance(e, _configure.CollectorMetricExporter) else e for e in found]
+
+
+def record(value: float = 0.25, name: str = "work.duration") -> None:
+    """Record one value on a histogram of the global meter."""
+    metrics.get_meter("tests").create_histogram(name, unit="s").record(value, {"route": "/x"})
+
+
+def _python(code: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter with no OTEL_* variables but *variables*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(variables)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+_RECORD = (
+    "import sm_tracing\n"
+    "from opentelemetry import metrics, trace\n"
+    "provider = sm_tracing.configure('metrics-test'{arguments})\n"
+    "assert isinstance(provider, trace.get_tracer_provider().__class__)\n"
+    "histogram = metrics.get_meter('tests').create_histogram('work.duration', unit='s')\n"
+    "histogram.record(0.25, {{'route': '/invocations'}})\n"
+    "histogram.record(0.75, {{'route': '/invocations'}})\n"
+    "trace.get_tracer('tests').start_span('work').end()\n"
+)
+
+
+def test_metrics_reach_the_collector_at_exit(collector: Collector) -> None:
+    """configure(endpoint=) sends both signals to one collector: a histogram recorded through
+    the global meter arrives, with its unit, attributes and the service name, flushed at exit
+    beside the spans."""
+    done = _python(_RECORD.format(arguments=f", endpoint={collector.url!r}"))
+    assert done.returncode == 0, done.stderr
+    collector.wait_for(lambda c: bool(c.points and c.spans), timeout=5)
+    (point,) = collector.points
+    assert point == ReceivedPoint(
+        metric="work.duration",
+        unit="s",
+        service="metrics-test",
+        attributes={"route": "/invocations"},
+        count=2,
+        total=1.0,
+    )
+    assert [span.name for span in collector.spans] == ["work"]
+    assert "/v1/metrics" in collector.requests
+    assert done.stderr == ""
+
+
+def test_metrics_are_exported_every_interval(collector: Collector) -> None:
+    """OTEL_METRIC_EXPORT_INTERVAL sets how often metrics go out while the process runs."""
+    code = (
+        _RECORD.format(arguments="")
+        + "print('recorded', flush=True)\nimport sys\nsys.stdin.read()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_METRIC_EXPORT_INTERVAL="200")
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None and process.stdin is not None
+        try:
+            assert process.stdout.readline() == "recorded\n"
+            # Still running: only the periodic reader can have sent them.
+            collector.wait_for(lambda c: c.requests.count("/v1/metrics") >= 2, timeout=10)
+            assert process.poll() is None
+        finally:
+            process.stdin.close()
+            process.wait(timeout=30)
+    assert collector.points[0].metric == "work.duration"
+    assert collector.points[0].count == 2
+
+
+def test_metrics_none_installs_no_meter_provider() -> None:
+    """OTEL_METRICS_EXPORTER=none installs no MeterProvider: meters stay the API's no-op ones,
+    and the spans are exported as before."""
+    code = (
+        "import sm_tracing\n"
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "sm_tracing.configure('none-test', exporter=None)\n"
+        "print(isinstance(metrics.get_meter_provider(), MeterProvider))\n"
+        "print(type(metrics.get_meter('t').create_histogram('h')).__name__)\n"
+    )
+    done = _python(code, OTEL_METRICS_EXPORTER="none", OTEL_TRACES_EXPORTER="console")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False", "_ProxyHistogram"]
+
+
+def test_console_prints_metrics() -> None:
+    """OTEL_METRICS_EXPORTER=console prints the metrics on stdout, flushed at exit."""
+    done = _python(
+        _RECORD.format(arguments=""), OTEL_METRICS_EXPORTER="console", OTEL_TRACES_EXPORTER="none"
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    (scope,) = printed["resource_metrics"][0]["scope_metrics"]
+    (metric,) = scope["metrics"]
+    assert metric["name"] == "work.duration"
+    assert metric["data"]["data_points"][0]["count"] == 2
+    assert metric["data"]["data_points"][0]["sum"] == 1.0
+
+
+def test_returns_the_tracer_provider_and_installs_a_meter_provider() -> None:
+    """configure() still returns the TracerProvider; the MeterProvider it installed is the
+    global one, with the same resource."""
+    provider = sm_tracing.configure("both", exporter="console")
+    assert isinstance(provider, TracerProvider)
+    assert trace.get_tracer_provider() is provider
+    meters = meter_provider()
+    assert meters._sdk_config.resource is provider.resource
+    assert [type(e) for e in metric_exporters(meters)] == [ConsoleMetricExporter]
+
+
+def test_default_metrics_are_otlp_http_on_localhost() -> None:
+    """Without arguments or variables metrics go over OTLP/HTTP beside the spans."""
+    sm_tracing.configure()
+    (exporter,) = metric_exporters(meter_provider())
+    assert isinstance(exporter, OTLPMetricExporter)
+    assert exporter._endpoint == "http://localhost:4318/v1/metrics"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "traces", "metrics_path"),
+    [
+        ("{base}", "/v1/traces", "/v1/metrics"),
+        ("{base}/", "/v1/traces", "/v1/metrics"),
+        ("{base}/v1/traces", "/v1/traces", "/v1/metrics"),
+        ("{base}/v1/metrics", "/v1/traces", "/v1/metrics"),
+        ("{base}/otlp/v1/traces", "/otlp/v1/traces", "/otlp/v1/metrics"),
+        ("{base}/ingest", "/ingest", "/ingest"),
+    ],
+)
+def test_endpoint_argument_for_both_signals(
+    collector: Collector, endpoint: str, traces: str, metrics_path: str
+) -> None:
+    """An endpoint without a path gets each signal's path; one ending in either signal's path
+    gives the other its own; any other path is used as given."""
+    provider = sm_tracing.configure("svc", endpoint=endpoint.format(base=collector.url))
+    (span_exporter,) = exporters(provider)
+    (metric_exporter,) = metric_exporters(meter_provider())
+    assert span_exporter._endpoint == collector.url + traces
+    assert metric_exporter._endpoint == collector.url + metrics_path
+    if metrics_path == "/v1/metrics":
+        record()
+        assert meter_provider().force_flush(5_000)
+        collector.wait_for(has_metric("work.duration"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "suffix"),
+    [("OTEL_EXPORTER_OTLP_ENDPOINT", ""), ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "/v1/metrics")],
+)
+def test_metrics_endpoint_variables(
+    monkeypatch: pytest.MonkeyPatch, collector: Collector, variable: str, suffix: str
+) -> None:
+    """The standard endpoint variables reach the OTLP/HTTP metric exporter."""
+    monkeypatch.setenv(variable, collector.url + suffix)
+    sm_tracing.configure("svc")
+    record()
+    assert meter_provider().force_flush(5_000)
+    collector.wait_for(has_metric("work.duration"))
+    assert collector.points[0].service == "svc"
+
+
+def test_endpoint_argument_beats_the_metrics_variable(
+    monkeypatch: pytest.MonkeyPatch, collector: Collector
+) -> None:
+    """An explicit endpoint wins over OTEL_EXPORTER_OTLP_METRICS_ENDPOINT."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9/v1/metrics")
+    sm_tracing.configure(endpoint=collector.url)
+    (exporter,) = metric_exporters(meter_provider())
+    assert exporter._endpoint == collector.url + "/v1/metrics"
+
+
+@pytest.mark.parametrize(
+    ("variable", "argument", "expected"),
+    [
+        ("console", None, [ConsoleMetricExporter]),
+        ("none", None, None),
+        ("otlp,console", None, [OTLPMetricExporter, ConsoleMetricExporter]),
+        ("otlp, otlp", None, [OTLPMetricExporter]),
+        ("prometheus,console", None, [ConsoleMetricExporter]),
+        ("console", "otlp", [OTLPMetricExporter]),
+        ("otlp", "console", [ConsoleMetricExporter]),
+        ("otlp", "none", None),
+        ("none", "console", [ConsoleMetricExporter]),
+    ],
+)
+def test_metrics_exporter_choice(
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    argument: str | None,
+    expected: list[type[MetricExporter]] | None,
+) -> None:
+    """OTEL_METRICS_EXPORTER picks the metric exporters (a list, unknown names skipped); a
+    name given as ``exporter`` wins over it, for both signals. With none, no MeterProvider."""
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", variable)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    sm_tracing.configure(exporter=argument)
+    current = metrics.get_meter_provider()
+    if expected is None:
+        assert not isinstance(current, MeterProvider)
+    else:
+        assert [type(e) for e in metric_exporters(meter_provider())] == expected
+
+
+def test_a_span_exporter_leaves_metrics_to_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SpanExporter as ``exporter`` exports the spans only; OTEL_METRICS_EXPORTER still
+    chooses the metrics' exporter."""
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    memory = InMemorySpanExporter()
+    export_one(sm_tracing.configure("svc", exporter=memory))
+    assert [span.name for span in memory.get_finished_spans()] == ["work"]
+    assert [type(e) for e in metric_exporters(meter_provider())] == [ConsoleMetricExporter]
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, {"OTEL_METRICS_EXPORTER": "otlp_proto_grpc"}],
+)
+def test_metrics_over_grpc(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]) -> None:
+    """The metrics' own protocol variable, or the gRPC exporter's name, sends metrics over
+    gRPC and leaves the spans on HTTP; without the package the error says what to install,
+    and nothing is installed."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"sm-tracing\[grpc\]"):
+            sm_tracing.configure()
+        assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+        assert not isinstance(metrics.get_meter_provider(), MeterProvider)
+    else:
+        (span_exporter,) = exporters(sm_tracing.configure())
+        (metric_exporter,) = metric_exporters(meter_provider())
+        assert isinstance(span_exporter, OTLPSpanExporter)
+        assert "grpc" in type(metric_exporter).__module__
+
+
+@pytest.mark.parametrize(
+    ("value", "interval", "warns"),
+    [
+        ("250", 250.0, False),
+        ("0", 60_000.0, True),
+        ("-5", 60_000.0, True),
+        ("soon", 60_000.0, True),
+    ],
+)
+def test_export_interval(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+    interval: float,
+    warns: bool,
+) -> None:
+    """OTEL_METRIC_EXPORT_INTERVAL sets the reader's interval; a value the reader would fail
+    on is skipped with a warning, and configure() goes on."""
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", value)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        sm_tracing.configure(exporter="console")
+    (reader,) = meter_provider()._metric_readers
+    assert isinstance(reader, PeriodicExportingMetricReader)
+    assert reader._export_interval_millis == interval
+    assert ("OTEL_METRIC_EXPORT_INTERVAL" in caplog.text) is warns
+
+
+def test_keeps_a_meter_provider_installed_by_someone_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An SDK MeterProvider installed before is kept, with a warning; the spans are still set
+    up."""
+    reader = InMemoryMetricReader()
+    theirs = MeterProvider(metric_readers=[reader])
+    metrics.set_meter_provider(theirs)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        provider = sm_tracing.configure("svc", exporter="console")
+    assert metrics.get_meter_provider() is theirs
+    assert trace.get_tracer_provider() is provider
+    assert caplog.text.count("already installed") == 1
+    assert "a MeterProvider is already installed" in caplog.text
+    record()
+    (point,) = reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+    assert point.name == "work.duration"
+
+
+def test_keeps_both_providers_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """With both SDK providers already installed, one warning says both are kept."""
+    theirs = TracerProvider()
+    trace.set_tracer_provider(theirs)
+    metrics.set_meter_provider(MeterProvider())
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        assert sm_tracing.configure("svc") is theirs
+    assert exporters(theirs) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "a TracerProvider and a MeterProvider are already installed; "
+        "sm_tracing.configure() keeps them"
+    ]
+
+
+def test_a_second_call_keeps_the_meter_provider(caplog: pytest.LogCaptureFixture) -> None:
+    """A second call warns once and installs no second MeterProvider."""
+    sm_tracing.configure("first", exporter="console")
+    first = meter_provider()
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        sm_tracing.configure("second", exporter="otlp")
+    assert metrics.get_meter_provider() is first
+    assert caplog.text.count("already called") == 1
+
+
+def test_nothing_recorded_nothing_checked(caplog: pytest.LogCaptureFixture) -> None:
+    """A process that records no metric never reaches for the metrics collector: no check,
+    no warning."""
+    sm_tracing.configure("quiet", endpoint=f"http://127.0.0.1:{_free_port()}")
+    with caplog.at_level(logging.WARNING):
+        assert meter_provider().force_flush(5_000)
+    assert caplog.text == ""
+
+
+def test_metrics_go_out_once_the_collector_is_there(caplog: pytest.LogCaptureFixture) -> None:
+    """Metrics recorded while nothing listens are dropped with one warning for both signals;
+    once a collector listens, the next export reaches it."""
+    port = _free_port()
+    provider = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        record()
+        assert meter_provider().force_flush(5_000)
+        export_one(provider, "dropped")
+        assert meter_provider().force_flush(5_000)
+    assert caplog.text.count("nothing is listening") == 1
+    assert "so spans and metrics are dropped" in caplog.text
+    with OTLPReceiver(port=port):
+        record()
+        assert meter_provider().force_flush(5_000)
+
+
+def test_at_exit_a_failed_span_export_drops_the_metrics(silent_collector: str) -> None:
+    """Exiting, once the spans' export to a collector has failed, the metrics bound for it are
+    dropped at once instead of waiting a timeout of their own."""
+    provider = sm_tracing.configure("exiting", endpoint=silent_collector)
+    (processor,) = provider._active_span_processor._span_processors
+    span_exporter = processor.span_exporter
+    (reader,) = meter_provider()._metric_readers
+    assert isinstance(reader, PeriodicExportingMetricReader)
+    metric_exporter = reader._exporter
+    assert isinstance(span_exporter, _configure.CollectorExporter)
+    assert isinstance(metric_exporter, _configure.CollectorMetricExporter)
+    assert metric_exporter.collector is span_exporter.collector
+    span = provider.get_tracer("tests").start_span("last")
+    span.end()
+    memory = InMemoryMetricReader()
+    MeterProvider(metric_readers=[memory]).get_meter("t").create_histogram("h").record(1)
+    data = memory.get_metrics_data()
+    assert data is not None
+    span_exporter.exiting()
+    metric_exporter.exiting()
+    started = time.monotonic()
+    assert span_exporter.export([span]) is SpanExportResult.FAILURE
+    failed = time.monotonic()
+    assert metric_exporter.export(data) is MetricExportResult.FAILURE
+    ended = time.monotonic()
+    assert 1.5 < failed - started < 2 * _configure._EXIT_TIMEOUT
+    assert ended - failed < 0.1
+
+
+def test_a_collector_that_takes_spans_only(caplog: pytest.LogCaptureFixture) -> None:
+    """A collector that answers 404 for metrics (Jaeger takes spans only) costs one warning
+    from us and one from the exporter, then metrics are no longer sent; spans still go."""
+    with OTLPReceiver() as receiver:  # it takes /v1/traces and answers 404 elsewhere
+        provider = sm_tracing.configure("spans-only", endpoint=receiver.url)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                record()
+                assert meter_provider().force_flush(5_000)
+        export_one(provider)
+        receiver.wait_for(named("work"))
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("sm_tracing")]
+    assert ours == [
+        f"sm_tracing.configure(): {receiver.url}/v1/metrics answered 404 Not Found: it takes "
+        "no metrics (Jaeger takes spans only), so metrics are dropped from now on; send them "
+        "to an OpenTelemetry Collector with OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, or set "
+        "OTEL_METRICS_EXPORTER=none"
+    ]
+    assert caplog.text.count("Failed to export metrics") == 1
