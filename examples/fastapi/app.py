@@ -28,12 +28,11 @@ tracer = trace.get_tracer(__name__)
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
 # FastAPI's own request span reads the trace context only from a traceparent HTTP header,
-# which SageMaker strips, so left alone it would start a separate trace: here the
-# middleware's container span stands in for it. To keep FastAPI's span as well, as a child of
-# the container span, drop this argument and build the middleware below with
-# inject_headers=True (or set SM_TRACING_INJECT_HEADERS=true): it writes the container span's
-# traceparent into the request headers FastAPI reads. (Older FastAPI releases ignore it.)
-api = FastAPI(telemetry={"tracing": False})
+# which SageMaker strips: the middleware below tells it to stand aside for the requests it
+# traces (and for /ping), so each invocation is one trace with the container span at its top.
+# To keep FastAPI's spans as well, as children of the container span, build the middleware
+# with inject_headers=True (or set SM_TRACING_INJECT_HEADERS=true).
+api = FastAPI()
 
 
 @api.get("/ping")
