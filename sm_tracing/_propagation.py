@@ -187,11 +187,26 @@ def merge_context(
     Raises what the propagator raises: the callers' guards decide what that costs.
     """
     propagator = get_global_textmap()
+    keys, w3c = _reading(propagator)
     pairs: list[tuple[str, str]] = []
-    propagator.inject(pairs, context=context, setter=_SETTER)
+    if w3c:
+        # OpenTelemetry's default propagator with nothing but a span to send writes one
+        # traceparent: written here directly, the very pair its inject would give.
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid and not span_context.trace_state and not baggage.get_all(context):
+            pairs.append(
+                (
+                    "traceparent",
+                    _codec.format_traceresponse(
+                        span_context.trace_id, span_context.span_id, span_context.trace_flags
+                    ),
+                )
+            )
     if not pairs:
-        return None, "no trace context to send"
-    return _codec.merge(custom_attributes, pairs, our_keys(propagator), DROP_ORDER, opaque=opaque)
+        propagator.inject(pairs, context=context, setter=_SETTER)
+        if not pairs:
+            return None, "no trace context to send"
+    return _codec.merge(custom_attributes, pairs, keys, DROP_ORDER, opaque=opaque)
 
 
 def _inject(custom_attributes: str | None, context: Context | None) -> str | None:

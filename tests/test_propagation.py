@@ -114,3 +114,45 @@ def test_traceresponse_round_trip(tracer: Tracer) -> None:
     assert (int(parsed[0], 16), int(parsed[1], 16)) == (context.trace_id, context.span_id)
     for junk in ["", "00-xyz", "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "01-+abc-1-1"]:
         assert parse_traceresponse(junk) is None
+
+
+class _SameButNotDefault(CompositePropagator):
+    """The default propagator's parts under another type: always the propagators' own path."""
+
+
+@pytest.mark.parametrize("flags", [0x00, 0x01, 0x03, 0xFF])
+@pytest.mark.parametrize("state", [None, "vendor=value"])
+@pytest.mark.parametrize("entries", [{}, {"user": "alice"}])
+@pytest.mark.parametrize("value", [None, "accept_eula=true", "tfs-model-name=m"])
+def test_the_default_propagators_shortcut_writes_what_the_propagators_do(
+    global_propagator: None,
+    flags: int,
+    state: str | None,
+    entries: dict[str, str],
+    value: str | None,
+) -> None:
+    """Under OpenTelemetry's default propagator a lone traceparent is written directly: the
+    value sent is the very one the propagators' own inject gives, whatever the span carries."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from sm_tracing._propagation import merge_context
+
+    span = NonRecordingSpan(
+        SpanContext(
+            0x4BF92F3577B34DA6A3CE929D0E0E4736,
+            0x00F067AA0BA902B7,
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=TraceState.from_header([state]) if state else TraceState(),
+        )
+    )
+    context = trace.set_span_in_context(span)
+    for key, entry in entries.items():
+        context = baggage.set_baggage(key, entry, context)
+    parts = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+    propagate.set_global_textmap(CompositePropagator(parts))
+    shortcut = merge_context(value, context)
+    propagate.set_global_textmap(_SameButNotDefault(parts))
+    assert merge_context(value, context) == shortcut
+    assert shortcut[0] is not None and f"-{flags:02x}" in shortcut[0]
