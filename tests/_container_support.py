@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import SpanContext, TraceFlags, Tracer
 
 import sm_tracing
-from tests._serving import closed_port as free_port  # noqa: F401 (tests still importing it)
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SPANS_ENV = "SM_TRACING_TEST_SPANS"
@@ -343,17 +341,6 @@ def fastapi_app() -> Any:
         return ""
 
     return sm_tracing.ASGIMiddleware(app, tracer_provider=provider_from_env())
-
-
-def wait_until_serving(port: int, timeout: float = 30.0) -> None:
-    """Return once something accepts connections on *port*; raise after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 # --- DJL Serving's Input and Output, shaped like djl_python's (not on PyPI) ---------------------

@@ -4,9 +4,6 @@ the environment of a batch transform job's containers."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,13 +18,11 @@ import sm_tracing
 from tests._container_support import (
     SPANS_ENV,
     caller,
-    free_port,
     provider_from_env,
     read_spans,
-    wait_until_serving,
 )
+from tests._serving import launch, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 PATH = "/invocations-bidirectional-stream"
 
 
@@ -184,6 +179,10 @@ def websocket_app() -> Any:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if scope["type"] == "http":  # the readiness probe's GET /ping
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": scope["query_string"].decode()})
@@ -204,34 +203,22 @@ def test_under_uvicorn_a_websocket_session_joins_the_callers_trace(
     websockets = pytest.importorskip("websockets.sync.client")
     traceparent, parent = _traceparent(tracer)
     spans = tmp_path / "spans.jsonl"
-    port = free_port()
-    env = {**os.environ, SPANS_ENV: str(spans), "PYTHONPATH": str(ROOT)}
-    command = [
-        sys.executable,
-        "-m",
+    container = launch(
         "uvicorn",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "tests.test_container_carriers:websocket_app",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
+        "tests.test_container_carriers:websocket_app()",
+        "websocket",
+        tmp_path,
+        env={SPANS_ENV: str(spans)},
+    )
     own = f"model=nova-3&prompt={quote('a b&c', safe='')}"
-    try:
-        wait_until_serving(port)
-        url = f"ws://127.0.0.1:{port}{PATH}?{own}&traceparent={traceparent}"
+    with serving(container):
+        address = container.url.replace("http://", "ws://")
+        url = f"{address}{PATH}?{own}&traceparent={traceparent}"
         with websockets.connect(url) as socket:
             assert socket.recv(timeout=10) == own
             socket.send("olleh")
             assert socket.recv(timeout=10) == "hello"
         (span,) = read_spans(spans, 1)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert span["kind"] == "SERVER"
     assert span["trace_id"] == f"{parent.trace_id:032x}"
     assert span["parent_span_id"] == f"{parent.span_id:016x}"

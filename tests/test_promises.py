@@ -6,9 +6,6 @@ one trace per invocation."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,13 +34,10 @@ from tests._container_support import (
     WSGI,
     Transport,
     caller,
-    free_port,
     provider_from_env,
     read_spans,
-    wait_until_serving,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._serving import launch, serving
 
 
 @pytest.fixture(params=[WSGI, ASGI], ids=lambda transport: transport.name)
@@ -339,43 +333,30 @@ def test_a_default_fastapi_app_gives_one_trace_per_invocation(
     """Under a real uvicorn, with FastAPI's own tracing on: each invocation is one SERVER span
     in the caller's trace (no second one of the same name), and pings make no trace."""
     spans = tmp_path / "spans.jsonl"
-    port = free_port()
-    env = {**os.environ, SPANS_ENV: str(spans), "PYTHONPATH": str(ROOT)}
-    for name in ("SM_TRACING_INJECT_HEADERS", "SM_TRACING_REMOTE_CONTEXT"):
-        env.pop(name, None)
-    command = [
-        sys.executable,
-        "-m",
+    container = launch(
         "uvicorn",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "tests.test_promises:default_fastapi_app",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    try:
-        wait_until_serving(port)
-        url = f"http://127.0.0.1:{port}"
+        "tests.test_promises:default_fastapi_app()",
+        "fastapi",
+        tmp_path,
+        env={SPANS_ENV: str(spans)},
+    )
+    with serving(container):
+        recorded_before = read_spans(spans, 0, timeout=0)
         for _ in range(3):
-            assert httpx.get(url + "/ping", timeout=10).status_code == 200
+            assert httpx.get(container.url + "/ping", timeout=10).status_code == 200
         parents = []
         for _ in range(2):
             sent, parent = caller(tracer, "a=1")
             parents.append(parent)
             response = httpx.post(
-                url + "/invocations", headers={HEADER: sent}, content=b"{}", timeout=10
+                container.url + "/invocations", headers={HEADER: sent}, content=b"{}", timeout=10
             )
             assert response.status_code == 200
         recorded = read_spans(spans, 2)
         # Give anything extra the chance to show up before judging that it did not.
         recorded = read_spans(spans, len(recorded) + 1, timeout=1.0)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    # The readiness probe's own pings make no trace either.
+    assert recorded_before == []
     assert [span["name"] for span in recorded] == ["POST /invocations"] * 2
     assert sorted(span["trace_id"] for span in recorded) == sorted(
         f"{parent.trace_id:032x}" for parent in parents
