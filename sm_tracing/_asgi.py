@@ -153,13 +153,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if model is not None and TARGET_MODEL not in attributes:
             attributes[TARGET_MODEL] = model
         custom_attributes = None if raw is None else raw.decode("latin-1")
-        invocation = Invocation(
-            custom_attributes,
-            name=self._name or f"{method} {route}",
-            tracer=self._tracer,
-            policy=self._policy,
-        )
-        invocation.begin()
+        invocation = self.begin(custom_attributes, method, route)
         remainder = invocation.remainder
         replaced: RawHeaders | None = None
         if duplicates:

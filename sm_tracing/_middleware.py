@@ -94,6 +94,22 @@ class Middleware(Generic[App]):
         self._name = name
         self._meter_provider = meter_provider
 
+    def begin(
+        self, carrier: str | None, method: str, route: str, *, query: bool = False
+    ) -> Invocation:
+        """Begin the invocation of a request of *method* on *route* from its *carrier*
+        (CustomAttributes, or with *query* a WebSocket query string), made current: the one
+        way every request of the middlewares starts. Raises what fails: the caller guards."""
+        invocation = Invocation(
+            carrier,
+            name=self._name or f"{method} {route}",
+            tracer=self._tracer,
+            policy=self._policy,
+            query=query,
+        )
+        invocation.begin()
+        return invocation
+
 
 def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:
     """Called under the caller's guard: may raise.

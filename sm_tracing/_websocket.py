@@ -59,15 +59,9 @@ def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope,
         if attribute is not None:
             attributes[attribute] = value.decode("latin-1")
     query = (scope.get("query_string") or b"").decode("latin-1")
-    invocation = Invocation(
-        query or None,
-        name=middleware._name or f"WS {route}",
-        attributes=attributes,
-        tracer=middleware._tracer,
-        policy=middleware._policy,
-        query=True,
-    )
-    invocation.begin()
+    invocation = middleware.begin(query or None, "WS", route, query=True)
+    if invocation.span.is_recording():
+        invocation.span.set_attributes(attributes)
     changes: dict[str, Any] = {}
     if query and invocation.remainder is not query:
         changes["query_string"] = (invocation.remainder or "").encode("latin-1")

@@ -129,13 +129,7 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         if value is not None:
             attributes[SESSION_ID] = value
         raw = get(_KEY)
-        invocation = Invocation(
-            raw,
-            name=self._name or f"{attributes['http.request.method']} {route}",
-            tracer=self._tracer,
-            policy=self._policy,
-        )
-        invocation.begin()
+        invocation = self.begin(raw, attributes["http.request.method"], route)
         remainder = invocation.remainder
         if remainder is not raw:
             if remainder:
