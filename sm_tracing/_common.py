@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -86,6 +87,10 @@ def get_meter(meter_provider: MeterProvider | None = None) -> metrics.Meter:
 
 # The API's stand-in until an SDK MeterProvider is installed: nothing it is given is kept.
 _DEFERRED_METER_PROVIDER = ("opentelemetry.metrics._internal", "_ProxyMeterProvider")
+# Asking the API for the global provider reads the environment on every call until one is set;
+# its own module global says as much for a fraction of the cost, where it is there to read.
+_METRICS_STATE: Any = sys.modules.get("opentelemetry.metrics._internal")
+_PROVIDER_FROM_ENVIRONMENT = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 
 def duration_histogram(name: str, meter_provider: MeterProvider | None = None) -> Histogram | None:
@@ -93,6 +98,11 @@ def duration_histogram(name: str, meter_provider: MeterProvider | None = None) -
     the global one; None while no SDK MeterProvider is installed globally, so an application
     without metrics pays nothing for them."""
     if meter_provider is None:
+        if (
+            not _PROVIDER_FROM_ENVIRONMENT
+            and getattr(_METRICS_STATE, "_METER_PROVIDER", False) is None
+        ):
+            return None
         meter_provider = metrics.get_meter_provider()
         kind = type(meter_provider)
         if (kind.__module__, kind.__name__) == _DEFERRED_METER_PROVIDER:

@@ -122,3 +122,43 @@ def test_without_a_meter_provider_nothing_breaks(transport: Transport, tracer: T
     value, _ = caller(tracer, "a=1")
     served = transport.serve(TracerProvider())
     assert served.answer({HEADER: value})["seen"] == "a=1"
+
+
+_GLOBAL = """
+import json
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+import sm_tracing
+
+reader = InMemoryMetricReader()
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"{}"]
+middleware = sm_tracing.WSGIMiddleware(app)
+environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations"}
+list(middleware(dict(environ), lambda *a: None))  # no MeterProvider yet: nothing to measure
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+list(middleware(dict(environ), lambda *a: None))
+names = [
+    (metric.name, point.count)
+    for resource in reader.get_metrics_data().resource_metrics
+    for scope in resource.scope_metrics
+    for metric in scope.metrics
+    for point in metric.data.data_points
+]
+print(json.dumps(names))
+"""
+
+
+def test_a_global_meter_provider_installed_later_is_used() -> None:
+    """Without meter_provider=, the middleware measures into the global SDK MeterProvider as
+    soon as one is installed, and not before."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == [["http.server.request.duration", 1]]
