@@ -158,6 +158,8 @@ def otlp_env(name: str, traces_url: str, schedule_delay_ms: int = 50) -> dict[st
         "OTEL_BSP_SCHEDULE_DELAY": str(schedule_delay_ms),
         # Room for every span of a test run, so a slow export never drops one.
         "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
+        # These tests read spans: no metrics exporter looking for a collector elsewhere.
+        "OTEL_METRICS_EXPORTER": "none",
     }
 
 

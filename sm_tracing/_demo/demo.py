@@ -497,6 +497,8 @@ def _container(
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.traces_url,
             OTEL_BSP_SCHEDULE_DELAY="50",
+            # The demo shows traces: its containers keep their metrics to themselves.
+            OTEL_METRICS_EXPORTER="none",
             SM_TRACING_REMOTE_CONTEXT=remote_context,
             PYTHONUNBUFFERED="1",
         )
