@@ -25,8 +25,15 @@ APP_ATTRIBUTES = "accept_eula=true"
 CARRIED_ATTRIBUTES = f"{APP_ATTRIBUTES};traceparent={TRACEPARENT}"
 REQUEST_BODY = b'{"inputs":"hello"}'
 RESPONSE_BODY = b'{"generated_text":"hi"}'
-# One token of a streamed answer, as an LLM server sends it (server-sent event, JSON line).
-TOKEN = b'data:{"token":{"id":2159,"text":" the","logprob":-0.37,"special":false}}\n\n'
+# The tokens of a streamed answer, as an LLM server sends them (server-sent events), of the
+# different lengths real tokens have: so the buffers a chunk goes through are not always
+# aligned the same way, which would make the cost of a chunk depend on the process's heap.
+TOKENS = tuple(
+    f'data:{{"token":{{"id":{2159 + index},"text":"{text}","logprob":-0.37,"special":false}}}}'
+    "\n\n".encode()
+    for index, text in enumerate((" the", " quick", ",", " brown", " fox", " jumps", ".", " It"))
+)
+TOKEN = TOKENS[0]
 
 PROCESSOR = "SimpleSpanProcessor -> counting no-op exporter"
 

@@ -16,7 +16,7 @@ from benchmarks._base import (
     APP_ATTRIBUTES,
     REQUEST_BODY,
     RESPONSE_BODY,
-    TOKEN,
+    TOKENS,
     TRACE_ID,
     CountingExporter,
     Metrics,
@@ -77,15 +77,16 @@ class _CannedStream:
     """A raw event-stream body delivering one message per read, as the tokens of a model that
     generates them one by one arrive."""
 
-    def __init__(self, message: bytes, count: int) -> None:
-        self._message = message
+    def __init__(self, messages: tuple[bytes, ...], count: int) -> None:
+        self._messages = messages
         self._count = count
         self.closed = False
 
     def stream(self, **_kwargs: Any) -> Iterator[bytes]:
-        message = self._message
-        for _ in range(self._count):
-            yield message
+        messages = self._messages
+        cycle = len(messages)
+        for index in range(self._count):
+            yield messages[index % cycle]
 
     def close(self) -> None:
         self.closed = True
@@ -116,7 +117,7 @@ class Wire:
             "X-Amzn-SageMaker-Content-Type": "text/event-stream",
             "x-Amzn-Invoked-Production-Variant": "AllTraffic",
         }
-        self.message = _payload_part()(TOKEN)
+        self.messages = tuple(_payload_part()(token) for token in TOKENS)
         self.echoed: str | None = None
 
     def answer(self, request: Any, **_kwargs: Any) -> Any:
@@ -132,7 +133,7 @@ class Wire:
             self.echoed = f"00-{trace_id}-{CONTAINER_SPAN_ID}-01"
             headers = {**headers, HEADER: f"{CONTAINER_ATTRIBUTES};traceresponse={self.echoed}"}
         if stream:
-            return AWSResponse(request.url, 200, headers, _CannedStream(self.message, self.chunks))
+            return AWSResponse(request.url, 200, headers, _CannedStream(self.messages, self.chunks))
         return AWSResponse(request.url, 200, headers, _CannedBody(RESPONSE_BODY))
 
     def sent_attributes(self) -> str | None:

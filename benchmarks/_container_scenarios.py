@@ -20,6 +20,7 @@ from benchmarks._base import (
     RESPONSE_BODY,
     SPAN_ID,
     TOKEN,
+    TOKENS,
     TRACE_ID,
     TRACEPARENT,
     CountingExporter,
@@ -290,8 +291,9 @@ class AsgiServer:
         self.seen = scope
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS]})
-        for _ in range(self.chunks - 1):
-            await send({"type": "http.response.body", "body": TOKEN, "more_body": True})
+        for index in range(self.chunks - 1):
+            body = TOKENS[index % len(TOKENS)]
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": TOKEN})
 
     def caller(self, app: ASGIApp) -> Callable[[], object]:

@@ -107,6 +107,15 @@ def prepare(configs: Iterable[str]) -> None:
         client.prepare()
 
 
+def vary_history(config: str, sample: int) -> None:
+    """Give the process of *sample* a history of its own before *config* is built: as many
+    other clients made first (other classes, strings and service-model objects), so that the
+    interpreter's method cache and dict layouts differ from one sample to the next."""
+    if sample and config in _USERS["instrument"]:
+        for _ in range(sample):
+            client.client(client.Wire())
+
+
 def build(config: str) -> Scenario:
     """The scenario named *config*; KeyError for an unknown name."""
     return BUILDERS[config]()

@@ -72,6 +72,7 @@ class Run:
     counts: tuple[int, int]
     warmup: int
     repeat: int = 1
+    sample: int = 0
 
     def plan(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class Run:
             "counts": list(self.counts),
             "warmup": self.warmup,
             "repeat": self.repeat,
+            "sample": self.sample,
         }
 
     def estimate(self, mode: str) -> float:
@@ -194,7 +196,8 @@ def _worker(
 
 
 def _run_of(runs: Sequence[Run], result: dict[str, Any]) -> Run:
-    return next(run for run in runs if run.config == result["config"])
+    sample = result.get("sample", 0)
+    return next(run for run in runs if (run.config, run.sample) == (result["config"], sample))
 
 
 def _problem(result: dict[str, Any]) -> str | None:
@@ -209,10 +212,11 @@ def _plan(
     skipped = set(skip)
     repeat = WALL_REPEATS if wall else 1
     return [
-        Run(group, config, group.sizes(quick, wall), group.warmup, repeat)
+        Run(group, config, group.sizes(quick, wall), group.warmup, repeat, sample)
         for group in groups
         for config in group.configs
         if config not in skipped
+        for sample in range(1 if wall else group.sampled(quick))
     ]
 
 
@@ -288,9 +292,10 @@ def measure_instructions(
                 n_1, n_2 = run.counts
                 value = _callgrind.per_op(totals[1], n_1, totals[2], n_2)
                 if keep is not None:
+                    sample = f".sample{run.sample}" if run.group.samples > 1 else ""
                     for index, n in ((1, n_1), (2, n_2)):
                         source = scratch / f"callgrind.{pid}.{index + 1}"
-                        shutil.move(source, keep / f"callgrind.{run.config}.{n}.out")
+                        shutil.move(source, keep / f"callgrind.{run.config}.{n}{sample}.out")
         except (OSError, ValueError) as exc:
             problem = f"crashed: {exc}"
         for path in _callgrind.stretch_files(scratch, pid):
@@ -298,8 +303,9 @@ def measure_instructions(
         if problem is not None or value is None:
             results.problems.setdefault(run.config, problem or "not measured")
         else:
-            results.instructions[run.config] = value
+            values.setdefault(run.config, []).append(value)
 
+    values: dict[str, list[float]] = {}
     # Longest first, so the last to end are short.
     ordered = sorted(runs, key=lambda run: -run.estimate("callgrind"))
     failure = _worker(
@@ -313,6 +319,9 @@ def measure_instructions(
         vgdb=vgdb,
         progress=progress,
     )
+    for config, found in values.items():
+        if config not in results.problems:
+            results.instructions[config] = _report.median(found)
     if failure is not None:
         for run in runs:
             if run.config not in results.instructions:
@@ -480,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 group.sizes(args.quick, False) if callgrind_runs else None,
                 group.sizes(args.quick, True) if wall_runs else None,
                 skipped,
+                samples=group.sampled(args.quick),
             )
         )
         print()

@@ -79,10 +79,11 @@ def measure(mode: str, run: dict[str, Any], vgdb: str | None) -> dict[str, Any]:
     """One run of the plan, in this process: the JSON-able result."""
     config = run["config"]
     n_1, n_2 = run["counts"]
+    _scenarios.vary_history(config, run.get("sample", 0))
     scenario = _scenarios.build(config)
     try:
         calls = scenario.run(run["warmup"])
-        result: dict[str, Any] = {"config": config}
+        result: dict[str, Any] = {"config": config, "sample": run.get("sample", 0)}
         if mode == "memory":
             gc.collect()
             result["rss_before_kib"] = rss_kib()
@@ -92,6 +93,10 @@ def measure(mode: str, run: dict[str, Any], vgdb: str | None) -> dict[str, Any]:
         elif mode == "callgrind":
             if vgdb is None:
                 raise ValueError("a callgrind plan names vgdb")
+            # What the configuration built and warmed up stays alive throughout: out of the
+            # collector's way too, so a full collection costs the same in every process.
+            gc.collect()
+            gc.freeze()
             instrumentation_on(vgdb)
             MARKER()
             calls += scenario.run(n_1)
@@ -119,8 +124,11 @@ def measure(mode: str, run: dict[str, Any], vgdb: str | None) -> dict[str, Any]:
 class Child:
     """A forked child computing one result; a failure becomes ``{"error": ...}``."""
 
-    def __init__(self, work: Callable[[], dict[str, Any]], config: str, round_number: int) -> None:
-        self.config = config
+    def __init__(
+        self, work: Callable[[], dict[str, Any]], run: dict[str, Any], round_number: int
+    ) -> None:
+        config = self.config = run["config"]
+        self.sample = run.get("sample", 0)
         self.round = round_number
         sys.stdout.flush()
         sys.stderr.flush()
@@ -134,7 +142,8 @@ class Child:
                     result = {**work(), "pid": os.getpid()}
                 except BaseException as exc:
                     traceback.print_exc()
-                    result = {"config": config, "error": f"{type(exc).__name__}: {exc}"}
+                    error = f"{type(exc).__name__}: {exc}"
+                    result = {"config": config, "sample": self.sample, "error": error}
                     status = 1
                 with os.fdopen(write_end, "w") as pipe:
                     json.dump(result, pipe)
@@ -161,6 +170,7 @@ class Child:
         else:
             result = {
                 "config": self.config,
+                "sample": self.sample,
                 "pid": self.pid,
                 "error": f"died ({_describe(status)})",
             }
@@ -194,7 +204,7 @@ def run_plan(plan: dict[str, Any]) -> None:
                 def work(run: dict[str, Any] = run) -> dict[str, Any]:
                     return measure(mode, run, vgdb)
 
-                child = Child(work, run["config"], round_number)
+                child = Child(work, run, round_number)
                 running[child.pipe] = child
                 selector.register(child.pipe, selectors.EVENT_READ)
             for key, _ in selector.select():

@@ -303,6 +303,27 @@ def test_plan_runs_children_side_by_side(tmp_path: Path) -> None:
     assert all("seconds" in result for result in results)
 
 
+def test_client_stream_is_sampled_under_callgrind() -> None:
+    """Each client stream configuration is counted in several processes of different
+    histories (the median is kept); wall-clock runs it once; results find their sample."""
+    group = GROUP_OF["stream-ours"]
+    runs = run._plan([group], True, False, ())
+    assert group.quick_samples > 1
+    assert [(each.config, each.sample) for each in runs] == [
+        (config, sample) for config in group.configs for sample in range(group.quick_samples)
+    ]
+    assert len(run._plan([group], True, True, ())) == len(group.configs)
+    assert run._run_of(runs, {"config": "stream-ours", "sample": 2}).sample == 2
+
+
+def test_plan_echoes_the_sample(tmp_path: Path) -> None:
+    """A sample's result names its sample, a process that made other clients first."""
+    runs = [{"config": "stream-bare", "counts": [0, 20], "warmup": 10, "sample": 2}]
+    [result] = _plan(tmp_path, "wall", runs)
+    assert result["sample"] == 2
+    assert "seconds" in result
+
+
 def test_plan_reports_memory(tmp_path: Path) -> None:
     """A memory plan runs instrumented calls and gives RSS before and after."""
     [result] = _plan(
