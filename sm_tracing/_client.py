@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, fields
@@ -23,24 +24,30 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+from opentelemetry.metrics import Histogram, Meter, MeterProvider
 from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
 from sm_tracing._common import (
+    _DEFERRED_METER_PROVIDER,
+    ERROR_TYPE,
     INFERENCE_ID,
     SESSION_ID,
     STATUS_CODE,
     TARGET_MODEL,
+    error_type,
+    get_meter,
     get_tracer,
     guard,
 )
 from sm_tracing._streaming import (
     REQUEST_ID,
     AioTracedEventStream,
+    StreamTimes,
     TracedEventStream,
     record_failure,
 )
@@ -48,6 +55,7 @@ from sm_tracing._streaming import (
 _logger = logging.getLogger(__name__)
 
 EndpointFilter = Callable[[str, Mapping[str, Any]], bool]
+GenAIModels = Callable[[str, Mapping[str, Any]], "str | None"]
 
 SERVICE = "sagemaker-runtime"
 INVOKE = "InvokeEndpoint"
@@ -60,6 +68,16 @@ ENDPOINT_NAME = "aws.sagemaker.endpoint.name"
 INVOKED_VARIANT = "aws.sagemaker.invoked_production_variant"
 CONTAINER_TRACE_ID = "aws.sagemaker.container.trace_id"
 CONTAINER_SPAN_ID = "aws.sagemaker.container.span_id"
+CONTAINER_DURATION = "aws.sagemaker.container.duration"
+OVERHEAD = "aws.sagemaker.overhead.duration"
+RPC_METHOD = "rpc.method"
+GENAI_PROVIDER = "gen_ai.provider.name"
+GENAI_OPERATION = "gen_ai.operation.name"
+GENAI_MODEL = "gen_ai.request.model"
+# The conventions have no provider value for SageMaker yet, and a call's body is never read to
+# tell a chat from a completion: SageMaker's model servers take a prompt and complete it.
+SAGEMAKER_PROVIDER = "aws.sagemaker"
+COMPLETION = "text_completion"
 
 # Request parameters recorded on the span; CustomAttributes and Body never are.
 _REQUEST_ATTRIBUTES = {
@@ -70,6 +88,7 @@ _REQUEST_ATTRIBUTES = {
     "InferenceComponentName": "aws.sagemaker.inference_component",
     "InferenceId": INFERENCE_ID,
     "SessionId": SESSION_ID,
+    "PrefixAwareId": "aws.sagemaker.prefix_aware_id",
 }
 _RESPONSE_ATTRIBUTES = {
     INVOKE: (("InvokedProductionVariant", INVOKED_VARIANT), ("NewSessionId", SESSION_ID)),
@@ -93,6 +112,47 @@ _STARTING = "start the span of a SageMaker call"
 _ENDING = "end the span of a SageMaker call"
 _INJECTING = "merge the trace context"
 _RECORDING = "record the response of a SageMaker call"
+_now = time.time_ns
+_RECHECK = 100_000_000  # nanoseconds between two looks for a global meter provider
+_LABELS = (ENDPOINT_NAME, GENAI_PROVIDER, GENAI_OPERATION, GENAI_MODEL)
+
+# Bucket advice of the GenAI client metrics, in seconds; SageMaker's own share is small.
+_DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+_FIRST_CHUNK_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+_PER_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+_OVERHEAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def _endpoint_names(endpoints: object) -> frozenset[str] | EndpointFilter | None:
@@ -109,6 +169,15 @@ def _endpoint_names(endpoints: object) -> frozenset[str] | EndpointFilter | None
     return frozenset(endpoints)
 
 
+def _genai_models(models: object) -> Mapping[str, str] | GenAIModels | None:
+    if models is None or callable(models) or isinstance(models, Mapping):
+        return models
+    raise TypeError(
+        "genai_models must be None, a mapping of endpoint names to models or a callable "
+        f"(endpoint_name, params) -> model or None, not {type(models).__name__}"
+    )
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """What :func:`sm_tracing.instrument` was asked to do; checked when made.
@@ -121,9 +190,12 @@ class ClientOptions:
     inject_opaque: bool = False
     inference_id_from_trace: bool = False
     record_echo: bool = True
+    meter_provider: MeterProvider | None = None
+    genai_models: Mapping[str, str] | GenAIModels | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _endpoint_names(self.endpoints))
+        _genai_models(self.genai_models)
 
     @classmethod
     def from_keywords(cls, keywords: Mapping[str, Any]) -> ClientOptions:
@@ -163,10 +235,112 @@ def _upstream_active(name: str) -> bool:
     )
 
 
-class _Call:
-    """One call traced by our own span: ended with the response, or handed to its stream."""
+class _Meters:
+    """The client's histograms, in seconds: each under the GenAI client metric's name for an
+    endpoint that ``genai_models`` names, under ``aws.sagemaker.client.operation.*`` for any
+    other; and SageMaker's own share of a call.
 
-    __slots__ = ("hook", "operation", "span", "stream_type", "token")
+    *live* says whether anything records them: a provider was given, or an SDK provider is
+    installed globally. Until one is, calls are not measured at all, and whether one has come
+    is looked at again at most every tenth of a second."""
+
+    __slots__ = ("duration", "first_chunk", "live", "overhead", "per_chunk", "recheck_at")
+
+    def __init__(self, meter: Meter, given: bool) -> None:
+        self.live = given or _meter_provider_installed()
+        self.recheck_at = 0 if given else _now() + _RECHECK
+
+        def pair(
+            name: str, description: str, buckets: tuple[float, ...]
+        ) -> tuple[Histogram, Histogram]:
+            return (
+                meter.create_histogram(
+                    f"aws.sagemaker.client.operation.{name}",
+                    "s",
+                    description,
+                    explicit_bucket_boundaries_advisory=buckets,
+                ),
+                meter.create_histogram(
+                    f"gen_ai.client.operation.{name}",
+                    "s",
+                    description,
+                    explicit_bucket_boundaries_advisory=buckets,
+                ),
+            )
+
+        self.duration = pair(
+            "duration",
+            "Duration of SageMaker endpoint invocations, a stream's until it ends.",
+            _DURATION_BUCKETS,
+        )
+        self.first_chunk = pair(
+            "time_to_first_chunk",
+            "Time from a streamed invocation's request to its first chunk.",
+            _FIRST_CHUNK_BUCKETS,
+        )
+        self.per_chunk = pair(
+            "time_per_output_chunk",
+            "Mean time between the chunks after the first, of a stream read to its end.",
+            _PER_CHUNK_BUCKETS,
+        )
+        self.overhead = meter.create_histogram(
+            OVERHEAD,
+            "s",
+            "SageMaker's share of an invocation: the time to its response less the container's.",
+            explicit_bucket_boundaries_advisory=_OVERHEAD_BUCKETS,
+        )
+
+    def awake(self, now: int) -> bool:
+        """Whether an SDK provider has been installed since last looked at, *now*."""
+        self.recheck_at = now + _RECHECK
+        self.live = _meter_provider_installed()
+        return self.live
+
+    def measure_stream(
+        self, labels: dict[str, AttributeValue], times: StreamTimes, error: BaseException | None
+    ) -> None:
+        """Record a stream that ended, by how it ended."""
+        genai = GENAI_MODEL in labels
+        if error is not None:
+            labels = {**labels, ERROR_TYPE: error_type(error)}
+        self.duration[genai].record((times.ended - times.started) / 1e9, labels)
+        first = times.time_to_first_chunk
+        if first is not None:
+            self.first_chunk[genai].record(first, labels)
+        per_chunk = times.time_per_chunk
+        if per_chunk is not None:
+            self.per_chunk[genai].record(per_chunk, labels)
+
+
+def _meter_provider_installed() -> bool:
+    kind = type(metrics.get_meter_provider())
+    return (kind.__module__, kind.__name__) != _DEFERRED_METER_PROVIDER
+
+
+def _meters(meter_provider: MeterProvider | None) -> _Meters:
+    given = meter_provider is not None
+    meter = get_meter(meter_provider)
+    meters = guard("create the client's metrics; not measuring", None, _Meters, meter, given)
+    return meters if meters is not None else _Meters(metrics.NoOpMeter("sm_tracing"), False)
+
+
+def _labels(operation: str, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+    """The metric attributes of a call, from its span's: few values each, never per request."""
+    labels: dict[str, AttributeValue] = {RPC_METHOD: operation}
+    for key in _LABELS:
+        value = attributes.get(key)
+        if value is not None:
+            labels[key] = value
+    return labels
+
+
+class _Call:
+    """One call traced by our own span: ended with the response, or handed to its stream.
+
+    *labels* are the metric attributes of the call, None when it is not measured; *started* is
+    when it began, in ``time.time_ns()`` nanoseconds."""
+
+    __slots__ = ("hook", "labels", "operation", "span", "started", "stream_type", "token")
 
     def __init__(
         self,
@@ -175,12 +349,17 @@ class _Call:
         operation: str,
         token: object,
         stream_type: type[TracedEventStream],
+        *,
+        started: int,
+        labels: dict[str, AttributeValue] | None,
     ) -> None:
         self.hook = hook
         self.span = span
         self.operation = operation
         self.token = token
         self.stream_type = stream_type
+        self.started = started
+        self.labels = labels
 
     def __enter__(self) -> _Call:
         return self
@@ -195,6 +374,9 @@ class _Call:
             otel_context.detach(self.token)  # type: ignore[arg-type]
             guard("record the error of a SageMaker call", None, record_failure, self.span, error)
             guard(_ENDING, None, self.span.end)
+            if self.labels is not None:
+                labels = {**self.labels, ERROR_TYPE: error_type(error)}
+                guard("measure a SageMaker call", None, self._measure, labels)
 
     def finish(self, result: Any) -> Any:
         """Record *result* on the span and end it, or let the stream in it end it."""
@@ -206,22 +388,32 @@ class _Call:
         span = self.span
         followed = False
         try:
-            self.hook.record_response(span, self.operation, result)
-            followed = self.operation == INVOKE_STREAM and _follow_stream(
-                span, result, self.stream_type
-            )
+            self.hook.record_response(span, self.operation, result, self.started, self.labels)
+            followed = self.operation == INVOKE_STREAM and self._follow(result)
         finally:
             if not followed:
-                span.end()
+                try:
+                    span.end()
+                finally:
+                    if self.labels is not None:
+                        self._measure(self.labels)
 
+    def _measure(self, labels: dict[str, AttributeValue]) -> None:
+        genai = GENAI_MODEL in labels
+        self.hook.meters.duration[genai].record((_now() - self.started) / 1e9, labels)
 
-def _follow_stream(span: Span, result: Any, stream_type: type[TracedEventStream]) -> bool:
-    body = result.get("Body")
-    if body is None or not span.is_recording():
-        return False
-    # The span now ends when the caller is done reading.
-    result["Body"] = stream_type(body, span)
-    return True
+    def _follow(self, result: Any) -> bool:
+        body = result.get("Body")
+        if body is None or not self.span.is_recording():
+            return False
+        # The span now ends, and the call is measured, when the caller is done reading.
+        report = None if self.labels is None else self._report
+        result["Body"] = self.stream_type(body, self.span, self.started, report)
+        return True
+
+    def _report(self, times: StreamTimes, error: BaseException | None) -> None:
+        if self.labels is not None:
+            self.hook.meters.measure_stream(self.labels, times, error)
 
 
 class ClientHook:
@@ -235,6 +427,7 @@ class ClientHook:
         "_warned",
         "_watch_provider",
         "enabled",
+        "meters",
         "options",
         "tracer",
     )
@@ -242,6 +435,8 @@ class ClientHook:
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.tracer = get_tracer(options.tracer_provider)
+        # The global meter provider's instruments wait for an SDK provider to be installed.
+        self.meters = _meters(options.meter_provider)
         self.enabled = True
         # Until the first call that can't be recorded says whether a provider is missing.
         self._watch_provider = options.tracer_provider is None
@@ -319,12 +514,36 @@ class ClientHook:
             return None
         operation, params = args[0], args[1]
         attributes = _request_attributes(params, operations[operation].copy())
+        if self.options.genai_models is not None:
+            self._genai(params, attributes)
         span = self.tracer.start_span(_SPAN_NAMES[operation], parent, SpanKind.CLIENT, attributes)
+        # The SDK span's own start, so the times measured from it add up to its duration.
+        started: int = getattr(span, "start_time", None) or _now()
+        meters = self.meters
+        labels = None
+        if meters.live or (started >= meters.recheck_at and meters.awake(started)):
+            labels = _labels(operation, attributes)
         if self._watch_provider:
             self._check_provider(span)
         context = trace.set_span_in_context(span, parent)
         guard(_INJECTING, None, self._inject, params, context, span)
-        return _Call(self, span, operation, otel_context.attach(context), stream_type)
+        token = otel_context.attach(context)
+        return _Call(self, span, operation, token, stream_type, started=started, labels=labels)
+
+    def _genai(self, params: Mapping[str, Any], attributes: dict[str, AttributeValue]) -> None:
+        """Add the GenAI attributes of an endpoint ``genai_models`` names."""
+        endpoint = attributes.get(ENDPOINT_NAME)
+        if not isinstance(endpoint, str):
+            return
+        models = self.options.genai_models
+        if callable(models):
+            model = guard("ask genai_models for a model", None, models, endpoint, params)
+        else:
+            model = models.get(endpoint) if models else None
+        if isinstance(model, str) and model:
+            attributes[GENAI_PROVIDER] = SAGEMAKER_PROVIDER
+            attributes[GENAI_OPERATION] = COMPLETION
+            attributes[GENAI_MODEL] = model
 
     def _check_provider(self, span: Span) -> None:
         # Looked at once, on the first call: a span that records nothing is either sampled out
@@ -392,15 +611,34 @@ class ClientHook:
             _codec.MAX_LENGTH,
         )
 
-    def record_response(self, span: Span, operation: str, result: Mapping[str, Any]) -> None:
-        """Record the SageMaker attributes of *result* and take the echo out of it."""
+    def record_response(
+        self,
+        span: Span,
+        operation: str,
+        result: Mapping[str, Any],
+        started: int | None,
+        labels: dict[str, AttributeValue] | None,
+    ) -> None:
+        """Record the SageMaker attributes of *result* and take the echo out of it; with the
+        container's time in the echo, SageMaker's share of the call since *started*."""
         attributes: dict[str, AttributeValue] = {}
         for key, name in _RESPONSE_ATTRIBUTES[operation]:
             value = result.get(key)
             if value:
                 attributes[name] = value
+        if labels is not None:
+            variant = attributes.get(INVOKED_VARIANT)
+            if variant is not None:
+                labels[INVOKED_VARIANT] = variant
         if self.options.record_echo and "CustomAttributes" in result:
-            _take_echo(span, result, attributes)
+            container = _take_echo(span, result, attributes)
+            if container is not None and started:
+                # From the request to the response's headers, less the container's time until
+                # its response started: the front door, the network and the queueing.
+                overhead = max(0.0, (_now() - started) / 1e9 - container)
+                attributes[OVERHEAD] = overhead
+                if labels is not None:
+                    self.meters.overhead.record(overhead, labels)
         metadata = result.get("ResponseMetadata")
         if metadata:
             request_id = metadata.get("RequestId")
@@ -448,7 +686,8 @@ class ClientHook:
     def _after_call(self, parsed: Any, model: Any, upstream: Callable[[], bool]) -> None:
         span = self._upstream_span(model, upstream)
         if span is not None and isinstance(parsed, dict):
-            self.record_response(span, model.name, parsed)
+            started = getattr(span, "start_time", None)
+            self.record_response(span, model.name, parsed, started, None)
 
     def _upstream_span(self, model: Any, upstream: Callable[[], bool]) -> Span | None:
         # The handlers stay registered after the upstream instrumentation goes; from then on
@@ -514,16 +753,22 @@ def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:
     return operations
 
 
-def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -> None:
+def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -> float | None:
     """Record the container's ``traceresponse`` echo and hand the caller the value without it;
-    anything else the container sent, keys named like a propagator's included, stays."""
+    anything else the container sent, keys named like a propagator's included, stays. The
+    container's time until its response started, in seconds, when the echo carries it."""
     value = result["CustomAttributes"]
     if not isinstance(value, str) or _codec.TRACERESPONSE not in value:
-        return
+        return None
     pairs, rest = _codec.read(value, _propagation.ECHO_KEYS)
     echo = pairs.get(_codec.TRACERESPONSE)
     if echo is None:
-        return
+        return None
+    container: float | None = None
+    micros = pairs.get(_codec.CONTAINER_TIME)
+    if micros is not None and micros.isdigit() and len(micros) <= 12:
+        container = int(micros) / 1e6
+        attributes[CONTAINER_DURATION] = container
     remote = _codec.parse_traceresponse(echo)
     if remote is not None:
         trace_id, span_id, flags = remote
@@ -535,3 +780,4 @@ def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -
         result["CustomAttributes"] = rest
     else:
         del result["CustomAttributes"]
+    return container

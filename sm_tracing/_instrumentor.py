@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from functools import partial
 from typing import Any
 
@@ -19,9 +19,10 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._client import ClientHook, ClientOptions, EndpointFilter
+from sm_tracing._client import ClientHook, ClientOptions, EndpointFilter, GenAIModels
 
 _logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def instrument(
     inject_opaque: bool = False,
     inference_id_from_trace: bool = False,
     record_echo: bool = True,
+    meter_provider: MeterProvider | None = None,
+    genai_models: Mapping[str, str] | GenAIModels | None = None,
 ) -> None:
     """Trace every ``sagemaker-runtime`` client call and carry its context in CustomAttributes.
 
@@ -137,11 +140,17 @@ def instrument(
       list (a bare UUID, JSON), which is otherwise sent untouched.
     - ``inference_id_from_trace``: fill an unset ``InferenceId`` with the trace id, so Data
       Capture records join the trace.
-    - ``record_echo``: record the container's ``traceresponse`` echo on the client span and
-      remove it from the response's CustomAttributes; False leaves the response as it came.
+    - ``record_echo``: record the container's ``traceresponse`` echo (and its time, with
+      SageMaker's share of the call) on the client span and remove it from the response's
+      CustomAttributes; False leaves the response as it came.
+    - ``meter_provider``: where the client's metrics go; by default the global one, whose
+      instruments record nothing until an SDK ``MeterProvider`` is installed.
+    - ``genai_models``: what the GenAI endpoints serve: a mapping from endpoint name to model,
+      or a callable ``(endpoint_name, params) -> model | None``. Their spans and metrics get
+      the GenAI attributes and their metrics the GenAI client metrics' names.
 
     Calling it again while instrumented changes nothing; ``uninstrument()`` first to change
-    the options. Raises TypeError for ``endpoints`` of another kind.
+    the options. Raises TypeError for ``endpoints`` or ``genai_models`` of another kind.
     """
     options = ClientOptions(
         tracer_provider=tracer_provider,
@@ -149,6 +158,8 @@ def instrument(
         inject_opaque=inject_opaque,
         inference_id_from_trace=inference_id_from_trace,
         record_echo=record_echo,
+        meter_provider=meter_provider,
+        genai_models=genai_models,
     )
     with _LOCK:
         instrumentor = SageMakerInstrumentor()

@@ -10,8 +10,9 @@ or the proxy being garbage-collected.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -30,11 +31,18 @@ else:  # wrapt's proxy is generic only to type checkers
 
 CHUNKS = "aws.sagemaker.stream.chunk_count"
 OUTCOME = "aws.sagemaker.stream.outcome"
+TIME_TO_FIRST_CHUNK = "aws.sagemaker.stream.time_to_first_chunk"
+TIME_PER_CHUNK = "aws.sagemaker.stream.time_per_chunk"
 FIRST_CHUNK = "first_chunk"
+COMPLETE = "complete"
 REQUEST_ID = "aws.request_id"
 ERROR_CODE = "aws.error.code"
 ORIGINAL_STATUS_CODE = "aws.sagemaker.original_status_code"
 _END: Any = object()
+_now = time.time_ns
+
+Report = Callable[["StreamTimes", "BaseException | None"], None]
+"""Told, once the stream has ended, how long it took and how it ended."""
 
 
 def record_failure(span: Span, error: BaseException) -> None:
@@ -66,36 +74,71 @@ def record_failure(span: Span, error: BaseException) -> None:
     record_error(span, error)
 
 
+_RECORDING = "record the end of a response stream"
+_FIRST = "record the first chunk of a response stream"
+
+
 def end_span(span: Span) -> None:
     """End *span*; a span processor that raises costs the span, not the caller's call."""
     guard("end the span of a SageMaker call", None, span.end)
 
 
-class _StreamSpan:
-    """The span of one stream and what was read of it; never refers back to the proxy, so the
-    proxy's finalizer can hold it without keeping the proxy alive."""
+class StreamTimes:
+    """The span of one stream and what was read of it, in nanoseconds of ``time.time_ns()``;
+    never refers back to the proxy, so the proxy's finalizer can hold it without keeping the
+    proxy alive."""
 
-    __slots__ = ("chunks", "done", "span")
+    __slots__ = ("chunks", "done", "ended", "first", "outcome", "report", "span", "started")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, started: int, report: Report | None) -> None:
         self.span = span
+        self.started = started
+        self.report = report
         self.chunks = 0
+        self.first = 0
+        self.ended = 0
+        self.outcome = ""
         self.done = False
 
+    @property
+    def time_to_first_chunk(self) -> float | None:
+        """Seconds from the request to the first chunk; None before one came."""
+        return (self.first - self.started) / 1e9 if self.chunks else None
+
+    @property
+    def time_per_chunk(self) -> float | None:
+        """The mean seconds between two chunks after the first, of a stream read to its end
+        (whose end comes with its last chunk); None for any other."""
+        if self.outcome != COMPLETE or self.chunks < 2:
+            return None
+        return (self.ended - self.first) / (self.chunks - 1) / 1e9
+
     def first_chunk(self) -> None:
+        self.first = _now()
         self.chunks = 1
-        guard("record the first chunk of a response stream", None, self.span.add_event, FIRST_CHUNK)
+        guard(_FIRST, None, self.span.add_event, FIRST_CHUNK, None, self.first)
 
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         """End the span; later calls do nothing."""
         if self.done:
             return
         self.done = True
-        guard("record the end of a response stream", None, self._record, outcome, error)
+        self.ended = _now()
+        self.outcome = outcome
+        guard(_RECORDING, None, self._record, error)
         end_span(self.span)
+        if self.report is not None:
+            guard("measure a response stream", None, self.report, self, error)
 
-    def _record(self, outcome: str, error: BaseException | None) -> None:
-        self.span.set_attributes({CHUNKS: self.chunks, OUTCOME: outcome})
+    def _record(self, error: BaseException | None) -> None:
+        attributes: dict[str, AttributeValue] = {CHUNKS: self.chunks, OUTCOME: self.outcome}
+        first = self.time_to_first_chunk
+        if first is not None:
+            attributes[TIME_TO_FIRST_CHUNK] = first
+        per_chunk = self.time_per_chunk
+        if per_chunk is not None:
+            attributes[TIME_PER_CHUNK] = per_chunk
+        self.span.set_attributes(attributes)
         if error is not None:
             record_failure(self.span, error)
 
@@ -103,9 +146,11 @@ class _StreamSpan:
 class TracedEventStream(_Proxy):
     """botocore's event stream, ending *span* when the caller is done with it."""
 
-    def __init__(self, wrapped: Any, span: Span) -> None:
+    def __init__(
+        self, wrapped: Any, span: Span, started: int, report: Report | None = None
+    ) -> None:
         super().__init__(wrapped)
-        state = _StreamSpan(span)
+        state = StreamTimes(span, started, report)
         self._self_state = state
         finalizer = weakref.finalize(self, state.finish, "abandoned")
         # At interpreter exit the exporters may be gone already; an unread stream then simply
@@ -137,7 +182,7 @@ class TracedEventStream(_Proxy):
         except BaseException as error:
             self._self_finish("error", error)
             raise
-        self._self_finish("complete")
+        self._self_finish(COMPLETE)
 
     def close(self) -> None:
         """Close the underlying stream and end the span."""
@@ -173,4 +218,4 @@ class AioTracedEventStream(TracedEventStream):
         except BaseException as error:
             self._self_finish("error", error)
             raise
-        self._self_finish("complete")
+        self._self_finish(COMPLETE)

@@ -69,6 +69,44 @@ def test_invoke_endpoint_attributes(client: Any, exporter: InMemorySpanExporter)
 
 
 @pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("method", ["invoke_endpoint", "invoke_endpoint_with_response_stream"])
+def test_prefix_aware_id_is_recorded_like_the_other_routing_fields(
+    client: Any, exporter: InMemorySpanExporter, method: str
+) -> None:
+    """PrefixAwareId (cache-aware routing) is recorded on the span of both real-time calls."""
+    response = getattr(client, method)(**call_params(method, PrefixAwareId="tenant-a"))
+    if method != "invoke_endpoint":
+        list(response["Body"])
+    assert _client_span(exporter).attributes["aws.sagemaker.prefix_aware_id"] == "tenant-a"
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_async_call_with_an_inline_body(
+    client: Any, wire: Wire, exporter: InMemorySpanExporter
+) -> None:
+    """InvokeEndpointAsync with an inline Body (no InputLocation) and a named output is traced
+    and carries its traceparent; the body is never recorded."""
+    params = {
+        "EndpointName": "my-endpoint",
+        "Body": b'{"inputs": "inline-secret"}',
+        "ContentType": "application/json",
+        "S3OutputPathExtension": "runs/run-1",
+        "Filename": "result.json",
+        "CustomAttributes": "a=1",
+    }
+    response = client.invoke_endpoint_async(**params)
+    assert response["OutputLocation"] == "s3://bucket/out/abc.out"
+    assert wire.last.body == b'{"inputs": "inline-secret"}'
+    span = _client_span(exporter)
+    assert span.name == "SageMaker Runtime.InvokeEndpointAsync"
+    assert traceparent_of(wire.custom_attributes()) == (
+        f"{span.context.trace_id:032x}",
+        f"{span.context.span_id:016x}",
+    )
+    assert "inline-secret" not in repr(dict(span.attributes))
+
+
+@pytest.mark.usefixtures("instrumented")
 def test_new_session_id_replaces_the_request_marker(
     client: Any, wire: Wire, exporter: InMemorySpanExporter
 ) -> None:

@@ -71,11 +71,12 @@ def test_one_client_span_and_it_is_the_injected_parent(
 
 @pytest.mark.usefixtures("both")
 def test_their_span_gets_the_response_attributes_and_echo(exporter: InMemorySpanExporter) -> None:
-    """The invoked variant and the container echo are recorded on their span, and the echo is
-    taken out of the response."""
+    """The invoked variant, the container echo and its time are recorded on their span, and
+    the echo is taken out of the response."""
     wire = Wire(
         lambda request: canned_for(
-            "InvokeEndpoint", f"x=1;traceresponse=00-{OTHER_TRACE}-00f067aa0ba902b7-01"
+            "InvokeEndpoint",
+            f"x=1;traceresponse=00-{OTHER_TRACE}-00f067aa0ba902b7-01;sm-container-us=1000",
         )
     )
     client = make_client(wire=wire)
@@ -85,6 +86,8 @@ def test_their_span_gets_the_response_attributes_and_echo(exporter: InMemorySpan
     assert span.attributes["aws.sagemaker.invoked_production_variant"] == "variant-a"
     assert span.attributes["aws.sagemaker.container.trace_id"] == OTHER_TRACE
     assert len(span.links) == 1
+    assert span.attributes["aws.sagemaker.container.duration"] == 0.001
+    assert span.attributes["aws.sagemaker.overhead.duration"] >= 0
 
 
 def test_uninstrument_ours_leaves_theirs_working(
