@@ -1,0 +1,384 @@
+"""The client hook of CreateTransformJob (service ``sagemaker``): the job's trace context in its
+``Environment``, where its containers find it.
+
+A batch transform job calls its containers with no CustomAttributes, but starts them with the
+job's ``Environment``. Each CreateTransformJob call gets a CLIENT span, and the span's context,
+written by the configured propagator, goes into that map under environment-variable names
+(each key upper-cased, ``-`` as ``_``: ``TRACEPARENT``, ``TRACESTATE``, ``BAGGAGE``) before
+botocore serializes and signs the request. The container side reads them back from its own
+environment, so every record of the job joins the job's trace.
+
+The caller's variables are never replaced, and when they already hold a trace parent nothing
+is added. The map stays within the API's limits (16 entries, names
+``[a-zA-Z_][a-zA-Z0-9_]{0,1023}``, values of at most 10240 characters): baggage goes first,
+then tracestate, and when even the parent has no room the request goes as it was, with one
+warning. Per-entry baggage keys (Jaeger's ``uberctx-*``) are not carried: the container reads
+only the propagator's fixed fields.
+
+The hook is off unless asked for, so it has a wrapper of its own on ``_make_api_call``, which
+passes every other call through after one comparison. Where
+opentelemetry-instrumentation-botocore already makes a span for the call, no second span is
+made: an event handler on the client writes that span's context instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, MutableSequence
+from functools import partial
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.textmap import Setter
+from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
+
+from sm_tracing import _codec, _propagation
+from sm_tracing._client import upstream_aiobotocore, upstream_botocore
+from sm_tracing._common import STATUS_CODE, guard
+from sm_tracing._streaming import REQUEST_ID, record_failure
+
+_logger = logging.getLogger(__name__)
+
+SERVICE = "sagemaker"
+OPERATION = "CreateTransformJob"
+SPAN_NAME = f"SageMaker.{OPERATION}"
+JOB_NAME = "aws.sagemaker.transform_job.name"
+MAX_VARIABLES = 16
+MAX_VALUE_LENGTH = 10240
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,1023}")
+SKIP_USER_PARENT = "the Environment already holds a trace parent"
+SKIP_NO_ROOM = f"the Environment has no room within {MAX_VARIABLES} variables"
+SKIP_UNFIT = "the trace parent is not a valid environment variable"
+SKIP_NO_PARENT = "no trace parent to send"
+_STATIC: dict[str, AttributeValue] = {
+    "rpc.system": "aws-api",
+    "rpc.service": "SageMaker",
+    "rpc.method": OPERATION,
+}
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_METHOD = "_make_api_call"
+_AIO_MODULE = "aiobotocore.client"
+# Per-client cache, in the client's own __dict__: the span attributes of a sagemaker client,
+# empty for a client of another service.
+_CLIENT_ATTRIBUTES = "_sm_tracing_transform_attributes"
+_HOOKED_BY = "_sm_tracing_transform_hooked_by"
+_EVENT = f"before-parameter-build.{SERVICE}.{OPERATION}"
+_EVENT_ID = "sm_tracing.transform_job"
+_STARTING = "start the span of a transform job"
+_ENDING = "end the span of a transform job"
+_INJECTING = "merge the trace context into a transform job's Environment"
+_RECORDING = "record the response of CreateTransformJob"
+# Wrapping, unwrapping and the aiobotocore import hook: one at a time, from whichever thread.
+_LOCK = threading.RLock()
+
+
+def variable_name(key: str) -> str:
+    """The environment variable a propagator's field *key* travels in: ``traceparent`` as
+    ``TRACEPARENT``, ``uber-trace-id`` as ``UBER_TRACE_ID``."""
+    return key.upper().replace("-", "_")
+
+
+class _PairSetter(Setter[MutableSequence[tuple[str, str]]]):
+    def set(self, carrier: MutableSequence[tuple[str, str]], key: str, value: str) -> None:
+        carrier.append((key.lower(), value))
+
+
+_SETTER = _PairSetter()
+
+
+def merge_environment(
+    environment: Mapping[Any, Any] | None,
+    pairs: list[tuple[str, str]],
+    keys: _codec.Keys,
+) -> tuple[dict[Any, Any] | None, str | None]:
+    """The Environment to send: *environment* (None for none) with the propagator's *pairs*
+    added as variables after the caller's, or ``(None, reason)`` to send it as it was.
+
+    A variable the caller set is never replaced; when the caller set a trace parent (any of
+    *keys*' required fields) nothing is added. Pairs that are not *keys*' fixed fields, or
+    whose name or value cannot be a variable, are left out; over 16 variables, baggage and
+    then tracestate go; when a required field is left out, nothing is added.
+    """
+    given = environment or {}
+    if any(variable_name(key) in given for key in keys.required):
+        return None, SKIP_USER_PARENT
+    ours: dict[str, str] = {}
+    kept: dict[str, str] = {}  # the propagator's key of each variable
+    for key, value in pairs:
+        name = variable_name(key)
+        if key not in keys.exact or name in given:
+            continue
+        if _NAME.fullmatch(name) is None or len(value) > MAX_VALUE_LENGTH:
+            if key in keys.required:
+                return None, SKIP_UNFIT
+            continue
+        ours[name] = value
+        kept[name] = key
+    if not any(key in keys.required for key in kept.values()):
+        return None, SKIP_NO_PARENT
+    room = MAX_VARIABLES - len(given)
+    for dropped in _propagation.DROP_ORDER:
+        if len(ours) <= room:
+            break
+        for name in [name for name, key in kept.items() if key == dropped]:
+            del ours[name]
+    if len(ours) > room:
+        return None, SKIP_NO_ROOM
+    return {**given, **ours}, None
+
+
+def inject_environment(params: dict[str, Any], context: Context) -> None:
+    """Merge *context*, written by the configured propagator, into the ``Environment`` of
+    CreateTransformJob *params*; raises what the propagator raises."""
+    environment = params.get("Environment")
+    if environment is not None and not isinstance(environment, Mapping):
+        return  # botocore refuses it before it leaves
+    propagator = get_global_textmap()
+    pairs: list[tuple[str, str]] = []
+    propagator.inject(pairs, context=context, setter=_SETTER)
+    merged, reason = merge_environment(environment, pairs, _propagation.our_keys(propagator))
+    if merged is not None:
+        params["Environment"] = merged  # a new map: the caller's own is left as it was
+    elif reason in (SKIP_NO_ROOM, SKIP_UNFIT):
+        _logger.warning(
+            "trace context not sent to transform job %r: %s", params.get("TransformJobName"), reason
+        )
+    else:
+        _logger.debug(
+            "Environment of transform job %r sent as it was: %s",
+            params.get("TransformJobName"),
+            reason,
+        )
+
+
+class _Call:
+    """One CreateTransformJob call traced by our own span, ended when the call returns."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span, token: object) -> None:
+        self.span = span
+        self.token = token
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        if error is not None:  # the call raised; the error goes on to the caller unchanged
+            guard("record the error of a transform job", None, record_failure, self.span, error)
+        guard(_ENDING, None, self.span.end)
+
+    def finish(self, result: Any) -> Any:
+        """Record *result* on the span, which ends on the way out of the ``with``."""
+        guard(_RECORDING, None, _record_response, self.span, result)
+        return result
+
+
+def _record_response(span: Span, result: Mapping[str, Any]) -> None:
+    metadata = result.get("ResponseMetadata")
+    if not metadata or not span.is_recording():
+        return
+    attributes: dict[str, AttributeValue] = {}
+    request_id = metadata.get("RequestId")
+    if request_id:
+        attributes[REQUEST_ID] = request_id
+    status = metadata.get("HTTPStatusCode")
+    if isinstance(status, int):
+        attributes[STATUS_CODE] = status
+    span.set_attributes(attributes)
+
+
+class TransformHook:
+    """The wrappers of ``_make_api_call`` and the client event handlers of one
+    :func:`install`."""
+
+    __slots__ = ("__weakref__", "_hooked", "_lock", "enabled", "tracer")
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self.enabled = True
+        self._lock = threading.Lock()
+        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def wrap_sync(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
+        if not args or args[0] != OPERATION:
+            return wrapped(*args, **kwargs)
+        call = guard(_STARTING, None, self._start, instance, args, upstream_botocore)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        with call:
+            return call.finish(wrapped(*args, **kwargs))
+
+    def wrap_aio(
+        self,
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Coroutine[Any, Any, Any]:
+        """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
+        if not args or args[0] != OPERATION:
+            return wrapped(*args, **kwargs)
+        return self._call_aio(wrapped, instance, args, kwargs)
+
+    async def _call_aio(
+        self,
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        call = guard(_STARTING, None, self._start, instance, args, upstream_aiobotocore)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        with call:
+            return call.finish(await wrapped(*args, **kwargs))
+
+    def _start(
+        self, client: Any, args: tuple[Any, ...], upstream: Callable[[], bool]
+    ) -> _Call | None:
+        """Start the span and merge its context into the parameters; None to stay out."""
+        if not self.enabled or not is_instrumentation_enabled() or len(args) < 2:
+            return None
+        static = client.__dict__.get(_CLIENT_ATTRIBUTES)
+        if static is None:
+            static = _describe(client)
+        if not static:
+            return None
+        if upstream():
+            self._hook_events(client, upstream)
+            return None
+        params = args[1]
+        attributes = static.copy()
+        name = params.get("TransformJobName")
+        if isinstance(name, str) and name:
+            attributes[JOB_NAME] = name
+        parent = otel_context.get_current()
+        span = self.tracer.start_span(SPAN_NAME, parent, SpanKind.CLIENT, attributes)
+        context = trace.set_span_in_context(span, parent)
+        guard(_INJECTING, None, inject_environment, params, context)
+        return _Call(span, otel_context.attach(context))
+
+    # -- with opentelemetry-instrumentation-botocore: inject under its span ----------------
+
+    def _hook_events(self, client: Any, upstream: Callable[[], bool]) -> None:
+        """Register, once per client, the handler that injects under the upstream span."""
+        if client.__dict__.get(_HOOKED_BY) is self:
+            return
+
+        def before_parameter_build(params: dict[str, Any], **_: Any) -> None:
+            guard(_INJECTING, None, self._inject_upstream, params, upstream)
+
+        with self._lock:
+            if not self.enabled:
+                return
+            client.meta.events.register(_EVENT, before_parameter_build, unique_id=_EVENT_ID)
+            client.__dict__[_HOOKED_BY] = self
+            self._hooked.add(client)
+
+    def _inject_upstream(self, params: dict[str, Any], upstream: Callable[[], bool]) -> None:
+        # The handler stays registered after the upstream instrumentation goes; from then on
+        # the wrapper makes the span and the handler keeps out of its way.
+        if not self.enabled or not upstream() or not is_instrumentation_enabled():
+            return
+        span = trace.get_current_span()
+        name = params.get("TransformJobName")
+        if span.is_recording() and isinstance(name, str) and name:
+            span.set_attribute(JOB_NAME, name)
+        inject_environment(params, otel_context.get_current())
+
+    def unhook(self) -> None:
+        """Stop for good: the wrappers pass calls through, the client handlers go."""
+        with self._lock:
+            self.enabled = False
+            clients = list(self._hooked)
+            self._hooked.clear()
+        for client in clients:
+            guard("unregister the handler of a client", None, _unregister, client)
+
+
+def _unregister(client: Any) -> None:
+    client.meta.events.unregister(_EVENT, unique_id=_EVENT_ID)
+    client.__dict__.pop(_HOOKED_BY, None)
+
+
+def _describe(client: Any) -> dict[str, AttributeValue]:
+    """The span attributes every CreateTransformJob call of *client* shares; empty for a client
+    of another service. Cached on the client."""
+    meta = client.meta
+    attributes: dict[str, AttributeValue] = {}
+    if meta.service_model.service_name == SERVICE:
+        attributes.update(_STATIC)
+        if isinstance(meta.region_name, str):
+            attributes["cloud.region"] = meta.region_name
+        url = urlsplit(meta.endpoint_url or "")
+        if url.hostname:
+            attributes["server.address"] = url.hostname
+        port = url.port
+        if port is not None and port != _DEFAULT_PORTS.get(url.scheme):
+            attributes["server.port"] = port
+    client.__dict__[_CLIENT_ATTRIBUTES] = attributes
+    return attributes
+
+
+# -- installing and removing ---------------------------------------------------------------
+
+
+def install(tracer: Tracer) -> TransformHook:
+    """Trace CreateTransformJob on every ``sagemaker`` client, botocore's now and aiobotocore's
+    now or when it is imported, with spans from *tracer*; :func:`uninstall` undoes it."""
+    import botocore.client
+
+    hook = TransformHook(tracer)
+    with _LOCK:
+        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+    # Importing aiobotocore here would slow every boto3-only start-up.
+    wrapt.register_post_import_hook(partial(_wrap_aio, hook), _AIO_MODULE)
+    return hook
+
+
+def uninstall(hook: TransformHook) -> None:
+    """Undo :func:`install`: no more spans or injection, on any client."""
+    import botocore.client
+
+    from sm_tracing._instrumentor import _unwrap
+
+    with _LOCK:
+        hook.unhook()
+        _unwrap(botocore.client.BaseClient, hook.wrap_sync)
+        aio_client = sys.modules.get(_AIO_MODULE)
+        if aio_client is not None:
+            _unwrap(aio_client.AioBaseClient, hook.wrap_aio)
+
+
+def _wrap_aio(hook: TransformHook, module: Any) -> None:
+    # Import hooks can't be unregistered: one left by an earlier install() finds its hook
+    # disabled and does nothing.
+    with _LOCK:
+        if hook.enabled:
+            wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
