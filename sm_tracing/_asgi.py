@@ -73,13 +73,10 @@ class ASGIMiddleware(Middleware[ASGIApp]):
     ``ASGIMiddleware(app, **options)``, the options described on ``__init__``.
     """
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
-        super().__init__(app, **options)
+    def _setup(self) -> None:
         # Only a FastAPI app with its own tracing is told to stand aside; any other app gets
         # the server's scope as it came where nothing else has to change.
-        self._quiet_fastapi = not self._inject_headers and _has_builtin_tracing(app)
-        # Bidirectional streams: SageMaker's WebSocket path, or the caller's own among paths.
-        self._paths = frozenset(options.get("paths") or ())
+        self._quiet_fastapi = not self._inject_headers and _has_builtin_tracing(self.app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -88,7 +85,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
                 return await self.app(scope, receive, self._lifespan_send(send))
             if kind == "websocket":
                 path = scope.get("path") or ""
-                if path == BIDI_PATH or path in self._paths:
+                if path == BIDI_PATH or path in self._routes:
                     return await _websocket.serve(self, path, scope, receive, send)
             return await self.app(scope, receive, send)
         path = scope.get("path") or ""

@@ -93,6 +93,10 @@ class Middleware(Generic[App]):
         self._echo = echo
         self._name = name
         self._meter_provider = meter_provider
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a middleware decides at construction beyond the shared options."""
 
     def begin(
         self, carrier: str | None, method: str, route: str, *, query: bool = False
