@@ -192,6 +192,7 @@ class ClientOptions:
     record_echo: bool = True
     meter_provider: MeterProvider | None = None
     genai_models: Mapping[str, str] | GenAIModels | None = None
+    transform_jobs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _endpoint_names(self.endpoints))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from sm_tracing._client import ClientHook, ClientOptions, EndpointFilter, GenAIModels
+from sm_tracing._common import guard
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _hook: ClientHook | None = None
+    _extras: tuple[Callable[[], None], ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SageMakerInstrumentor:
         with _LOCK:
@@ -73,9 +75,13 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # now if it already has: importing it here would slow every boto3-only start-up.
         wrapt.register_post_import_hook(partial(_wrap_aio, hook), "aiobotocore.client")
         self._hook = hook
+        self._extras = _install_extras(options, hook)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         hook, self._hook = self._hook, None
+        extras, self._extras = self._extras, ()
+        for uninstall in extras:
+            guard("remove a SageMaker client hook", None, uninstall)
         if hook is None:
             return
         hook.unhook()
@@ -85,6 +91,21 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         aio_client = sys.modules.get("aiobotocore.client")
         if aio_client is not None:
             _unwrap(aio_client.AioBaseClient, hook.wrap_aio)
+
+
+def _install_extras(options: ClientOptions, hook: ClientHook) -> tuple[Callable[[], None], ...]:
+    """The other client hooks: bidirectional streams always (when the HTTP/2 SDK is imported,
+    now or later), CreateTransformJob when asked for; how to remove each."""
+    from sm_tracing import _bidi
+
+    bidi = _bidi.install(options)
+    extras: list[Callable[[], None]] = [partial(_bidi.uninstall, bidi)]
+    if options.transform_jobs:
+        from sm_tracing import _transform
+
+        transform = _transform.install(hook.tracer)
+        extras.append(partial(_transform.uninstall, transform))
+    return tuple(extras)
 
 
 def _wrap_aio(hook: ClientHook, module: Any) -> None:
@@ -127,12 +148,14 @@ def instrument(
     record_echo: bool = True,
     meter_provider: MeterProvider | None = None,
     genai_models: Mapping[str, str] | GenAIModels | None = None,
+    transform_jobs: bool = False,
 ) -> None:
     """Trace every ``sagemaker-runtime`` client call and carry its context in CustomAttributes.
 
     Covers InvokeEndpoint, InvokeEndpointWithResponseStream and InvokeEndpointAsync on every
     client, made before or after this call, from any boto3 or botocore session, and from
-    aiobotocore when it is installed.
+    aiobotocore when it is installed; and InvokeEndpointWithBidirectionalStream of
+    aws-sdk-sagemaker-runtime-http2, whose context goes in ``ModelQueryString``.
 
     - ``endpoints``: where to inject: None for every endpoint, a collection of endpoint names,
       or a callable ``(endpoint_name, params) -> bool``. Spans are made either way.
@@ -148,6 +171,8 @@ def instrument(
     - ``genai_models``: what the GenAI endpoints serve: a mapping from endpoint name to model,
       or a callable ``(endpoint_name, params) -> model | None``. Their spans and metrics get
       the GenAI attributes and their metrics the GenAI client metrics' names.
+    - ``transform_jobs``: also trace CreateTransformJob calls of ``sagemaker`` clients, their
+      context in the job's ``Environment`` (``TRACEPARENT``, ...), where its containers find it.
 
     Calling it again while instrumented changes nothing; ``uninstrument()`` first to change
     the options. Raises TypeError for ``endpoints`` or ``genai_models`` of another kind.
@@ -160,6 +185,7 @@ def instrument(
         record_echo=record_echo,
         meter_provider=meter_provider,
         genai_models=genai_models,
+        transform_jobs=transform_jobs,
     )
     with _LOCK:
         instrumentor = SageMakerInstrumentor()

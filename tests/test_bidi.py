@@ -419,7 +419,6 @@ def test_suppressed_instrumentation_makes_no_span_and_injects_nothing(
     assert otel_context.get_current() == otel_context.Context()
 
 
-@pytest.mark.xfail(strict=True, reason="instrument() does not install the bidirectional hook yet")
 def test_instrument_covers_bidirectional_streams(
     stack: Any, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
