@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from sm_tracing import ASGIMiddleware, WSGIMiddleware
@@ -18,8 +17,9 @@ DELAY = 0.2
 GAP = 0.1
 CHUNKS = 3
 
-# The container's spans are recorded (so it echoes them) and exported nowhere.
-trace.set_tracer_provider(TracerProvider())
+# The container's spans are recorded (so it echoes them) and exported nowhere. A provider of
+# its own, not the global one: the tests import this module for its constants.
+PROVIDER = TracerProvider()
 
 
 def _wsgi(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
@@ -84,5 +84,5 @@ async def _asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-wsgi = WSGIMiddleware(_wsgi)
-asgi = ASGIMiddleware(_asgi)
+wsgi = WSGIMiddleware(_wsgi, tracer_provider=PROVIDER)
+asgi = ASGIMiddleware(_asgi, tracer_provider=PROVIDER)
