@@ -28,7 +28,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 _logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
-METRICS_PATH = "/v1/metrics"
 _KINDS = {
     Span.SPAN_KIND_INTERNAL: "internal",
     Span.SPAN_KIND_SERVER: "server",
@@ -216,13 +215,7 @@ class OTLPReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?")[0]
-                if path == METRICS_PATH:
-                    # Taken and set aside: the demo shows traces; a process exporting its
-                    # metrics here must not log a refusal at every interval.
-                    self._reply(200, b"")
-                    return
-                if path != TRACES_PATH:
+                if self.path.split("?")[0] != TRACES_PATH:
                     self._reply(404, b"")
                     return
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
