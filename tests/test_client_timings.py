@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from _client_support import Canned, Wire, call_params, canned_for
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -18,7 +21,7 @@ import sm_tracing
 from sm_tracing.local import LocalRuntime
 from tests import _timed_app
 from tests._local_support import runtime_client
-from tests._serving import ROOT, STACKS, in_memory, instrument_client, launch, stop, wait_ready
+from tests._serving import ROOT, STACKS, in_memory, launch, stop, wait_ready
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 ECHO = f"traceresponse=00-{TRACE}-00f067aa0ba902b7-01"
@@ -138,10 +141,23 @@ def test_a_stream_not_read_to_its_end_has_no_time_per_chunk(
 # -- end to end ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Timed:
+    client: Any
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def fresh(self) -> Timed:
+        """This, with no span or measurement left from an earlier test."""
+        self.exporter.clear()
+        self.reader.collect()  # delta temporality: what was read is gone
+        return self
+
+
 @pytest.fixture(scope="module")
-def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, InMemorySpanExporter]]:
+def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Timed]:
     """The timed container under gunicorn (WSGI) and under uvicorn (ASGI), a LocalRuntime
-    naming each as an endpoint, and an instrumented client."""
+    naming each as an endpoint, and a client instrumented with in-memory providers."""
     logs = tmp_path_factory.mktemp("logs")
     apps = {"gunicorn": "tests._timed_app:wsgi", "uvicorn": "tests._timed_app:asgi"}
     with contextlib.ExitStack() as stack:
@@ -152,8 +168,27 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, InMem
             wait_ready(container)
         runtime = stack.enter_context(LocalRuntime({c.name: c.url for c in containers}))
         provider, exporter = in_memory()
-        instrument_client(stack, provider)
-        yield runtime_client(runtime.url), exporter
+        reader = InMemoryMetricReader(
+            preferred_temporality={Histogram: AggregationTemporality.DELTA}
+        )
+        meter_provider = MeterProvider(metric_readers=[reader])
+        stack.callback(meter_provider.shutdown)
+        sm_tracing.uninstrument()
+        sm_tracing.instrument(tracer_provider=provider, meter_provider=meter_provider)
+        stack.callback(sm_tracing.uninstrument)
+        yield Timed(runtime_client(runtime.url), exporter, reader)
+
+
+def _measured(reader: InMemoryMetricReader) -> dict[str, dict[str, Any]]:
+    """The histograms measured since the last read, by name: their attributes and count."""
+    found: dict[str, dict[str, Any]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    found[metric.name] = {**dict(point.attributes or {}), "count": point.count}
+    return found
 
 
 def _client_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -162,13 +197,11 @@ def _client_span(exporter: InMemorySpanExporter) -> ReadableSpan:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_end_to_end_the_containers_time_is_its_processing_time(
-    timed: tuple[Any, InMemorySpanExporter], stack: str
-) -> None:
+def test_end_to_end_the_containers_time_is_its_processing_time(timed: Timed, stack: str) -> None:
     """A container that takes 0.2 s before it answers says so in its echo; the client span
-    records that time, and SageMaker's share (here LocalRuntime's and loopback's) beside it."""
-    client, exporter = timed
-    exporter.clear()
+    records that time, and SageMaker's share (here LocalRuntime's and loopback's) beside it,
+    which is measured too."""
+    client, exporter, reader = timed.fresh().client, timed.exporter, timed.reader
     response = client.invoke_endpoint(EndpointName=stack, Body=b"{}", CustomAttributes="a=1")
     assert "CustomAttributes" not in response
     span = _client_span(exporter)
@@ -179,15 +212,18 @@ def test_end_to_end_the_containers_time_is_its_processing_time(
     assert _timed_app.DELAY <= container < _seconds(span)
     assert 0 <= overhead < 0.5
     assert container + overhead <= _seconds(span) + 0.001
+    measured = _measured(reader)
+    for name in ("aws.sagemaker.client.operation.duration", "aws.sagemaker.overhead.duration"):
+        assert measured[name]["count"] == 1
+        assert measured[name]["aws.sagemaker.endpoint.name"] == stack
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_end_to_end_a_streams_times(timed: tuple[Any, InMemorySpanExporter], stack: str) -> None:
+def test_end_to_end_a_streams_times(timed: Timed, stack: str) -> None:
     """A container streaming three parts 0.1 s apart: its echoed time is its time to first
-    byte, well under the stream's; the client records the time to first chunk and a mean time
-    per chunk of about 0.1 s."""
-    client, exporter = timed
-    exporter.clear()
+    byte, well under the stream's; the client records and measures the time to first chunk
+    and a mean time per chunk of about 0.1 s."""
+    client, exporter, reader = timed.fresh().client, timed.exporter, timed.reader
     response = client.invoke_endpoint_with_response_stream(EndpointName=stack, Body=b"stream")
     events = list(response["Body"])
     assert len(events) == _timed_app.CHUNKS
@@ -202,3 +238,8 @@ def test_end_to_end_a_streams_times(timed: tuple[Any, InMemorySpanExporter], sta
     assert container <= first < _timed_app.GAP
     assert 0.8 * _timed_app.GAP <= per_chunk < 2 * _timed_app.GAP
     assert OVERHEAD in attributes
+    measured = _measured(reader)
+    for name in ("duration", "time_to_first_chunk", "time_per_output_chunk"):
+        point = measured[f"aws.sagemaker.client.operation.{name}"]
+        assert point["count"] == 1
+        assert point["rpc.method"] == "InvokeEndpointWithResponseStream"
