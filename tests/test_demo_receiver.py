@@ -69,10 +69,20 @@ def test_decodes_real_exports(receiver: OTLPReceiver, compression: Compression) 
 
 
 def test_wrong_path_is_404(receiver: OTLPReceiver) -> None:
-    """Only /v1/traces is served."""
-    request = urllib.request.Request(receiver.url + "/v1/metrics", data=b"", method="POST")
+    """Only /v1/traces is read; /v1/metrics is taken and set aside unless the receiver plays
+    Jaeger (spans only); anything else is not found."""
+    request = urllib.request.Request(receiver.url + "/v1/logs", data=b"", method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 404
+    metrics = urllib.request.Request(receiver.url + "/v1/metrics", data=b"x", method="POST")
+    with urllib.request.urlopen(metrics, timeout=5) as response:
+        assert response.status == 200
+    with OTLPReceiver(metrics=False) as jaeger, pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(
+            urllib.request.Request(jaeger.url + "/v1/metrics", data=b"x", method="POST"),
+            timeout=5,
+        )
     assert caught.value.code == 404
 
 

@@ -28,6 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 _logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
+METRICS_PATH = "/v1/metrics"
 _KINDS = {
     Span.SPAN_KIND_INTERNAL: "internal",
     Span.SPAN_KIND_SERVER: "server",
@@ -118,9 +119,17 @@ class OTLPReceiver:
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, forward_to: str | None = None
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        forward_to: str | None = None,
+        metrics: bool = True,
     ) -> None:
+        """*metrics*: take OTLP metrics and set them aside (True), or answer 404 for them as
+        Jaeger, which takes spans only, does (False)."""
         self.forward_to = forward_to
+        self.metrics = metrics
         self.forward_errors: list[str] = []
         self._spans: list[ReceivedSpan] = []
         self._changed = threading.Condition()
@@ -215,7 +224,13 @@ class OTLPReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.split("?")[0] != TRACES_PATH:
+                path = self.path.split("?")[0]
+                if path == METRICS_PATH and receiver.metrics:
+                    # Set aside: the receiver shows spans; a process exporting its metrics
+                    # here must not log a refusal at every interval.
+                    self._reply(200, b"")
+                    return
+                if path != TRACES_PATH:
                     self._reply(404, b"")
                     return
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
