@@ -33,11 +33,19 @@ def test_help_lists_the_demo() -> None:
 
 
 def test_demo_help_explains() -> None:
-    """``demo --help`` explains what runs, its options, Jaeger and the extra it needs."""
+    """``demo --help`` explains what runs, what it prints, its options, Jaeger and the extra it
+    needs."""
     result = run_cli("demo", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    for expected in ("--otlp-endpoint URL", "--jaeger-url URL", "gunicorn", "no AWS account"):
+    for expected in (
+        "--otlp-endpoint URL",
+        "--jaeger-url URL",
+        "gunicorn",
+        "no AWS account",
+        "SageMaker's share",
+        "time to first chunk",
+    ):
         assert expected in text
     assert "http://localhost:16686" in text
     assert "pip install 'sm-tracing[demo]'" in text

@@ -93,6 +93,59 @@ def test_demo_shows_custom_attributes_hop_by_hop(
     assert "the caller got back" not in section
 
 
+def times(section: str) -> dict[str, float]:
+    """The figures of a section's "Where the time went" lines, in milliseconds (chunks as a
+    count), by label."""
+    found = re.findall(r"^    ([a-zA-Z', ]+?) +([0-9]+(?:\.[0-9])?)(?: ms)?  \S", section, re.M)
+    return {label: float(value) for label, value in found}
+
+
+def test_demo_shows_where_the_time_went(
+    green: tuple[subprocess.CompletedProcess[str], float],
+) -> None:
+    """Per invocation the demo prints the client span's own figures: its duration (the one in
+    the tree), and for the two synchronous calls the container's time, within it, and
+    SageMaker's share, never negative; for the stream also its time to first chunk (after the
+    headers, within the call), its five chunks read to the end and their mean time apart (the
+    app sleeps 20 ms before each). It says once what SageMaker's share means here."""
+    result, _ = green
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert (
+        " ".join(out.split()).count(
+            "SageMaker's share is the client's time to the response's headers less the container's "
+            "time: SageMaker's front door, the network and any queueing; here, the local runtime "
+            "and loopback."
+        )
+        == 1
+    )
+    for title in ("plain: InvokeEndpoint", "streamed: InvokeEndpointWithResponseStream"):
+        section = out.split(title, 1)[1].split("\n\n", 1)[0]
+        figures = times(section)
+        total = figures.pop("the call, in all", None) or figures.pop(
+            "the call, to the stream's end"
+        )
+        tree = re.search(r"SageMaker Runtime\.\S+ +client +demo-client +([0-9.]+) ms", section)
+        assert tree is not None and float(tree.group(1)) == total
+        container, share = figures["the container"], figures["SageMaker's share"]
+        assert 0 < container <= total
+        assert 0 <= share <= total
+        assert container + share <= total + 0.1  # each rounded to a tenth
+        if title.startswith("streamed"):
+            assert figures["chunks"] == 5
+            assert "chunk_count (the stream's outcome: complete)" in section
+            assert 20 <= figures["time to first chunk"] <= total
+            assert figures["time to first chunk"] + 0.1 >= container + share
+            assert 20 <= figures["mean time per chunk"] < total
+        else:
+            assert set(figures) == {"the container", "SageMaker's share"}
+            assert container >= 50  # the app's predict sleeps 50 ms
+    section = out.split("async: InvokeEndpointAsync", 1)[1].split("\n\n", 1)[0]
+    assert times(section)["the call, in all"] > 0
+    assert "the container                             not on this span" in section
+    assert "SageMaker's share" not in section
+
+
 def test_demo_says_what_it_waits_for(
     green: tuple[subprocess.CompletedProcess[str], float],
 ) -> None:
@@ -149,12 +202,22 @@ def span(name: str, span_id: str, parent: str | None, service: str, **kw: object
     return ReceivedSpan(**fields)  # type: ignore[arg-type]
 
 
+TIMED = {"aws.sagemaker.container.duration": 0.0005, "aws.sagemaker.overhead.duration": 0.0002}
+STREAMED = {
+    **TIMED,
+    "aws.sagemaker.stream.time_to_first_chunk": 0.0007,
+    "aws.sagemaker.stream.chunk_count": 2,
+    "aws.sagemaker.stream.time_per_chunk": 0.0001,
+    "aws.sagemaker.stream.outcome": "complete",
+}
+
+
 def clients() -> list[ReceivedSpan]:
     """The three client spans of a demo run, in three traces."""
     return [
-        span("SageMaker Runtime.InvokeEndpoint", "a", None, "demo-client"),
+        span("SageMaker Runtime.InvokeEndpoint", "a", None, "demo-client", attributes=TIMED),
         span("SageMaker Runtime.InvokeEndpointWithResponseStream", "b", None, "demo-client",
-             trace_id="2" * 32),
+             trace_id="2" * 32, attributes=STREAMED),
         span("SageMaker Runtime.InvokeEndpointAsync", "c", None, "demo-client",
              trace_id="3" * 32),
     ]  # fmt: skip
@@ -194,6 +257,45 @@ def test_verdict_missing_client_span() -> None:
     out = io.StringIO()
     problems = demo._report(clients()[1:], out, None)
     assert problems[0] == "plain: expected one client span, got 0"
+
+
+@pytest.mark.parametrize(
+    ("index", "attributes", "problems"),
+    [
+        (0, TIMED, []),
+        (0, {}, ["plain: the client span has no aws.sagemaker.container.duration",
+                 "plain: the client span has no aws.sagemaker.overhead.duration"]),
+        (1, {**STREAMED, "aws.sagemaker.stream.time_per_chunk": None},
+         ["streamed: the client span has no aws.sagemaker.stream.time_per_chunk"]),
+        (2, {}, []),
+    ],
+)  # fmt: skip
+def test_times_verdict(index: int, attributes: dict[str, object], problems: list[str]) -> None:
+    """A synchronous call whose client span lacks the container's time or SageMaker's share
+    (or, for the stream, a figure of its chunks) fails the demo, the figure shown as (none);
+    the async call has none to show."""
+    out = io.StringIO()
+    client = span("c", "a", None, "demo-client", attributes=attributes)
+    assert demo._show_times(demo.SCENARIOS[index], client, out) == problems
+    assert ("(none)" in out.getvalue()) == bool(problems)
+    assert "the call, " in out.getvalue()
+
+
+def test_times_show_the_span_figures() -> None:
+    """The figures shown are the span's duration and attributes, in milliseconds, each beside
+    the attribute it comes from."""
+    out = io.StringIO()
+    client = span("c", "b", None, "demo-client", end_ns=2_000_000, attributes=STREAMED)
+    assert demo._show_times(demo.SCENARIOS[1], client, out) == []
+    lines = [" ".join(line.split()) for line in out.getvalue().splitlines()]
+    assert lines[1:] == [
+        "the call, to the stream's end 2.0 ms the client span's duration",
+        "the container 0.5 ms aws.sagemaker.container.duration, to its first byte",
+        "SageMaker's share 0.2 ms aws.sagemaker.overhead.duration",
+        "time to first chunk 0.7 ms aws.sagemaker.stream.time_to_first_chunk",
+        "chunks 2 aws.sagemaker.stream.chunk_count (the stream's outcome: complete)",
+        "mean time per chunk 0.1 ms aws.sagemaker.stream.time_per_chunk",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,10 @@ See one trace from a boto3 client into a model container, with no AWS account, n
 no network. The demo starts an example model container (a Flask app behind
 sm_tracing.WSGIMiddleware, under gunicorn), a local SageMaker runtime in front of it, and an
 instrumented boto3 client; it makes a plain, a streamed and an asynchronous invocation and
-prints each trace as a tree: client and container spans, with durations.
+prints each trace as a tree: client and container spans, with durations. Beside each tree,
+where the call's time went, as its client span records it: the container's time, SageMaker's
+share (the wait for the response's headers less the container's time) and, for the stream, its
+time to first chunk, its chunks and the mean time per chunk.
 
 The async invocation becomes a trace of its own in the container, linked to the client's
 span: nobody waits for an async request, so it is not a child of the call that queued it.

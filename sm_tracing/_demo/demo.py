@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ ASYNC = "demo-async"
 CONTAINER_SPAN = "POST /invocations"
 CUSTOM_ATTRIBUTES = "accept_eula=true"
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+SHARE_MEANS = (
+    "SageMaker's share is the client's time to the response's headers less the container's"
+    " time: SageMaker's front door, the network and any queueing; here, the local runtime"
+    " and loopback."
+)
 _REQUIRED = (
     ("flask", "Flask"),
     ("gunicorn", "gunicorn"),
@@ -310,6 +316,8 @@ def _report(
     unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
     problems = []
     print(file=out)
+    print(textwrap.fill(SHARE_MEANS, width=96), file=out)
+    print(file=out)
     for scenario in SCENARIOS:
         clients = [
             s for s in spans if s.service == CLIENT_SERVICE and s.name == scenario.client_span
@@ -327,6 +335,7 @@ def _report(
         print(f"{scenario.title}: {scenario.operation}{note}", file=out)
         if carried is not None:
             problems.extend(_show_hops(scenario, carried[scenario.title], out))
+        problems.extend(_show_times(scenario, client, out))
         for trace_id in dict.fromkeys([client.trace_id, *(s.trace_id for s in joined)]):
             title = f"  trace {trace_id}"
             if jaeger_url:
@@ -365,6 +374,56 @@ def _show_hops(scenario: Scenario, carried: Carried, out: TextIO) -> list[str]:
             f"not the caller's {CUSTOM_ATTRIBUTES!r}"
         )
     return problems
+
+
+def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[str]:
+    """Print where the time of one invocation went, as its client span's attributes say (the
+    figures Jaeger shows); the problems: a synchronous call's span without them."""
+    from sm_tracing._client import CONTAINER_DURATION, OVERHEAD
+    from sm_tracing._streaming import CHUNKS, OUTCOME, TIME_PER_CHUNK, TIME_TO_FIRST_CHUNK
+
+    attributes = client.attributes
+    streamed = scenario.operation == "InvokeEndpointWithResponseStream"
+    whole = "the call, to the stream's end" if streamed else "the call, in all"
+    rows = [(whole, _ms(client.duration_ms / 1e3), "the client span's duration")]
+    if scenario.linked:
+        rows.append(("the container", "", "not on this span: the call is answered before it runs"))
+    else:
+        after = ", to its first byte" if streamed else ""
+        rows.append(
+            ("the container", _ms(attributes.get(CONTAINER_DURATION)), CONTAINER_DURATION + after)
+        )
+        rows.append(("SageMaker's share", _ms(attributes.get(OVERHEAD)), OVERHEAD))
+    if streamed:
+        outcome = attributes.get(OUTCOME)
+        chunks = attributes.get(CHUNKS)
+        rows += [
+            ("time to first chunk", _ms(attributes.get(TIME_TO_FIRST_CHUNK)), TIME_TO_FIRST_CHUNK),
+            (
+                "chunks",
+                "(none)" if chunks is None else str(chunks),
+                f"{CHUNKS} (the stream's outcome: {outcome})",
+            ),
+            ("mean time per chunk", _ms(attributes.get(TIME_PER_CHUNK)), TIME_PER_CHUNK),
+        ]
+    print("  Where the time went, as the client span says:", file=out)
+    for label, value, source in rows:
+        print(f"    {label:<30}{value:>10}  {source}", file=out)
+    wanted = [] if scenario.linked else [CONTAINER_DURATION, OVERHEAD]
+    if streamed:
+        wanted += [TIME_TO_FIRST_CHUNK, CHUNKS, TIME_PER_CHUNK]
+    return [
+        f"{scenario.title}: the client span has no {name}"
+        for name in wanted
+        if not isinstance(attributes.get(name), (int, float))
+    ]
+
+
+def _ms(seconds: object) -> str:
+    """*seconds* as milliseconds, or "(none)" when it is not a number."""
+    if not isinstance(seconds, (int, float)):
+        return "(none)"
+    return f"{seconds * 1e3:.1f} ms"
 
 
 class _Progress:
