@@ -45,6 +45,7 @@ def test_demo_help_explains() -> None:
         "no AWS account",
         "SageMaker's share",
         "time to first chunk",
+        "pip install 'sm-tracing[demo,bidi]'",
     ):
         assert expected in text
     assert "http://localhost:16686" in text

@@ -18,12 +18,15 @@ from tests._otlp_receiver import OTLPReceiver
 
 SCRIPT = Path(sys.executable).with_name("sm-tracing")
 MINE = demo.CUSTOM_ATTRIBUTES
+BIDI = demo.bidi_ready()  # Python 3.12 with sm-tracing[demo,bidi]: the demo's fourth run
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``sm-tracing demo`` console script (or its entry point), in a clean
-    environment without OTEL_* variables."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sm_tracing._demo.cli"]
+    """The installed ``sm-tracing demo`` console script (or its entry point, when none or a
+    stale one is installed), in a clean environment without OTEL_* variables."""
+    # A console script left by an older install may name another entry point: not this code.
+    current = SCRIPT.exists() and "sm_tracing._demo.cli" in SCRIPT.read_text(errors="replace")
+    command = [str(SCRIPT)] if current else [sys.executable, "-m", "sm_tracing._demo.cli"]
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["PYTHONIOENCODING"] = "utf-8"
     return subprocess.run(
@@ -52,7 +55,7 @@ def test_demo_runs_green(green: tuple[subprocess.CompletedProcess[str], float]) 
     assert seconds < 30
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "OK: 3 invocations" in out
+    assert f"OK: {4 if BIDI else 3} invocations" in out
     for title in ("plain: InvokeEndpoint", "streamed: InvokeEndpointWithResponseStream"):
         section = out.split(title, 1)[1].split("\n\n", 1)[0]
         assert len(re.findall(r"trace [0-9a-f]{32}", section)) == 1
@@ -146,6 +149,46 @@ def test_demo_shows_where_the_time_went(
     assert "SageMaker's share" not in section
 
 
+@pytest.mark.skipif(not BIDI, reason="needs Python 3.12 and sm-tracing[demo,bidi]")
+def test_demo_bidirectional_run(green: tuple[subprocess.CompletedProcess[str], float]) -> None:
+    """With the HTTP/2 SDK the demo opens a bidirectional stream: the WebSocket container's
+    session span is a child of the client span, with an answer span per message, and the
+    client span's figures are shown: its duration, its first chunk within it, four parts each
+    way and a stream that completed."""
+    result, _ = green
+    assert result.returncode == 0, result.stdout + result.stderr
+    section = result.stdout.split("bidirectional: InvokeEndpointWithBidirectionalStream", 1)[1]
+    section = section.split("\n\n", 1)[0]
+    assert len(re.findall(r"trace [0-9a-f]{32}", section)) == 1
+    assert "SageMaker Runtime HTTP2.InvokeEndpointWithBidirectionalStream  client" in section
+    assert "└─ WS /invocations-bidirectional-stream" in section
+    assert section.count("─ answer ") == len(demo.BIDI_MESSAGES)
+    figures = times(section)
+    total = figures.pop("the session, to its end")
+    tree = re.search(r"InvokeEndpointWithBidirectionalStream +client +demo-client +([0-9.]+) ms",
+                     section)  # fmt: skip
+    assert tree is not None and float(tree.group(1)) == total
+    assert 20 <= figures["time to first chunk"] <= total  # the app answers after 20 ms
+    assert figures["parts sent"] == figures["parts received"] == len(demo.BIDI_MESSAGES)
+    assert "chunk_count (the stream's outcome: complete)" in section
+    assert "Skipped:" not in result.stdout
+
+
+@pytest.mark.skipif(BIDI, reason="the bidirectional run is made here")
+def test_demo_says_what_the_bidirectional_run_needs(
+    green: tuple[subprocess.CompletedProcess[str], float],
+) -> None:
+    """Without Python 3.12 and the HTTP/2 SDK the demo says, in one line, what the
+    bidirectional run needs, and still passes."""
+    result, _ = green
+    assert result.returncode == 0, result.stdout + result.stderr
+    needs = [line for line in result.stdout.splitlines() if "bidirectional" in line]
+    assert needs == [
+        "Skipped: the bidirectional run (InvokeEndpointWithBidirectionalStream) needs Python 3.12"
+        " or later and pip install 'sm-tracing[demo,bidi]'."
+    ]
+
+
 def test_demo_says_what_it_waits_for(
     green: tuple[subprocess.CompletedProcess[str], float],
 ) -> None:
@@ -154,12 +197,12 @@ def test_demo_says_what_it_waits_for(
     result, _ = green
     before = result.stdout.split("plain: InvokeEndpoint", 1)[0]
     lines = [line.strip() for line in before.splitlines() if line.strip()]
-    assert lines[0].startswith("Starting two model containers")
-    assert sorted(re.sub(r"[0-9.]+ s$", "N s", line) for line in lines[1:3]) == [
-        "async container ready after N s",
-        "realtime container ready after N s",
-    ]
-    assert lines[3].startswith("Calling a local SageMaker runtime (http://127.0.0.1:")
+    names = ["async", "bidi", "realtime"] if BIDI else ["async", "realtime"]
+    assert lines[0].startswith(f"Starting {'three' if BIDI else 'two'} model containers")
+    assert ("sm_tracing.ASGIMiddleware, under uvicorn" in lines[0]) == BIDI
+    ready = sorted(re.sub(r"[0-9.]+ s$", "N s", line) for line in lines[1 : 1 + len(names)])
+    assert ready == [f"{name} container ready after N s" for name in names]
+    assert lines[1 + len(names)].startswith("Calling a local SageMaker runtime (http://127.0.0.1:")
 
 
 def test_demo_exports_and_links_to_jaeger() -> None:
@@ -170,10 +213,12 @@ def test_demo_exports_and_links_to_jaeger() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         spans = collector.spans
     links = set(re.findall(r"http://jaeger:1/trace/([0-9a-f]{32})", result.stdout))
-    assert len(links) == 4  # plain, streamed, and async's two linked traces
+    # plain, streamed, async's two linked traces, and the bidirectional stream's
+    assert len(links) == (5 if BIDI else 4)
     assert links <= {span.trace_id for span in spans}
     services = {span.service for span in spans}
     assert {"demo-client", "demo-realtime-model", "demo-async-model"} <= services
+    assert ("demo-bidi-model" in services) == BIDI
 
 
 def test_demo_fails_when_export_fails() -> None:
@@ -279,6 +324,32 @@ def test_times_verdict(index: int, attributes: dict[str, object], problems: list
     assert demo._show_times(demo.SCENARIOS[index], client, out) == problems
     assert ("(none)" in out.getvalue()) == bool(problems)
     assert "the call, " in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("attributes", "events", "problems"),
+    [
+        ({"aws.sagemaker.stream.request_chunk_count": 2, "aws.sagemaker.stream.chunk_count": 3},
+         (("first_chunk", 400_000),), []),
+        ({"aws.sagemaker.stream.chunk_count": 3}, (("other", 1),),
+         ["bidirectional: the client span has no aws.sagemaker.stream.request_chunk_count",
+          "bidirectional: the client span has no first_chunk event"]),
+    ],
+)  # fmt: skip
+def test_session_times(
+    attributes: dict[str, object], events: tuple[tuple[str, int], ...], problems: list[str]
+) -> None:
+    """The bidirectional stream shows its duration, its first_chunk event's time from the
+    span's start, and its parts each way; one missing fails the demo."""
+    out = io.StringIO()
+    client = span("c", "a", None, "demo-client", start_ns=100_000, event_times=events,
+                  attributes={**attributes, "aws.sagemaker.stream.outcome": "closed"})  # fmt: skip
+    assert demo._show_times(demo.BIDIRECTIONAL, client, out) == problems
+    lines = [" ".join(line.split()) for line in out.getvalue().splitlines()]
+    assert lines[1] == "the session, to its end 0.9 ms the client span's duration"
+    first = "0.3 ms" if not problems else "(none)"
+    assert lines[3] == f"time to first chunk {first} its first_chunk event"
+    assert lines[5].startswith("parts received 3 aws.sagemaker.stream.chunk_count")
 
 
 def test_times_show_the_span_figures() -> None:

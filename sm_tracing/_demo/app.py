@@ -1,4 +1,5 @@
-"""The demo's model container: a small Flask app behind :class:`sm_tracing.WSGIMiddleware`.
+"""The demo's model containers: a small Flask app behind :class:`sm_tracing.WSGIMiddleware`,
+and a WebSocket app behind :class:`sm_tracing.ASGIMiddleware` for bidirectional streams.
 
 Served by gunicorn as ``sm_tracing._demo.app:create_app()``. It answers ``GET /ping`` and
 ``POST /invocations`` with a JSON body ``{"inputs": "...", "stream": false, "chunks": 3,
@@ -9,18 +10,27 @@ received are returned in the response body and as the response's CustomAttribute
 caller can see that its own values arrived and came back, and logged on stdout as one JSON
 line per request with its inference id (the demo reads them back from the container's log).
 
+The WebSocket app, served by uvicorn as ``sm_tracing._demo.app:create_ws_app`` (a factory),
+answers ``GET /ping`` and, on ``/invocations-bidirectional-stream``, each text message with
+the text upper-cased, after ``delay`` seconds (a query parameter, default 0.02) spent in an
+``answer`` span under the session's span.
+
 Tracing is set up with :func:`sm_tracing.configure` from the usual ``OTEL_*`` variables, in
-each worker, after gunicorn forks it.
+each worker, after gunicorn forks it (in the one uvicorn process for the WebSocket app).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
+from sm_tracing._asgi import ASGIMiddleware, Receive, Scope, Send
+from sm_tracing._websocket import BIDI_PATH
 from sm_tracing._wsgi import WSGIMiddleware
 
 if TYPE_CHECKING:
@@ -91,3 +101,43 @@ def create_app() -> Flask:
 
     flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
     return flask_app
+
+
+def create_ws_app() -> ASGIMiddleware:
+    """Configure tracing and build the traced WebSocket app of bidirectional streams."""
+    from opentelemetry import trace
+
+    import sm_tracing
+
+    sm_tracing.configure(os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME)
+    tracer = trace.get_tracer("sm_tracing.demo")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = scope["path"] == "/ping"
+            await send({"type": "http.response.start", "status": 200 if found else 404})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["type"] != "websocket":
+            return
+        if scope["path"] != BIDI_PATH:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        # The query string as the caller passed it: the middleware took its own keys out.
+        params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        delay = float(params.get("delay", 0.02))
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                text = bytes(message.get("bytes") or b"").decode("utf-8", "replace")
+            with tracer.start_as_current_span("answer"):
+                await asyncio.sleep(delay)
+                await send({"type": "websocket.send", "text": text.upper()})
+
+    return ASGIMiddleware(app)

@@ -20,6 +20,10 @@ where the call's time went, as its client span records it: the container's time,
 share (the wait for the response's headers less the container's time) and, for the stream, its
 time to first chunk, its chunks and the mean time per chunk.
 
+With Python 3.12 or later and the bidi extra (pip install 'sm-tracing[demo,bidi]'), it also
+opens a bidirectional stream (InvokeEndpointWithBidirectionalStream) through a local HTTP/2
+runtime to a WebSocket container (sm_tracing.ASGIMiddleware, under uvicorn).
+
 The async invocation becomes a trace of its own in the container, linked to the client's
 span: nobody waits for an async request, so it is not a child of the call that queued it.
 

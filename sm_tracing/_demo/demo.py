@@ -7,11 +7,19 @@ boto3 client. Every process exports its spans over OTLP/HTTP to a receiver the d
 can pass them on to Jaeger or a Collector. It makes a plain, a streamed and an async
 invocation and prints, for each, the CustomAttributes value at every hop (as the caller passed
 it, as it went on the wire with the trace context merged in, as the container app received it,
-as the container answered, as the caller got it back) and the trace as a tree.
+as the container answered, as the caller got it back), where its time went as the client
+span records it (the container's time, SageMaker's share, a stream's chunks) and the trace as
+a tree.
+
+With Python 3.12 and the HTTP/2 SDK (``sm-tracing[demo,bidi]``) it also opens a bidirectional
+stream through a :class:`~sm_tracing.local.LocalBidiRuntime` to a third container, a WebSocket
+app of :mod:`sm_tracing._demo.app` behind :class:`sm_tracing.ASGIMiddleware` under uvicorn;
+elsewhere it says in one line what that run needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -38,7 +46,10 @@ if TYPE_CHECKING:
 CLIENT_SERVICE = "demo-client"
 REALTIME = "demo-realtime"
 ASYNC = "demo-async"
+BIDI = "demo-bidi"
 CONTAINER_SPAN = "POST /invocations"
+BIDI_QUERY = "delay=0.02"
+BIDI_MESSAGES = ("hello", "from", "the", "demo")
 CUSTOM_ATTRIBUTES = "accept_eula=true"
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 SHARE_MEANS = (
@@ -52,6 +63,19 @@ _REQUIRED = (
     ("opentelemetry.exporter.otlp.proto.http", "opentelemetry-exporter-otlp-proto-http"),
 )
 _INSTALL_HINT = "pip install 'sm-tracing[demo]'"
+# The bidirectional run: the HTTP/2 SDK (the bidi extra), and what the local runtime and the
+# WebSocket container need (the demo extra, from Python 3.12).
+_BIDI_REQUIRED = (
+    ("aws_sdk_sagemaker_runtime_http2", "aws-sdk-sagemaker-runtime-http2"),
+    ("h2", "h2"),
+    ("trustme", "trustme"),
+    ("uvicorn", "uvicorn"),
+    ("websockets", "websockets"),
+)
+BIDI_NEEDS = (
+    "the bidirectional run (InvokeEndpointWithBidirectionalStream) needs Python 3.12 or later"
+    " and pip install 'sm-tracing[demo,bidi]'"
+)
 
 
 class DemoError(Exception):
@@ -65,10 +89,12 @@ class Scenario:
     title: str
     operation: str
     linked: bool
+    service: str = "SageMaker Runtime"
+    container_span: str = CONTAINER_SPAN
 
     @property
     def client_span(self) -> str:
-        return f"SageMaker Runtime.{self.operation}"
+        return f"{self.service}.{self.operation}"
 
     @property
     def inference_id(self) -> str:
@@ -91,12 +117,19 @@ SCENARIOS = (
     Scenario("streamed", "InvokeEndpointWithResponseStream", linked=False),
     Scenario("async", "InvokeEndpointAsync", linked=True),
 )
+BIDIRECTIONAL = Scenario(
+    "bidirectional",
+    "InvokeEndpointWithBidirectionalStream",
+    linked=False,
+    service="SageMaker Runtime HTTP2",
+    container_span="WS /invocations-bidirectional-stream",
+)
 
 
-def missing_packages() -> list[str]:
-    """The distributions the demo needs that are not installed."""
+def missing_packages(required: tuple[tuple[str, str], ...] = _REQUIRED) -> list[str]:
+    """The distributions the demo needs (or those of *required*) that are not installed."""
     missing = []
-    for module, distribution in _REQUIRED:
+    for module, distribution in required:
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:  # a parent package is missing
@@ -104,6 +137,11 @@ def missing_packages() -> list[str]:
         if not found:
             missing.append(distribution)
     return missing
+
+
+def bidi_ready() -> bool:
+    """Whether the bidirectional run can be made here."""
+    return sys.version_info >= (3, 12) and not missing_packages(_BIDI_REQUIRED)
 
 
 def traces_url(endpoint: str) -> str:
@@ -129,10 +167,12 @@ def run(
 
     deadline = time.monotonic() + timeout
     forward = traces_url(otlp_endpoint) if otlp_endpoint else None
+    bidi = bidi_ready()
+    scenarios = (*SCENARIOS, BIDIRECTIONAL) if bidi else SCENARIOS
     try:
         with OTLPReceiver(forward_to=forward) as receiver:
-            spans, carried = _invoke_all(receiver, deadline, _Progress(out))
-            problems = _report(spans, out, jaeger_url if forward else None, carried)
+            spans, carried = _invoke_all(receiver, deadline, _Progress(out), bidi=bidi)
+            problems = _report(spans, out, jaeger_url if forward else None, carried, scenarios)
             if receiver.forward_errors:
                 problems.append(
                     f"could not export to {forward}: {receiver.forward_errors[-1]}"
@@ -145,18 +185,21 @@ def run(
         for problem in problems:
             print(f"FAILED: {problem}", file=out)
         return 1
+    if not bidi:
+        print(f"Skipped: {BIDI_NEEDS}.", file=out)
     print(
-        f"OK: {len(SCENARIOS)} invocations, each traced from the client into the container",
+        f"OK: {len(scenarios)} invocations, each traced from the client into the container",
         file=out,
     )
     return 0
 
 
 def _invoke_all(
-    receiver: OTLPReceiver, deadline: float, progress: _Progress
+    receiver: OTLPReceiver, deadline: float, progress: _Progress, *, bidi: bool = False
 ) -> tuple[list[ReceivedSpan], dict[str, Carried]]:
-    """Start everything, make the three invocations, and collect every span they made and the
-    CustomAttributes of each at every hop (by scenario title)."""
+    """Start everything, make the three invocations (and with *bidi* the bidirectional
+    stream), and collect every span they made and the CustomAttributes of each at every hop
+    (by scenario title)."""
     import boto3
     from botocore.config import Config
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -170,18 +213,21 @@ def _invoke_all(
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sm-tracing-demo-")))
         progress.say(
-            "Starting two model containers: a Flask app behind sm_tracing.WSGIMiddleware, "
-            "under gunicorn"
+            f"Starting {'three' if bidi else 'two'} model containers: a Flask app behind "
+            "sm_tracing.WSGIMiddleware, under gunicorn, for the real-time and the async endpoint"
+            + ("; a WebSocket app behind sm_tracing.ASGIMiddleware, under uvicorn" if bidi else "")
         )
         containers = [
             stack.enter_context(_container(receiver, work, "realtime")),
             stack.enter_context(_container(receiver, work, "async", remote_context="link")),
         ]
+        if bidi:
+            containers.append(stack.enter_context(_container(receiver, work, "bidi")))
         # Both are told to stop before either is waited for, so they shut down together.
         for container in containers:
             stack.callback(container.terminate)
         wait_ready(containers, deadline, progress)
-        realtime, asynchronous = containers
+        realtime, asynchronous = containers[:2]
         runtime = stack.enter_context(
             LocalRuntime(
                 {REALTIME: realtime.url, ASYNC: asynchronous.url}, output_location=work / "out"
@@ -218,18 +264,24 @@ def _invoke_all(
             f"Calling a local SageMaker runtime ({runtime.url}) with an instrumented boto3 client"
         )
         _call(client, work, carried)
+        if bidi:
+            from sm_tracing.local import LocalBidiRuntime
+
+            bidi_runtime = stack.enter_context(LocalBidiRuntime(containers[2].ws_url))
+            _converse(bidi_runtime, max(0.1, deadline - time.monotonic()))
         if not runtime.wait_async(max(0.1, deadline - time.monotonic())):
             raise DemoError("the async invocation did not finish in time")
         for container in containers:
             for inference_id, value in container.received().items():
                 if inference_id in by_id:
                     by_id[inference_id].received = value
-        expected = len(SCENARIOS)
+        expected = len(SCENARIOS) + bidi
         try:
             spans = receiver.wait_for(
                 lambda spans: (
                     _count(spans, CLIENT_SERVICE) >= expected
-                    and _count(spans, None, CONTAINER_SPAN) >= expected
+                    and _count(spans, None, CONTAINER_SPAN) >= len(SCENARIOS)
+                    and _count(spans, None, BIDIRECTIONAL.container_span) >= bidi
                 ),
                 timeout=max(0.1, deadline - time.monotonic()),
             )
@@ -290,6 +342,64 @@ def _call(client: Any, work: Path, carried: dict[str, Carried]) -> None:
         raise DemoError(f"an invocation failed: {exc}") from exc
 
 
+def _converse(runtime: Any, timeout: float) -> None:
+    """The bidirectional stream: each message sent and its answer read, then the request
+    stream ended and the response stream read to its end."""
+    # Imported by name: the SDK exists from Python 3.12 only, and the type checker may run
+    # where it cannot be installed.
+    sdk = "aws_sdk_sagemaker_runtime_http2"
+    client_module = importlib.import_module(f"{sdk}.client")
+    config_module = importlib.import_module(f"{sdk}.config")
+    models = importlib.import_module(f"{sdk}.models")
+
+    async def converse() -> list[str]:
+        config = await config_module.AsyncSageMakerRuntimeHTTP2Config.resolve(
+            endpoint_uri=runtime.url,
+            region="us-east-1",
+            aws_access_key_id="demo",
+            aws_secret_access_key="demo",
+            transport=runtime.transport(),
+        )
+        client = client_module.AsyncSageMakerRuntimeHTTP2Client(config=config)
+        answers = []
+        try:
+            stream = await client.invoke_endpoint_with_bidirectional_stream(
+                models.InvokeEndpointWithBidirectionalStreamInput(
+                    endpoint_name=BIDI, model_query_string=BIDI_QUERY
+                )
+            )
+            try:
+                output = None
+                for text in BIDI_MESSAGES:
+                    part = models.RequestPayloadPart(bytes_=text.encode(), data_type="UTF8")
+                    event = models.RequestStreamEventPayloadPart(value=part)
+                    await stream.input_stream.send(event)
+                    if output is None:  # the response opens once the first part is sent
+                        _, output = await stream.await_output()
+                    answer = await output.receive()
+                    if answer is None:
+                        break
+                    answers.append(bytes(answer.value.bytes_).decode())
+                # Ending the request stream ends the session, and the response stream with it.
+                await stream.input_stream.close()
+                if output is not None:
+                    async for _ in output:
+                        pass
+            finally:
+                await stream.close()
+        finally:
+            await client.close()
+        return answers
+
+    try:
+        answers = asyncio.run(asyncio.wait_for(converse(), timeout))
+    except Exception as exc:  # the SDK's and the transport's own error types
+        raise DemoError(f"the bidirectional stream failed: {exc!r}") from exc
+    expected = [text.upper() for text in BIDI_MESSAGES]
+    if answers != expected:
+        raise DemoError(f"the bidirectional stream answered {answers!r}, not {expected!r}")
+
+
 def _came_back(scenario: Scenario, response: dict[str, Any], carried: Carried) -> None:
     """Note the answer's CustomAttributes, on the wire and as the caller got them; the caller's
     own value must come back unchanged."""
@@ -308,9 +418,10 @@ def _report(
     out: TextIO,
     jaeger_url: str | None,
     carried: dict[str, Carried] | None = None,
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
 ) -> list[str]:
-    """Print each scenario's CustomAttributes hop by hop (when *carried* says) and its trace;
-    the problems found, if any."""
+    """Print each scenario's CustomAttributes hop by hop (when *carried* says), where its time
+    went and its trace; the problems found, if any."""
     from sm_tracing._demo.tree import render_trace
 
     unicode = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
@@ -318,7 +429,7 @@ def _report(
     print(file=out)
     print(textwrap.fill(SHARE_MEANS, width=96), file=out)
     print(file=out)
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         clients = [
             s for s in spans if s.service == CLIENT_SERVICE and s.name == scenario.client_span
         ]
@@ -326,14 +437,20 @@ def _report(
             problems.append(f"{scenario.title}: expected one client span, got {len(clients)}")
             continue
         client = clients[0]
-        containers = [s for s in spans if s.name == CONTAINER_SPAN and s.service != CLIENT_SERVICE]
+        containers = [
+            s for s in spans if s.name == scenario.container_span and s.service != CLIENT_SERVICE
+        ]
         if scenario.linked:
             joined = [s for s in containers if (client.trace_id, client.span_id) in s.links]
         else:
             joined = [s for s in containers if s.parent_id == client.span_id]
         note = ", the container's trace linked to it" if scenario.linked else ""
         print(f"{scenario.title}: {scenario.operation}{note}", file=out)
-        if carried is not None:
+        if scenario is BIDIRECTIONAL:
+            print(
+                "  No CustomAttributes here: the trace context goes in ModelQueryString", file=out
+            )
+        elif carried is not None:
             problems.extend(_show_hops(scenario, carried[scenario.title], out))
         problems.extend(_show_times(scenario, client, out))
         for trace_id in dict.fromkeys([client.trace_id, *(s.trace_id for s in joined)]):
@@ -383,6 +500,8 @@ def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[s
     from sm_tracing._streaming import CHUNKS, OUTCOME, TIME_PER_CHUNK, TIME_TO_FIRST_CHUNK
 
     attributes = client.attributes
+    if scenario is BIDIRECTIONAL:
+        return _show_session(client, out)
     streamed = scenario.operation == "InvokeEndpointWithResponseStream"
     whole = "the call, to the stream's end" if streamed else "the call, in all"
     rows = [(whole, _ms(client.duration_ms / 1e3), "the client span's duration")]
@@ -406,9 +525,7 @@ def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[s
             ),
             ("mean time per chunk", _ms(attributes.get(TIME_PER_CHUNK)), TIME_PER_CHUNK),
         ]
-    print("  Where the time went, as the client span says:", file=out)
-    for label, value, source in rows:
-        print(f"    {label:<30}{value:>10}  {source}", file=out)
+    _print_times(rows, out)
     wanted = [] if scenario.linked else [CONTAINER_DURATION, OVERHEAD]
     if streamed:
         wanted += [TIME_TO_FIRST_CHUNK, CHUNKS, TIME_PER_CHUNK]
@@ -417,6 +534,42 @@ def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[s
         for name in wanted
         if not isinstance(attributes.get(name), (int, float))
     ]
+
+
+def _show_session(client: ReceivedSpan, out: TextIO) -> list[str]:
+    """Print where the time of the bidirectional stream went, as its client span says; the
+    problems: a figure missing."""
+    from sm_tracing._bidi import REQUEST_CHUNKS
+    from sm_tracing._streaming import CHUNKS, FIRST_CHUNK, OUTCOME
+
+    attributes = client.attributes
+    sent, received = attributes.get(REQUEST_CHUNKS), attributes.get(CHUNKS)
+    rows = [
+        ("the session, to its end", _ms(client.duration_ms / 1e3), "the client span's duration"),
+        ("the container", "", "not on this span: this API brings no echo of the container"),
+        ("time to first chunk", _ms(client.event_offset(FIRST_CHUNK)), f"its {FIRST_CHUNK} event"),
+        ("parts sent", "(none)" if sent is None else str(sent), REQUEST_CHUNKS),
+        (
+            "parts received",
+            "(none)" if received is None else str(received),
+            f"{CHUNKS} (the stream's outcome: {attributes.get(OUTCOME)})",
+        ),
+    ]
+    _print_times(rows, out)
+    problems = [
+        f"bidirectional: the client span has no {name}"
+        for name in (REQUEST_CHUNKS, CHUNKS)
+        if not isinstance(attributes.get(name), int)
+    ]
+    if client.event_offset(FIRST_CHUNK) is None:
+        problems.append(f"bidirectional: the client span has no {FIRST_CHUNK} event")
+    return problems
+
+
+def _print_times(rows: list[tuple[str, str, str]], out: TextIO) -> None:
+    print("  Where the time went, as the client span says:", file=out)
+    for label, value, source in rows:
+        print(f"    {label:<30}{value:>10}  {source}", file=out)
 
 
 def _ms(seconds: object) -> str:
@@ -482,6 +635,11 @@ class _Container:
     name: str
     _terminated: bool = False
 
+    @property
+    def ws_url(self) -> str:
+        """The base URL of the container's WebSockets."""
+        return "ws" + self.url.removeprefix("http")
+
     def ready(self) -> bool:
         """Whether ``/ping`` answers 200 now; DemoError if the process has exited."""
         if self.process.poll() is not None:
@@ -543,8 +701,9 @@ def _container(
     *,
     remote_context: str = "continue",
 ) -> Iterator[_Container]:
-    """A demo container under gunicorn, exporting to *receiver*, stopped on exit. Readiness
-    is awaited apart (``wait_ready``), so that both containers start at the same time."""
+    """A demo container, exporting to *receiver*, stopped on exit: the Flask app under
+    gunicorn, or for ``bidi`` the WebSocket app under uvicorn. Readiness is awaited apart
+    (``wait_ready``), so that the containers start at the same time."""
     with socket.socket() as listener:
         # Bound here and handed over, so no other process can take the port in between.
         listener.bind(("127.0.0.1", 0))
@@ -578,6 +737,22 @@ def _container(
             "warning",
             "sm_tracing._demo.app:create_app()",
         ]
+        if name == "bidi":
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--fd",
+                str(listener.fileno()),
+                "--lifespan",
+                "off",
+                "--timeout-graceful-shutdown",
+                "2",
+                "--log-level",
+                "warning",
+                "--factory",
+                "sm_tracing._demo.app:create_ws_app",
+            ]
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 command,

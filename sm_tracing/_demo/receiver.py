@@ -56,6 +56,14 @@ class ReceivedSpan:
     links: tuple[tuple[str, str], ...] = ()
     events: tuple[str, ...] = ()
     status: str = "unset"
+    event_times: tuple[tuple[str, int], ...] = ()  # each event's name and time, in ns
+
+    def event_offset(self, name: str) -> float | None:
+        """Seconds from the span's start to its first event called *name*; None without one."""
+        for event, time_ns in self.event_times:
+            if event == name:
+                return (time_ns - self.start_ns) / 1e9
+        return None
 
     @property
     def duration_ms(self) -> float:
@@ -104,6 +112,9 @@ def decode(body: bytes) -> list[ReceivedSpan]:
                             (link.trace_id.hex(), link.span_id.hex()) for link in span.links
                         ),
                         events=tuple(event.name for event in span.events),
+                        event_times=tuple(
+                            (event.name, event.time_unix_nano) for event in span.events
+                        ),
                         status=_STATUSES.get(span.status.code, "unset"),
                     )
                 )
