@@ -38,6 +38,7 @@ from sm_tracing._common import (
 )
 from sm_tracing._container import Invocation
 from sm_tracing._middleware import (
+    FASTAPI_TELEMETRY,
     MODEL_ROUTE,
     Middleware,
     model_name,
@@ -63,8 +64,6 @@ _ATTRIBUTES = {
     b"session-id": "aws.sagemaker.session_id",
 }
 _ERROR = Status(StatusCode.ERROR)
-# FastAPI skips its own request telemetry for a scope that already has this key.
-_FASTAPI_TELEMETRY = "fastapi.telemetry"
 
 
 class ASGIMiddleware(Middleware[ASGIApp]):
@@ -95,7 +94,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             model = model_name(path)
             if model is None:
                 if path == "/ping" and self._quiet_fastapi:
-                    scope = {**scope, _FASTAPI_TELEMETRY: None}
+                    scope = {**scope, FASTAPI_TELEMETRY: None}
                 return await self.app(scope, receive, send)
             route = MODEL_ROUTE
         started = guard("start the container span", None, self._start, scope, path, route, model)
@@ -137,12 +136,13 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         headers: RawHeaders = scope.get("headers") or ()
         raw: bytes | None = None
         duplicates = False
-        for key, value in headers:
+        at = 0
+        for index, (key, value) in enumerate(headers):
             if key.startswith(_PREFIX):
                 if key == _HEADER:
                     duplicates = raw is not None
                     if raw is None:
-                        raw = value
+                        raw, at = value, index
                 else:
                     attribute = _ATTRIBUTES.get(key[17:])
                     if attribute is not None:
@@ -156,7 +156,12 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if duplicates:
             replaced = _strip_each(headers)
         elif remainder is not custom_attributes:
-            replaced = _replace(headers, remainder)
+            # A copy: the server's header list stays as it came.
+            replaced = list(headers)
+            if remainder:
+                replaced[at] = (_HEADER, remainder.encode("latin-1"))
+            else:
+                del replaced[at]
         if self._inject_headers:
             # The span's context is the current one now.
             injected = with_trace_headers(headers if replaced is None else replaced, invocation)
@@ -166,7 +171,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if replaced is not None:
             scope = {**scope, "headers": replaced}
         if self._quiet_fastapi:
-            scope = {**scope, _FASTAPI_TELEMETRY: None}
+            scope = {**scope, FASTAPI_TELEMETRY: None}
         return scope, invocation, attributes
 
 
@@ -188,18 +193,6 @@ def flush(tracer_provider: TracerProvider | None) -> None:
     force_flush = getattr(provider, "force_flush", None)
     if force_flush is not None:
         guard("flush the spans at shutdown", None, force_flush)
-
-
-def _replace(headers: RawHeaders, remainder: str | None) -> list[tuple[bytes, bytes]]:
-    """*headers* with CustomAttributes set to *remainder*, or left out when it is empty."""
-    value = remainder.encode("latin-1") if remainder else None
-    replaced: list[tuple[bytes, bytes]] = []
-    for key, old in headers:
-        if key != _HEADER:
-            replaced.append((key, old))
-        elif value is not None:
-            replaced.append((key, value))
-    return replaced
 
 
 def _strip_each(headers: RawHeaders) -> list[tuple[bytes, bytes]]:

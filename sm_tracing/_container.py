@@ -126,7 +126,7 @@ class Invocation:
     ) -> None:
         self._custom_attributes = custom_attributes
         self._query = query
-        self._began = perf_counter_ns()
+        self._began = 0  # set when it begins
         self._measure: tuple[Histogram, dict[str, AttributeValue]] | None = None
         self.remainder = custom_attributes
         self._name = name

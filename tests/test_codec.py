@@ -255,7 +255,7 @@ def test_read_prefixed_keys_are_ours() -> None:
     ],
 )
 def test_parse_traceresponse(value: str, parsed: tuple[str, str, int] | None) -> None:
-    """The echo is parsed by slicing: lower-case hex ids of the right length, valid ids only."""
+    """The echo is parsed in one match: lower-case hex ids of the right length, valid ids only."""
     assert _codec.parse_traceresponse(value) == parsed
     if parsed is not None:
         trace_id, span_id, flags = parsed
