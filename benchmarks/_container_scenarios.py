@@ -152,7 +152,40 @@ def wsgi_bare() -> Scenario:
     return Scenario(per_call(server.request), lambda calls: server.check_answered(), nothing)
 
 
+# The attributes ours records on every request's span, in one call when the response starts.
+SPAN_ATTRIBUTES = {
+    "http.request.method": "POST",
+    "url.path": "/invocations",
+    "http.response.status_code": 200,
+}
+# What ours measures each request by, when it has a MeterProvider.
+METRIC_ATTRIBUTES = {
+    "http.request.method": "POST",
+    "http.route": "/invocations",
+    "http.response.status_code": 200,
+}
+
+
+def _expect_attributes(exporter: CountingExporter) -> None:
+    span = exporter.last_server
+    attributes = dict(span.attributes or {}) if span is not None else {}
+    expect(
+        all(attributes.get(key) == value for key, value in SPAN_ATTRIBUTES.items()),
+        f"the server span lacks the attributes ours records: {attributes}",
+    )
+
+
 def wsgi_floor() -> Scenario:
+    return _wsgi_floor(attributes=False)
+
+
+def wsgi_floor_attributes() -> Scenario:
+    """The floor's span with the attributes ours records: what the SDK itself charges for the
+    extract, the span and those attributes, with no code of ours."""
+    return _wsgi_floor(attributes=True)
+
+
+def _wsgi_floor(attributes: bool) -> Scenario:
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
@@ -161,14 +194,21 @@ def wsgi_floor() -> Scenario:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         parent = extract({"traceparent": environ["HTTP_TRACEPARENT"]})
-        with tracer.start_as_current_span("invocations", context=parent, kind=SpanKind.SERVER):
-            return bare_app(environ, start_response)
+        with tracer.start_as_current_span(
+            "invocations", context=parent, kind=SpanKind.SERVER
+        ) as span:
+            body = bare_app(environ, start_response)
+            if attributes:
+                span.set_attributes(SPAN_ATTRIBUTES)
+            return body
 
     server = Server(app)
 
     def check(calls: int) -> None:
         _expect_child(exporter, calls)
         server.check_answered()
+        if attributes:
+            _expect_attributes(exporter)
 
     return Scenario(per_call(server.request), check, tracer_provider.shutdown)
 
@@ -208,6 +248,26 @@ def wsgi_ours() -> Scenario:
 
 def wsgi_ours_metrics() -> Scenario:
     return _wsgi_ours(Metrics())
+
+
+def wsgi_ours_record() -> Scenario:
+    """Ours without metrics, and one SDK ``Histogram.record`` per request with the attributes
+    ours measures by: what the SDK itself charges for the measurement ours makes."""
+    scenario = _wsgi_ours(None)
+    return _with_record(scenario, calls_per_unit=1)
+
+
+def _with_record(scenario: Scenario, calls_per_unit: int) -> Scenario:
+    metrics = Metrics()
+    record = metrics.histogram("bench.request.duration").record
+
+    def run(n: int) -> int:
+        done = scenario.run(n)
+        for _ in range(n * calls_per_unit):
+            record(0.001, METRIC_ATTRIBUTES)
+        return done
+
+    return Scenario(run, scenario.check, closing(scenario.close, metrics.close))
 
 
 # --- ASGI ----------------------------------------------------------------------------------
@@ -322,7 +382,7 @@ class AsgiServer:
         return any(key == HEADER and b"traceresponse=00-" in value for key, value in self.headers)
 
 
-def _floor_app(tracer: Any, app: ASGIApp) -> ASGIApp:
+def _floor_app(tracer: Any, app: ASGIApp, attributes: bool = False) -> ASGIApp:
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
@@ -332,8 +392,12 @@ def _floor_app(tracer: Any, app: ASGIApp) -> ASGIApp:
             if key == b"traceparent":
                 carrier["traceparent"] = value.decode("latin-1")
         parent = extract(carrier)
-        with tracer.start_as_current_span("invocations", context=parent, kind=SpanKind.SERVER):
+        with tracer.start_as_current_span(
+            "invocations", context=parent, kind=SpanKind.SERVER
+        ) as span:
             await app(scope, receive, send)
+            if attributes:
+                span.set_attributes(SPAN_ATTRIBUTES)
 
     return floor
 
@@ -368,13 +432,25 @@ def asgi_bare() -> Scenario:
 
 
 def asgi_floor() -> Scenario:
+    return _asgi_floor(attributes=False)
+
+
+def asgi_floor_attributes() -> Scenario:
+    """The floor's span with the attributes ours records (see ``wsgi_floor_attributes``)."""
+    return _asgi_floor(attributes=True)
+
+
+def _asgi_floor(attributes: bool) -> Scenario:
     tracer_provider, exporter = provider()
     server = AsgiServer()
-    request = server.caller(_floor_app(tracer_provider.get_tracer("bench.floor"), server.app))
+    tracer = tracer_provider.get_tracer("bench.floor")
+    request = server.caller(_floor_app(tracer, server.app, attributes))
 
     def check(calls: int) -> None:
         _expect_child(exporter, calls)
         server.check_answered(request, RESPONSE_BODY, 1)
+        if attributes:
+            _expect_attributes(exporter)
 
     return Scenario(per_call(request), check, tracer_provider.shutdown)
 
@@ -412,6 +488,12 @@ def asgi_ours() -> Scenario:
 
 def asgi_ours_metrics() -> Scenario:
     return _asgi_ours(Metrics())
+
+
+def asgi_ours_record() -> Scenario:
+    """Ours without metrics, and one SDK ``Histogram.record`` per request (see
+    ``wsgi_ours_record``)."""
+    return _with_record(_asgi_ours(None), calls_per_unit=1)
 
 
 # --- ASGI, a streamed response ------------------------------------------------------------------

@@ -21,6 +21,7 @@ BUILDERS: dict[str, Callable[[], Scenario]] = {
     "client-upstream": client.client_upstream,
     "client-ours": client.client_ours,
     "client-ours-metrics": client.client_ours_metrics,
+    "client-ours-record": client.client_ours_record,
     "echo-bare": client.echo_bare,
     "echo-upstream": client.echo_upstream,
     "echo-ours": client.echo_ours,
@@ -29,14 +30,18 @@ BUILDERS: dict[str, Callable[[], Scenario]] = {
     "stream-ours-metrics": client.stream_ours_metrics,
     "wsgi-bare": container.wsgi_bare,
     "wsgi-floor": container.wsgi_floor,
+    "wsgi-floor-attributes": container.wsgi_floor_attributes,
     "wsgi-upstream": container.wsgi_upstream,
     "wsgi-ours": container.wsgi_ours,
     "wsgi-ours-metrics": container.wsgi_ours_metrics,
+    "wsgi-ours-record": container.wsgi_ours_record,
     "asgi-bare": container.asgi_bare,
     "asgi-floor": container.asgi_floor,
+    "asgi-floor-attributes": container.asgi_floor_attributes,
     "asgi-upstream": container.asgi_upstream,
     "asgi-ours": container.asgi_ours,
     "asgi-ours-metrics": container.asgi_ours_metrics,
+    "asgi-ours-record": container.asgi_ours_record,
     "asgi-stream-bare": container.asgi_stream_bare,
     "asgi-stream-floor": container.asgi_stream_floor,
     "asgi-stream-ours": container.asgi_stream_ours,
@@ -94,7 +99,7 @@ def prepare(configs: Iterable[str]) -> None:
     modules = ["opentelemetry.propagate", "opentelemetry.sdk.trace"]
     for config in wanted:
         modules.append(_MODULES.get(config, "opentelemetry.sdk.trace"))
-        if config in _METERED:
+        if config in _METERED or config.endswith("-record"):
             modules.append("opentelemetry.sdk.metrics")
     for module in modules:
         if importlib.util.find_spec(module) is not None:
