@@ -31,6 +31,8 @@ _logger = logging.getLogger(__name__)
 
 App = TypeVar("App")
 MODEL_ROUTE = "/models/{name}/invoke"
+# FastAPI skips its own request telemetry for a scope that already has this key.
+FASTAPI_TELEMETRY = "fastapi.telemetry"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
 _ECHO_PREFIX = TRACERESPONSE + "="

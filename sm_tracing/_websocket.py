@@ -16,7 +16,7 @@ from opentelemetry.trace import Span
 
 from sm_tracing._common import SAGEMAKER_HEADERS, guard
 from sm_tracing._container import Invocation
-from sm_tracing._middleware import with_trace_headers
+from sm_tracing._middleware import FASTAPI_TELEMETRY, with_trace_headers
 
 if TYPE_CHECKING:
     from sm_tracing._asgi import ASGIMiddleware
@@ -69,6 +69,9 @@ def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope,
         headers = with_trace_headers(scope.get("headers") or (), invocation)
         if headers is not None:
             changes["headers"] = headers
+    if middleware._quiet_fastapi:
+        # FastAPI's own session span would start a trace of its own: ours is the session's.
+        changes[FASTAPI_TELEMETRY] = None
     # A copy: the server's scope stays as it came.
     return ({**scope, **changes} if changes else scope), invocation
 

@@ -364,6 +364,69 @@ def test_a_default_fastapi_app_gives_one_trace_per_invocation(
     assert {span["kind"] for span in recorded} == {"SERVER"}
 
 
+def default_fastapi_websocket_app() -> Any:
+    """``ASGIMiddleware(FastAPI())`` serving a bidirectional stream's WebSocket, FastAPI's
+    built-in tracing on, the handler making a span of its own per message."""
+    from fastapi import FastAPI, WebSocket
+
+    trace.set_tracer_provider(provider_from_env())
+    api = FastAPI()
+    tracer = trace.get_tracer("app")
+
+    @api.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {}
+
+    async def stream(websocket: Any) -> None:
+        await websocket.accept()
+        async for text in websocket.iter_text():
+            with tracer.start_as_current_span("answer"):
+                await websocket.send_text(text.upper())
+
+    # FastAPI finds the WebSocket parameter by its annotation, which must be the class itself.
+    stream.__annotations__["websocket"] = WebSocket
+    api.websocket("/invocations-bidirectional-stream")(stream)
+    return sm_tracing.ASGIMiddleware(api)
+
+
+def test_a_default_fastapi_websocket_session_stays_in_the_callers_trace(
+    tracer: Tracer, tmp_path: Path
+) -> None:
+    """Under a real uvicorn, with FastAPI's own tracing on: a bidirectional stream's session is
+    one SERVER span in the caller's trace, and the app's spans are its children, not the spans
+    of a trace FastAPI would start for the session."""
+    from websockets.sync.client import connect
+
+    spans = tmp_path / "spans.jsonl"
+    container = launch(
+        "uvicorn",
+        "tests.test_promises:default_fastapi_websocket_app()",
+        "fastapi",
+        tmp_path,
+        env={SPANS_ENV: str(spans)},
+    )
+    with serving(container):
+        _, parent = caller(tracer)
+        traceparent = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-01"
+        url = container.url.replace("http://", "ws://")
+        with connect(
+            f"{url}/invocations-bidirectional-stream?model=m&traceparent={traceparent}"
+        ) as websocket:
+            for text in ("a", "b"):
+                websocket.send(text)
+                assert websocket.recv(timeout=10) == text.upper()
+        recorded = read_spans(spans, 3)
+        recorded = read_spans(spans, len(recorded) + 1, timeout=1.0)
+    sessions = [span for span in recorded if span["kind"] == "SERVER"]
+    assert [span["name"] for span in sessions] == ["WS /invocations-bidirectional-stream"]
+    session = sessions[0]
+    assert session["trace_id"] == f"{parent.trace_id:032x}"
+    answers = [span for span in recorded if span["name"] == "answer"]
+    assert len(answers) == 2
+    assert {span["trace_id"] for span in recorded} == {session["trace_id"]}
+    assert {span["parent_span_id"] for span in answers} == {session["span_id"]}
+
+
 @pytest.mark.parametrize("name", ["WSGIMiddleware", "ASGIMiddleware"])
 @pytest.mark.parametrize("app", [None, "app", 42])
 def test_a_middleware_wraps_only_an_application(name: str, app: object) -> None:
