@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,8 +18,10 @@ from typing import Any
 
 import botocore.session
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from opentelemetry.sdk.trace import TracerProvider
 from urllib3.response import HTTPResponse
 
+import sm_tracing
 from sm_tracing.local._eventstream import exception_event, payload_part
 
 REGION = "us-east-1"
@@ -116,14 +120,7 @@ class Wire:
 
     def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
         self.requests.append(request)
-        canned = self.respond(request)
-        raw = HTTPResponse(
-            body=io.BytesIO(canned.body),
-            headers=canned.headers,
-            status=canned.status,
-            preload_content=False,
-        )
-        return AWSResponse(request.url, canned.status, canned.headers, raw)
+        return answered(request, self.respond(request))
 
     def attach(self, client: Any) -> Any:
         client.meta.events.register("before-send.sagemaker-runtime", self)
@@ -137,6 +134,17 @@ class Wire:
         """The CustomAttributes header as sent, or None when the request had none."""
         value = header(self.requests[index].headers, HEADER)
         return None if value is None else value
+
+
+def answered(request: AWSPreparedRequest, canned: Canned) -> AWSResponse:
+    """*canned* as the response botocore reads to *request*, unread as from a socket."""
+    raw = HTTPResponse(
+        body=io.BytesIO(canned.body),
+        headers=canned.headers,
+        status=canned.status,
+        preload_content=False,
+    )
+    return AWSResponse(request.url, canned.status, canned.headers, raw)
 
 
 def header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -171,6 +179,37 @@ def make_client(session: Any = None, wire: Wire | None = None, **kwargs: Any) ->
     if wire is not None:
         wire.attach(client)
     return client
+
+
+@contextmanager
+def instrumenting(**options: Any) -> Iterator[None]:
+    """``sm_tracing.instrument(**options)`` for the block, uninstrumented after it."""
+    sm_tracing.instrument(**options)
+    try:
+        yield
+    finally:
+        sm_tracing.uninstrument()
+
+
+def echo_left_unread(
+    tracer_provider: TracerProvider, client: Any, wire: Wire, returned: str
+) -> None:
+    """Call InvokeEndpoint with ``record_echo=False``, the response's CustomAttributes
+    *returned*, and check they come back to the caller exactly as sent."""
+    wire.respond = lambda request: canned_for("InvokeEndpoint", returned)
+    with instrumenting(tracer_provider=tracer_provider, record_echo=False):
+        response = client.invoke_endpoint(**call_params("invoke_endpoint"))
+    assert response["CustomAttributes"] == returned
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter, which must exit 0; the finished process, its output
+    captured as text."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def traceparent_of(value: str | None) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags, Tracer
 
 import sm_tracing
@@ -28,11 +29,17 @@ SPANS_ENV = "SM_TRACING_TEST_SPANS"
 _TRACERESPONSE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def caller(tracer: Tracer, value: str | None = None) -> tuple[str, SpanContext]:
-    """CustomAttributes as a caller under its own span sends them, and that span's context."""
+def caller(
+    tracer: Tracer, value: str | None = None, *, clear: InMemorySpanExporter | None = None
+) -> tuple[str, SpanContext]:
+    """CustomAttributes as a caller under its own span sends them, and that span's context;
+    the exporter *clear*, when given, is emptied afterwards, so that a test reads only the
+    spans made from then on."""
     with tracer.start_as_current_span("caller") as span:
         merged = sm_tracing.inject_context(value)
     assert merged is not None and "traceparent=" in merged
+    if clear is not None:
+        clear.clear()
     return merged, span.get_span_context()
 
 

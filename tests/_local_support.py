@@ -203,6 +203,40 @@ class TransformContainers:
             stop(container)
 
 
+def put(root: Path, key: str, data: bytes) -> None:
+    """Store *data* as the object *key* of a LocalRuntime whose ``s3_root`` is ``root/s3``."""
+    path = root / "s3" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+# The serving half of a model app for a transform job's container process: ``_wsgi`` (for
+# gunicorn) and ``_asgi`` (for uvicorn) answer every request with ``answer(path, body)``, which
+# the code put before this defines.
+SERVING_APPS = """
+
+def _wsgi(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    data = answer(environ["PATH_INFO"], body)
+    start_response("200 OK", [("Content-Length", str(len(data)))])
+    return [data]
+
+
+async def _asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    data = answer(scope["path"], body)
+    headers = [(b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+"""
+
+
 def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handler:
     """A handler streaming *parts*; with a *gate*, the second part waits for it (5 s at most)."""
 

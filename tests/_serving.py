@@ -163,6 +163,26 @@ def otlp_env(name: str, traces_url: str, schedule_delay_ms: int = 50) -> dict[st
     }
 
 
+def shell_env(collector: str, **variables: str) -> dict[str, str]:
+    """This environment without the OTel, sm_tracing and AWS settings of whoever runs the
+    tests, exporting over OTLP/HTTP to *collector* (a base URL), as a user's shell with a
+    collector would be; plus *variables*. For running an example's scripts as its README
+    says."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "SM_TRACING_", "AWS_"))
+    }
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        **variables,
+    )
+    return env
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then closed, here)."""
     with socket.socket() as sock:

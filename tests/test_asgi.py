@@ -72,8 +72,7 @@ def test_a_streamed_response_is_traced_to_its_last_chunk(
 ) -> None:
     """The echo is in http.response.start, before the first chunk; the span ends only after the
     last body message, and nothing of ours is left current."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     middleware = ASGIMiddleware(_streaming_app(), tracer_provider=tracer_provider)
     sent: list[tuple[str, int]] = []
     starts: list[Any] = []
@@ -214,8 +213,7 @@ def test_one_traceparent_and_the_servers_headers_untouched(
 ) -> None:
     """Incoming traceparent headers (any case) and a stale tracestate give way to exactly one
     traceparent, ours; the app gets a copy of the scope, the server's list is not changed."""
-    value, parent = caller(tracer, mine)
-    exporter.clear()
+    value, parent = caller(tracer, mine, clear=exporter)
     app = _ScopeApp()
     middleware = ASGIMiddleware(app, tracer_provider=tracer_provider, inject_headers=True)
     headers = [
@@ -256,8 +254,7 @@ def test_fastapis_own_request_span_is_our_child(
     is a child of our container span in the caller's trace."""
     if "telemetry" not in inspect.signature(FastAPI).parameters:
         pytest.skip("this FastAPI has no built-in tracing")
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     api = FastAPI(telemetry={"tracer_provider": tracer_provider, "operation_spans": False})
 
     @api.post("/invocations")

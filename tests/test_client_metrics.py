@@ -3,15 +3,13 @@ attributes of the endpoints ``genai_models`` names."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _client_support import Wire, call_params, canned_for, model_error
+from _client_support import Wire, call_params, canned_for, model_error, run_python
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -289,8 +287,5 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
         "        for m in sm.metrics:\n"
         "            print(m.name, sum(p.count for p in m.data.data_points))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     assert done.stdout.split() == ["aws.sagemaker.client.operation.duration", "1"]

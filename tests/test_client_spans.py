@@ -11,6 +11,8 @@ from _client_support import (
     Wire,
     call_params,
     canned_for,
+    echo_left_unread,
+    instrumenting,
     make_client,
     model_error,
     traceparent_of,
@@ -19,8 +21,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
-
-import sm_tracing
 
 OTHER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CONTAINER_SPAN = "00f067aa0ba902b7"
@@ -137,11 +137,8 @@ def test_non_default_port_is_recorded(
     """An endpoint_url on another port records server.port; the default port is left out."""
     wire = Wire()
     client = make_client(wire=wire, endpoint_url="http://127.0.0.1:8080")
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
     attributes = _client_span(exporter).attributes
     assert attributes["server.address"] == "127.0.0.1"
     assert attributes["server.port"] == 8080
@@ -311,12 +308,7 @@ def test_record_echo_off_leaves_the_response_alone(
     tracer_provider: TracerProvider, wire: Wire, client: Any, exporter: InMemorySpanExporter
 ) -> None:
     """With record_echo=False the response CustomAttributes come back exactly as sent."""
-    returned = f"a=1;traceresponse=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01"
-    wire.respond = lambda request: canned_for("InvokeEndpoint", returned)
-    sm_tracing.instrument(tracer_provider=tracer_provider, record_echo=False)
-    try:
-        response = client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
-    assert response["CustomAttributes"] == returned
+    echo_left_unread(
+        tracer_provider, client, wire, f"a=1;traceresponse=00-{OTHER_TRACE}-{CONTAINER_SPAN}-01"
+    )
     assert "aws.sagemaker.container.trace_id" not in _client_span(exporter).attributes

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _client_support import Canned, Wire, call_params, canned_for
+from _client_support import Canned, Wire, call_params, canned_for, echo_left_unread
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -87,14 +87,7 @@ def test_record_echo_off_records_no_time(
     tracer_provider: TracerProvider, client: Any, wire: Wire, exporter: InMemorySpanExporter
 ) -> None:
     """With record_echo=False, the container's time stays in the response, unread."""
-    value = f"{ECHO};sm-container-us=10"
-    wire.respond = lambda request: canned_for("InvokeEndpoint", value)
-    sm_tracing.instrument(tracer_provider=tracer_provider, record_echo=False)
-    try:
-        response = client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
-    assert response["CustomAttributes"] == value
+    echo_left_unread(tracer_provider, client, wire, f"{ECHO};sm-container-us=10")
     (span,) = exporter.get_finished_spans()
     assert CONTAINER not in (span.attributes or {})
 

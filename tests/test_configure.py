@@ -116,6 +116,19 @@ def export_one(provider: TracerProvider, name: str = "work") -> None:
     assert provider.force_flush(5_000)
 
 
+def endpoint_variables(signal: str) -> pytest.MarkDecorator:
+    """Each test once per standard endpoint variable of *signal* (``traces``, ``metrics``): the
+    shared one gets the collector's base URL, the signal's own the full URL; ``suffix`` is
+    what follows the base."""
+    return pytest.mark.parametrize(
+        ("variable", "suffix"),
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", f"/v1/{signal}"),
+        ],
+    )
+
+
 def test_installs_the_global_provider() -> None:
     """The returned provider is the global one, with a batch processor."""
     provider = sm_tracing.configure("svc", exporter="console")
@@ -177,10 +190,7 @@ def test_endpoint_argument(receiver: OTLPReceiver, endpoint: str, path: str) -> 
     assert receiver.wait_for(named("work"))
 
 
-@pytest.mark.parametrize(
-    ("variable", "suffix"),
-    [("OTEL_EXPORTER_OTLP_ENDPOINT", ""), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "/v1/traces")],
-)
+@endpoint_variables("traces")
 def test_endpoint_variables(
     monkeypatch: pytest.MonkeyPatch, receiver: OTLPReceiver, variable: str, suffix: str
 ) -> None:
@@ -300,6 +310,20 @@ def test_keeps_a_provider_installed_by_someone_else(caplog: pytest.LogCaptureFix
     assert "already installed" in caplog.text
 
 
+def _python(code: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter with no OTEL_* variables but *variables*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(variables)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_flushes_at_exit(receiver: OTLPReceiver) -> None:
     """Spans still queued in the batch processor are exported when the interpreter exits."""
     code = (
@@ -308,10 +332,9 @@ def test_flushes_at_exit(receiver: OTLPReceiver) -> None:
         f"sm_tracing.configure('at-exit', endpoint={receiver.url!r})\n"
         "trace.get_tracer('t').start_span('last words').end()\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     # A long schedule delay: only the exit flush can send the span in time.
-    env["OTEL_BSP_SCHEDULE_DELAY"] = "60000"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    done = _python(code, OTEL_BSP_SCHEDULE_DELAY="60000")
+    assert done.returncode == 0, done.stderr
     (span,) = receiver.wait_for(named("last words"), timeout=5)
     assert span.service == "at-exit"
 
@@ -338,18 +361,10 @@ def _exit_after(endpoint: str, spans: int, points: int = 0) -> tuple[float, str]
         "    histogram.record(index / 10)\n"
         "print(time.monotonic(), flush=True)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
+    done = _python(
+        code,
         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
         OTEL_BSP_SCHEDULE_DELAY="60000",  # nothing is exported before the exit flush
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     ended = time.monotonic()
     assert done.returncode == 0, done.stderr
@@ -607,18 +622,12 @@ def record(value: float = 0.25, name: str = "work.duration") -> None:
     metrics.get_meter("tests").create_histogram(name, unit="s").record(value, {"route": "/x"})
 
 
-def _python(code: str, **variables: str) -> subprocess.CompletedProcess[str]:
-    """Run *code* in a fresh interpreter with no OTEL_* variables but *variables*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(variables)
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def export_metric(collector: Collector) -> None:
+    """Record one value of ``work.duration``, flush it out, and wait for *collector* to have
+    it."""
+    record()
+    assert meter_provider().force_flush(5_000)
+    collector.wait_for(has_metric("work.duration"))
 
 
 _RECORD = (
@@ -754,24 +763,17 @@ def test_endpoint_argument_for_both_signals(
     assert span_exporter._endpoint == collector.url + traces
     assert metric_exporter._endpoint == collector.url + metrics_path
     if metrics_path == "/v1/metrics":
-        record()
-        assert meter_provider().force_flush(5_000)
-        collector.wait_for(has_metric("work.duration"))
+        export_metric(collector)
 
 
-@pytest.mark.parametrize(
-    ("variable", "suffix"),
-    [("OTEL_EXPORTER_OTLP_ENDPOINT", ""), ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "/v1/metrics")],
-)
+@endpoint_variables("metrics")
 def test_metrics_endpoint_variables(
     monkeypatch: pytest.MonkeyPatch, collector: Collector, variable: str, suffix: str
 ) -> None:
     """The standard endpoint variables reach the OTLP/HTTP metric exporter."""
     monkeypatch.setenv(variable, collector.url + suffix)
     sm_tracing.configure("svc")
-    record()
-    assert meter_provider().force_flush(5_000)
-    collector.wait_for(has_metric("work.duration"))
+    export_metric(collector)
     assert collector.points[0].service == "svc"
 
 

@@ -21,8 +21,7 @@ def test_continue_trace_joins_the_callers_trace(
     tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """The container span is a SERVER child of the caller's span, current inside the block."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     with continue_trace(value, tracer_provider=tracer_provider) as span:
         assert trace.get_current_span() is span
     assert trace.get_current_span() is trace.INVALID_SPAN

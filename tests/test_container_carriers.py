@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, Tracer
 
 import sm_tracing
 from tests._container_support import (
@@ -26,7 +26,7 @@ from tests._serving import launch, serving
 PATH = "/invocations-bidirectional-stream"
 
 
-def _traceparent(tracer: Tracer) -> tuple[str, Any]:
+def _traceparent(tracer: Tracer) -> tuple[str, SpanContext]:
     value, parent = caller(tracer)
     (pair,) = [token for token in value.split(";") if token.startswith("traceparent=")]
     return pair.partition("=")[2], parent
@@ -229,20 +229,28 @@ def test_under_uvicorn_a_websocket_session_joins_the_callers_trace(
 # --- batch transform: the job's context in the environment ------------------------------------
 
 
+@pytest.fixture
+def job(
+    tracer: Tracer, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> SpanContext:
+    """A batch transform job's span, its TRACEPARENT in this process's environment as in the
+    job's containers; the exporter emptied of it."""
+    traceparent, context = _traceparent(tracer)
+    monkeypatch.setenv("TRACEPARENT", traceparent)
+    exporter.clear()
+    return context
+
+
 @pytest.mark.parametrize(("policy", "linked"), [("continue", False), ("link", True)])
 def test_without_a_carrier_the_environment_gives_the_jobs_context(
-    tracer: Tracer,
     tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    job: SpanContext,
     policy: str,
     linked: bool,
 ) -> None:
     """A request with no CustomAttributes in a container whose environment has TRACEPARENT
     (a batch transform job's) is a child of the job's span, or a new trace linked to it."""
-    traceparent, job = _traceparent(tracer)
-    monkeypatch.setenv("TRACEPARENT", traceparent)
-    exporter.clear()
     with sm_tracing.continue_trace(
         None,
         tracer_provider=tracer_provider,
@@ -258,33 +266,23 @@ def test_without_a_carrier_the_environment_gives_the_jobs_context(
         assert span.context.trace_id == job.trace_id
 
 
+@pytest.mark.usefixtures("job")
 def test_a_carrier_wins_over_the_environment(
-    tracer: Tracer,
-    tracer_provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """CustomAttributes that carry a context are the parent, whatever the environment says."""
-    job_traceparent, _ = _traceparent(tracer)
-    monkeypatch.setenv("TRACEPARENT", job_traceparent)
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     with sm_tracing.continue_trace(value, tracer_provider=tracer_provider):
         pass
     (span,) = exporter.get_finished_spans()
     assert span.parent is not None and span.parent.span_id == parent.span_id
 
 
+@pytest.mark.usefixtures("job")
 def test_ignore_leaves_the_environment_alone(
-    tracer: Tracer,
-    tracer_provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """remote_context="ignore" starts a root with no link, environment or not."""
-    traceparent, _ = _traceparent(tracer)
-    monkeypatch.setenv("TRACEPARENT", traceparent)
-    exporter.clear()
     with sm_tracing.continue_trace(None, tracer_provider=tracer_provider, remote_context="ignore"):
         pass
     (span,) = exporter.get_finished_spans()

@@ -19,8 +19,7 @@ def test_a_djl_handler_continues_the_trace_from_split_properties(
 ) -> None:
     """DJL splits CustomAttributes into properties: the trace is rebuilt from them, the
     handler's span is current, and the Output gets the echo merged after its own value."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     current: list[int] = []
 
     @trace_handler(tracer_provider=tracer_provider)
@@ -44,8 +43,7 @@ def test_the_whole_header_as_a_property_is_read_too(
     tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """A property named like the header (any case) carries the value whole."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
 
     @trace_handler(tracer_provider=tracer_provider)
     def handle(inputs: Any) -> Any:
@@ -62,8 +60,7 @@ def test_a_djl_batch_gets_one_span_per_request(
 ) -> None:
     """batch_XXX_ properties give each batched request its own span and parent."""
     first, first_parent = caller(tracer)
-    second, second_parent = caller(tracer)
-    exporter.clear()
+    second, second_parent = caller(tracer, clear=exporter)
     properties = {"batch_size": "2"}
     for index, value in enumerate((first, second)):
         for key, item in djl_properties(value).items():

@@ -8,7 +8,6 @@ The SDK needs Python 3.12: CI runs this file in its 3.12 environment (``.ci/run`
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ pytest.importorskip("websockets")
 pytest.importorskip("trustme")
 
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
-from tests._serving import ROOT, launch, otlp_env, serving
+from tests._serving import ROOT, launch, otlp_env, serving, shell_env
 
 FOLDER = ROOT / "examples" / "bidi"
 STREAM_SPAN = "SageMaker Runtime HTTP2.InvokeEndpointWithBidirectionalStream"
@@ -32,24 +31,6 @@ NAMES = {"client.py", STREAM_SPAN, SESSION_SPAN}  # and one "transform" span per
 # The caller's own ModelQueryString: an encoded space, and a mode the container acts on.
 QUERY = "model=demo-7&mode=reverse&note=a%20b"
 MESSAGES = ["hello", "duplex", "world"]
-
-
-def client_env(receiver: OTLPReceiver) -> dict[str, str]:
-    """This environment without the OTel, sm_tracing and AWS settings of whoever runs the
-    tests, exporting to *receiver*, as a user's shell with a collector would be."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "SM_TRACING_", "AWS_"))
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
-        OTEL_METRICS_EXPORTER="none",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    return env
 
 
 def test_bidi_example_is_one_trace(tmp_path: Path) -> None:
@@ -66,7 +47,7 @@ def test_bidi_example_is_one_trace(tmp_path: Path) -> None:
             result = subprocess.run(
                 [sys.executable, "client.py", "--local", container.url.replace("http", "ws", 1),
                  "--query", QUERY, *MESSAGES],
-                cwd=FOLDER, env=client_env(receiver),
+                cwd=FOLDER, env=shell_env(receiver.url, OTEL_METRICS_EXPORTER="none"),
                 check=False, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert result.returncode == 0, result.stdout + result.stderr + container.output()

@@ -6,7 +6,6 @@ test sees whether client and container spans form one trace."""
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from typing import Any
@@ -17,7 +16,7 @@ pytest.importorskip("flask")
 pytest.importorskip("gunicorn")
 
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
-from tests._serving import ROOT, _no_control_socket
+from tests._serving import ROOT, _no_control_socket, shell_env
 
 FOLDER = ROOT / "examples" / "batch_transform"
 JOB_SPAN = "SageMaker.CreateTransformJob"
@@ -27,24 +26,14 @@ RECORDS = {"3.25,4.75": "3.25,4.75,8", "10,20,30": "10,20,30,60", "0.5,1e3": "0.
 
 
 def example_env(receiver: OTLPReceiver) -> dict[str, str]:
-    """This environment without the OTel, sm_tracing and AWS settings of whoever runs the
-    tests, exporting to *receiver*, as a user's shell with a collector would be."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "SM_TRACING_", "AWS_"))
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+    """A user's shell with a collector (*receiver*), spans sent every 20 ms."""
+    # Recent gunicorn opens a control socket at one fixed path: none, so that servers of
+    # other tests running at the same time do not collide with this one.
+    return shell_env(
+        receiver.url,
         OTEL_BSP_SCHEDULE_DELAY="20",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        # Recent gunicorn opens a control socket at one fixed path: none, so that servers of
-        # other tests running at the same time do not collide with this one.
         GUNICORN_CMD_ARGS=" ".join(_no_control_socket()),
     )
-    return env
 
 
 def strings(span: ReceivedSpan) -> list[str]:

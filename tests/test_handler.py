@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import flask
@@ -80,8 +80,7 @@ def test_explicit_custom_attributes_callable(
     tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """custom_attributes=(args, kwargs) -> str gives the carrier; name= names the span."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
 
     @trace_handler(
         name="predict",
@@ -121,14 +120,23 @@ def test_an_exception_is_recorded_and_reraised_unchanged(
     assert span.status.status_code is StatusCode.ERROR
 
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+@pytest.fixture
+def traced(tracer_provider: TracerProvider) -> Decorator:
+    """@trace_handler with this test's provider, reading CustomAttributes from the handler's
+    first argument."""
+    return trace_handler(tracer_provider=tracer_provider, custom_attributes=lambda a, k: a[0])
+
+
 def test_a_coroutine_handler_is_awaited_under_its_span(
-    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer: Tracer, exporter: InMemorySpanExporter, traced: Decorator
 ) -> None:
     """An async handler stays a coroutine function and runs under its span."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
 
-    @trace_handler(tracer_provider=tracer_provider, custom_attributes=lambda a, k: a[0])
+    @traced
     async def handle(custom_attributes: str) -> int:
         await asyncio.sleep(0)
         return _current_span_id()
@@ -141,15 +149,14 @@ def test_a_coroutine_handler_is_awaited_under_its_span(
 
 
 def test_a_generator_handler_is_traced_over_its_whole_iteration(
-    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer: Tracer, exporter: InMemorySpanExporter, traced: Decorator
 ) -> None:
     """The span of a generator handler ends after its last item, is current only while the
     handler runs, and values sent in reach the handler."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     received: list[Any] = []
 
-    @trace_handler(tracer_provider=tracer_provider, custom_attributes=lambda a, k: a[0])
+    @traced
     def stream(custom_attributes: str) -> Iterator[int]:
         for _ in range(3):
             received.append((yield _current_span_id()))
@@ -210,13 +217,12 @@ def test_a_generator_that_raises_records_the_error(
 
 
 def test_an_async_generator_handler_is_traced_over_its_whole_iteration(
-    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer: Tracer, exporter: InMemorySpanExporter, traced: Decorator
 ) -> None:
     """An async-generator handler stays one, and its span covers every item."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
 
-    @trace_handler(tracer_provider=tracer_provider, custom_attributes=lambda a, k: a[0])
+    @traced
     async def stream(custom_attributes: str) -> AsyncIterator[int]:
         for _ in range(3):
             await asyncio.sleep(0)
@@ -243,8 +249,7 @@ def test_in_flask_the_request_is_the_carrier(
 ) -> None:
     """A decorated Flask view finds the current request's header, sees it stripped, and the
     response carries the echo, merged after the view's own value."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     app = flask.Flask("handler_test")
 
     @app.post("/invocations")
@@ -270,8 +275,7 @@ def test_in_flask_behind_the_middleware_the_handler_span_is_its_child(
 ) -> None:
     """With WSGIMiddleware in front, the decorated view's span is an INTERNAL child of the
     middleware's span, and one echo (the middleware's, the outer span) reaches the caller."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     app = flask.Flask("handler_mw_test")
 
     @app.post("/invocations")

@@ -12,7 +12,15 @@ import boto3
 import botocore.client
 import botocore.session
 import pytest
-from _client_support import CREDENTIALS, REGION, Wire, call_params, make_client
+from _client_support import (
+    CREDENTIALS,
+    REGION,
+    Wire,
+    call_params,
+    instrumenting,
+    make_client,
+    run_python,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -53,13 +61,10 @@ def test_every_client_is_covered(
     """Clients from any session, made before or after instrument(), are traced and inject."""
     wire = Wire()
     client = MAKERS[maker](wire) if made == "before" else None
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         if client is None:
             client = MAKERS[maker](wire)
         client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
     assert _injected(wire)
     assert len(exporter.get_finished_spans()) == 1
 
@@ -70,12 +75,9 @@ def test_instrument_twice_is_harmless(
     """A second instrument() adds no second wrapper: one span and one traceparent per call."""
     wire = Wire()
     client = make_client(wire=wire)
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         sm_tracing.instrument(tracer_provider=tracer_provider, endpoints={"none"})
         client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
     assert len(exporter.get_finished_spans()) == 1
     value = wire.custom_attributes()
     assert value is not None and value.count("traceparent=") == 1
@@ -115,11 +117,8 @@ def test_reinstrument_after_uninstrument(
     for _ in range(2):
         sm_tracing.instrument(tracer_provider=tracer_provider)
         sm_tracing.uninstrument()
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
     assert len(exporter.get_finished_spans()) == 1
 
 
@@ -167,10 +166,7 @@ def test_aiobotocore_is_patched_when_imported_not_before() -> None:
         "sm_tracing.uninstrument()\n"
         "print(hasattr(c.AioBaseClient.__dict__['_make_api_call'], '_self_wrapper'))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     assert done.stdout.split() == ["False", "ClientHook.wrap_aio", "False"]
 
 
@@ -280,10 +276,7 @@ def test_the_client_side_never_imports_the_container_side() -> None:
         "make_client(wire=Wire()).invoke_endpoint(**call_params('invoke_endpoint'))\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('sm_tracing.'))))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     loaded = set(done.stdout.split())
     assert "sm_tracing._client" in loaded
     side = {"_container", "_carriers", "_handler", "_wsgi", "_asgi", "_middleware"}
@@ -326,10 +319,7 @@ def test_a_process_that_can_never_trace_says_so_once(case: str, warned: bool, se
     provider is set before the call, or one was given to instrument()."""
 
     code = _NO_PROVIDER_APP.format(tests=str(Path(__file__).parent), case=case)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     assert done.stdout.strip().startswith(sent)
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING sm_tracing")]
     if warned:

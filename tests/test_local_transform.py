@@ -16,11 +16,20 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sm_tracing.local import LocalRuntime, LocalTransformJob
-from tests._local_support import ModelContainer, Reply, Seen, TransformContainers, runtime_client
+from tests._local_support import (
+    SERVING_APPS,
+    ModelContainer,
+    Reply,
+    Seen,
+    TransformContainers,
+    put,
+    runtime_client,
+)
 
 # A container answering each request with the records it got and the environment it runs in,
 # as a WSGI app (for gunicorn) and an ASGI app (for uvicorn).
-_APP = """\
+_APP = (
+    """\
 import json, os
 
 NAMES = ("JOB_MARK", "SAGEMAKER_BATCH", "SAGEMAKER_BATCH_STRATEGY", "SAGEMAKER_MAX_PAYLOAD_IN_MB")
@@ -31,27 +40,10 @@ def answer(path, body):
         return b""
     seen = {name: os.environ.get(name) for name in NAMES}
     return json.dumps({"records": body.decode().split("\\n"), **seen}).encode()
-
-
-def wsgi(environ, start_response):
-    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    data = answer(environ["PATH_INFO"], body)
-    start_response("200 OK", [("Content-Length", str(len(data)))])
-    return [data]
-
-
-async def asgi(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body, more = body + message.get("body", b""), message.get("more_body", False)
-    data = answer(scope["path"], body)
-    headers = [(b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
 """
+    + SERVING_APPS
+    + "wsgi, asgi = _wsgi, _asgi\n"
+)
 
 _MANIFEST = {"S3DataType": "ManifestFile", "S3Uri": "s3://in/manifest"}
 
@@ -85,12 +77,6 @@ def transform(tmp_path: Path) -> Iterator[Transform]:
         yield Transform(container, runtime, runtime_client(runtime.url, "sagemaker"))
 
 
-def _put(root: Path, key: str, data: bytes) -> None:
-    path = root / "s3" / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 def _job(name: str = "job-1", **params: Any) -> dict[str, Any]:
     """A CreateTransformJob request reading s3://in/records/ and writing s3://out/<name>."""
     request: dict[str, Any] = {
@@ -118,9 +104,9 @@ def test_single_records_are_sent_one_by_one_and_written_per_file(
     """SplitType Line with SingleRecord: one call per line, with the job's content type and
     accept and no CustomAttributes; each input file gives <file>.out under the output path,
     one answer a line with AssembleWith Line."""
-    _put(tmp_path, "in/records/a.csv", b"1,2\n3,4\n")
-    _put(tmp_path, "in/records/more/b.csv", b"5,6\r\n\n7,8")
-    _put(tmp_path, "in/other/c.csv", b"not under the prefix")
+    put(tmp_path, "in/records/a.csv", b"1,2\n3,4\n")
+    put(tmp_path, "in/records/more/b.csv", b"5,6\r\n\n7,8")
+    put(tmp_path, "in/other/c.csv", b"not under the prefix")
     described = transform.run(
         _job(BatchStrategy="SingleRecord", TransformOutput={"AssembleWith": "Line"}),
     )
@@ -151,7 +137,7 @@ def test_multi_record_batches_fill_max_payload(transform: Transform, tmp_path: P
     """MultiRecord sends as many whole lines as fit in MaxPayloadInMB, joined by newlines;
     with AssembleWith None the answers are written back to back."""
     record = b"x" * 300_000
-    _put(tmp_path, "in/records/big.txt", b"\n".join(record + b"%d" % n for n in range(5)))
+    put(tmp_path, "in/records/big.txt", b"\n".join(record + b"%d" % n for n in range(5)))
     described = transform.run(_job(BatchStrategy="MultiRecord", MaxPayloadInMB=1))
     assert described["TransformJobStatus"] == "Completed", described.get("FailureReason")
     batches = [seen.body.split(b"\n") for seen in transform.container.seen]
@@ -164,7 +150,7 @@ def test_multi_record_batches_fill_max_payload(transform: Transform, tmp_path: P
 
 def test_split_none_sends_each_file_whole(transform: Transform, tmp_path: Path) -> None:
     """SplitType None: each file is one record, lines and all."""
-    _put(tmp_path, "in/records/a.json", b'{"a": 1}\n{"a": 2}\n')
+    put(tmp_path, "in/records/a.json", b'{"a": 1}\n{"a": 2}\n')
     described = transform.run(
         _job(BatchStrategy="SingleRecord", TransformInput={"SplitType": "None"})
     )
@@ -189,7 +175,7 @@ def test_execution_parameters_fill_what_the_request_leaves_out(
         "BatchStrategy": "SINGLE_RECORD",
         "MaxConcurrentTransforms": 2,
     }
-    _put(tmp_path, "in/records/a.csv", b"1\n2\n3\n")
+    put(tmp_path, "in/records/a.csv", b"1\n2\n3\n")
     described = transform.run(_job(**requested))
     assert described["TransformJobStatus"] == "Completed", described.get("FailureReason")
     assert len(transform.container.seen) == expected_calls
@@ -213,7 +199,7 @@ def test_calls_run_concurrently_up_to_max_concurrent_transforms(
         return Reply(seen.body)
 
     transform.container.handler = slow
-    _put(tmp_path, "in/records/a.csv", b"\n".join(b"%d" % n for n in range(12)))
+    put(tmp_path, "in/records/a.csv", b"\n".join(b"%d" % n for n in range(12)))
     request = _job(
         BatchStrategy="SingleRecord",
         MaxConcurrentTransforms=3,
@@ -235,7 +221,7 @@ def test_the_container_process_gets_the_job_environment(
     (tmp_path / "transform_app.py").write_text(_APP)
     containers = TransformContainers(stack, f"transform_app:{app}", tmp_path, cwd=tmp_path)
     with LocalRuntime({}, s3_root=tmp_path / "s3", transform_container=containers) as runtime:
-        _put(tmp_path, "in/records/a.csv", b"1\n2\n")
+        put(tmp_path, "in/records/a.csv", b"1\n2\n")
         request = _job(
             BatchStrategy="SingleRecord",
             MaxPayloadInMB=2,
@@ -264,7 +250,7 @@ def test_the_container_process_gets_the_job_environment(
 
 def test_waiter_sees_the_job_complete(transform: Transform, tmp_path: Path) -> None:
     """botocore's own transform_job_completed_or_stopped waiter returns once the job is done."""
-    _put(tmp_path, "in/records/a.csv", b"1\n")
+    put(tmp_path, "in/records/a.csv", b"1\n")
     transform.client.create_transform_job(**_job())
     waiter = transform.client.get_waiter("transform_job_completed_or_stopped")
     waiter.wait(TransformJobName="job-1", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
@@ -277,7 +263,7 @@ def test_a_failing_container_fails_the_job_after_its_retries(
     """A call the container keeps failing is tried 1 + InvocationsMaxRetries times, then the
     job is Failed with a reason that quotes nothing the container said."""
     transform.container.handler = lambda seen: Reply(b"secret model error", status=500)
-    _put(tmp_path, "in/records/a.csv", b"1\n")
+    put(tmp_path, "in/records/a.csv", b"1\n")
     request = _job(ModelClientConfig={"InvocationsMaxRetries": 1, "InvocationsTimeoutInSeconds": 5})
     described = transform.run(request)
     assert described["TransformJobStatus"] == "Failed"
@@ -302,7 +288,7 @@ def test_a_container_that_does_not_start_fails_the_job(tmp_path: Path) -> None:
         raise OSError("no such image")
 
     with LocalRuntime({}, s3_root=tmp_path / "s3", transform_container=broken) as runtime:
-        _put(tmp_path, "in/records/a.csv", b"1\n")
+        put(tmp_path, "in/records/a.csv", b"1\n")
         described = Transform(None, runtime, runtime_client(runtime.url, "sagemaker")).run(_job())
     assert described["TransformJobStatus"] == "Failed"
     assert "did not start: no such image" in described["FailureReason"]
@@ -346,7 +332,7 @@ def test_names_are_unique_and_unknown_jobs_are_not_found(
 ) -> None:
     """A second job of the same name is ResourceInUse; describing a job never created is
     ResourceNotFound, as botocore's modelled exceptions."""
-    _put(tmp_path, "in/records/a.csv", b"1\n")
+    put(tmp_path, "in/records/a.csv", b"1\n")
     client = transform.client
     client.create_transform_job(**_job())
     with pytest.raises(client.exceptions.ResourceInUse):
@@ -377,7 +363,7 @@ def test_close_stops_a_running_job_and_joins_its_threads(tmp_path: Path) -> None
     with ModelContainer() as container:
         container.handler = stuck
         runtime = LocalRuntime(container.url, s3_root=tmp_path / "s3").start()
-        _put(tmp_path, "in/records/a.csv", b"1\n2\n")
+        put(tmp_path, "in/records/a.csv", b"1\n2\n")
         runtime_client(runtime.url, "sagemaker").create_transform_job(**_job())
         assert started.wait(10)
         begun = time.monotonic()

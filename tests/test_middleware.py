@@ -85,8 +85,7 @@ def test_an_invocation_continues_the_callers_trace(
 ) -> None:
     """The span is a SERVER child of the caller's, current in the view, with HTTP and SageMaker
     attributes; the app sees the stripped value and the response echoes the span."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     response = serve().post(
         {
             HEADER: value,
@@ -230,8 +229,7 @@ def test_the_remote_context_policy_applies(
 ) -> None:
     """SM_TRACING_REMOTE_CONTEXT, read when the middleware is built: "link" gives a new trace
     linked to the caller, "ignore" an unrelated root; the app still sees the stripped value."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     no_env.setenv("SM_TRACING_REMOTE_CONTEXT", policy)
     seen = serve().answer({HEADER: value})
     (span,) = exporter.get_finished_spans()
@@ -251,8 +249,7 @@ def test_under_the_upstream_middleware_the_span_is_its_child(
 ) -> None:
     """Behind opentelemetry-instrumentation-wsgi or -asgi (which can't see the caller), ours
     continues the caller's trace: the outer span of another trace does not hide it."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     ours = serve().app
     Served(transport, transport.upstream(ours, tracer_provider)).answer({HEADER: value})
     (span,) = server_spans(exporter.get_finished_spans())
@@ -269,8 +266,7 @@ def test_inject_headers_gives_the_app_our_span_as_parent(
 ) -> None:
     """inject_headers=True: the app reads one traceparent with the caller's trace id and the
     container span's id and flags, beside CustomAttributes without our keys."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     seen = serve(inject_headers=True).answer({HEADER: value})
     (span,) = exporter.get_finished_spans()
     assert span.context.trace_id == parent.trace_id
@@ -284,8 +280,7 @@ def test_an_incoming_traceparent_and_tracestate_are_replaced(
 ) -> None:
     """A traceparent the request already had (any case) gives way to ours, and a tracestate of
     that other trace is not left beside it."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     served = serve(inject_headers=True)
     seen = served.answer({HEADER: value, "TraceParent": STALE, "tracestate": "other=1"})
     (span,) = exporter.get_finished_spans()
@@ -369,8 +364,7 @@ def test_under_link_and_ignore_the_app_is_still_our_child(
 ) -> None:
     """Whatever the remote-context policy, the traceparent the app reads names our span, in
     our span's trace, not the caller's."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     served = serve(inject_headers=True, remote_context=policy)
     seen = served.answer({HEADER: value})
     (span,) = exporter.get_finished_spans()
@@ -452,8 +446,7 @@ def test_the_upstream_middleware_inside_ours_is_our_child(
 ) -> None:
     """opentelemetry-instrumentation-wsgi or -asgi inside ours, which reads only a traceparent
     header, makes its span a child of our container span in the caller's trace."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     inner = transport.upstream(transport.framework(Answer()), tracer_provider)
     serve(inner=inner, inject_headers=True).answer({HEADER: value})
     spans = exporter.get_finished_spans()

@@ -133,17 +133,25 @@ def trace_of(receiver: OTLPReceiver, trace_id: str, names: set[str]) -> list[Rec
     return [span for span in receiver.wait_for(arrived, timeout=30) if span.trace_id == trace_id]
 
 
+# The worker's spans under a request of the toolkit models here (name: parent's name).
+FUNCTIONS = {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"}
+
+
 def one_request(
-    spans: list[ReceivedSpan],
-    client_span: ReadableSpan,
+    receiver: OTLPReceiver,
+    caller: Caller,
+    trace_id: str,
     children: dict[str, str],
     *,
     echoed: bool = True,
-) -> ReceivedSpan:
-    """Check *spans* are one request's: one SERVER span, child of *client_span*, each of
-    *children* (name: parent's name) under its parent, and (when *echoed*: a ModelError
-    carries no CustomAttributes back) the client told of the SERVER span by the echo; return
-    the SERVER span."""
+) -> tuple[list[ReceivedSpan], ReceivedSpan]:
+    """Check the worker's spans in trace *trace_id* (once the SERVER span and *children* have
+    arrived) are one request's: one SERVER span, child of the client span, each of *children*
+    (name: parent's name) under its parent, and (when *echoed*: a ModelError carries no
+    CustomAttributes back) the client told of the SERVER span by the echo; return the spans
+    and the SERVER span."""
+    spans = trace_of(receiver, trace_id, {"invocations", *children})
+    client_span = caller.client_span(trace_id)
     (server,) = [span for span in spans if span.kind == "server"]
     assert server.name == "invocations"
     assert server.parent_id == f"{client_span.context.span_id:016x}"
@@ -155,7 +163,28 @@ def one_request(
     assert set(by_name) == {"invocations", *children}
     if echoed:
         assert (client_span.attributes or {})[CONTAINER_SPAN] == server.span_id
-    return server
+    return spans, server
+
+
+def batched_requests(
+    receiver: OTLPReceiver,
+    caller: Caller,
+    results: list[Any],
+    bodies: list[Any],
+    children: dict[str, str],
+) -> list[ReadableSpan]:
+    """Check each of *results* (from :meth:`Caller.invoke_together`) answered its one of
+    *bodies*, with no CustomAttributes, and is one request with *children*; return the client
+    spans."""
+    clients = []
+    for (trace_id, answer), expected in zip(results, bodies, strict=True):
+        assert not isinstance(answer, Exception), answer
+        body, custom_attributes = answer
+        assert body == expected
+        assert custom_attributes is None  # the echo, taken out: the model sent none
+        one_request(receiver, caller, trace_id, children)
+        clients.append(caller.client_span(trace_id))
+    return clients
 
 
 def no_other_traces(receiver: OTLPReceiver, service: str, allowed: set[str]) -> None:
@@ -164,6 +193,15 @@ def no_other_traces(receiver: OTLPReceiver, service: str, allowed: set[str]) -> 
     assert traces <= allowed, [
         (span.name, span.trace_id) for span in receiver.spans if span.trace_id not in allowed
     ]
+
+
+def batch_and_callers_only(
+    receiver: OTLPReceiver, service: str, batch: ReceivedSpan, callers: list[ReadableSpan]
+) -> None:
+    """Everything *service* exported belongs to the batch's trace or a caller's."""
+    no_other_traces(
+        receiver, service, {batch.trace_id, *(f"{s.context.trace_id:032x}" for s in callers)}
+    )
 
 
 # --- Multi Model Server, SageMaker inference toolkit ------------------------------------------
@@ -227,17 +265,43 @@ def sagemaker_env(
     }
 
 
-@pytest.fixture(scope="class")
-def mms_server(
-    tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver
-) -> Iterator[ModelServer]:
-    base = tmp_path_factory.mktemp("mms")
-    write_model(base / "model", TOOLKIT_MODEL)
-    (port,) = ports(1)
-    command = [str(PYTHON / "python"), "-c", MMS_LAUNCHER, str(base / "mms.properties")]
-    env = sagemaker_env(base, port, PYTHON, receiver)
-    with ModelServer(command, port=port, env=env, cwd=base, service="mms-toolkit") as server:
-        yield server
+def toolkit_server(
+    model: str,
+    launcher: str,
+    *,
+    config: str,
+    service: str,
+    python_from: str | None = None,
+    torchserve: bool = False,
+    **variables: str,
+) -> Any:
+    """A class-scoped fixture: a toolkit's model server started by the code *launcher* with the
+    Python of environment *python_from* (this one's by default), serving *model* from
+    ``<base>/model`` with its configuration at ``<base>/<config>``, in the environment SageMaker
+    gives it (TorchServe's other listeners moved when *torchserve*) plus *variables*."""
+
+    @pytest.fixture(scope="class")
+    def server(
+        tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver
+    ) -> Iterator[ModelServer]:
+        python_bin = PYTHON if python_from is None else environment(python_from)
+        base = tmp_path_factory.mktemp(service)
+        write_model(base / "model", model)
+        (port,) = ports(1)
+        env = sagemaker_env(base, port, python_bin, receiver)
+        if torchserve:
+            torchserve_ports(env, port)
+        env.update(variables)
+        command = [str(python_bin / "python"), "-c", launcher, str(base / config)]
+        with ModelServer(command, port=port, env=env, cwd=base, service=service) as running:
+            yield running
+
+    return server
+
+
+mms_server = toolkit_server(
+    TOOLKIT_MODEL, MMS_LAUNCHER, config="mms.properties", service="mms-toolkit"
+)
 
 
 class TestInferenceToolkitOnMultiModelServer:
@@ -260,12 +324,7 @@ class TestInferenceToolkitOnMultiModelServer:
             assert body == {"score": 3.0, "seen": "accept_eula=true", "id": number}
             # The model's own value, as it set it: the echo merged after it was taken out.
             assert custom_attributes == f"x-next-token={number}"
-            spans = trace_of(receiver, trace_id, {"invocations", "input_fn", "predict_fn", "score"})
-            server_span = one_request(
-                spans,
-                caller.client_span(trace_id),
-                {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"},
-            )
+            _, server_span = one_request(receiver, caller, trace_id, FUNCTIONS)
             assert server_span.attributes["http.response.status_code"] == 200
             traces.add(trace_id)
         no_other_traces(receiver, mms_server.service, traces)
@@ -283,13 +342,7 @@ class TestInferenceToolkitOnMultiModelServer:
         trace_id, error = caller.invoke({"inputs": 3, "id": 0})
         assert isinstance(error, ClientError)
         assert error.response["Error"]["Code"] == "ModelError"
-        spans = trace_of(receiver, trace_id, {"invocations", "input_fn", "predict_fn", "score"})
-        server_span = one_request(
-            spans,
-            caller.client_span(trace_id),
-            {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"},
-            echoed=False,
-        )
+        spans, server_span = one_request(receiver, caller, trace_id, FUNCTIONS, echoed=False)
         assert server_span.attributes["http.response.status_code"] == 500
         assert server_span.status == "error"
         (predict,) = [span for span in spans if span.name == "predict_fn"]
@@ -364,19 +417,16 @@ def batch_of(spans: list[ReceivedSpan], service: str, callers: list[ReadableSpan
     return batch
 
 
-@pytest.fixture(scope="class")
-def pytorch_server(
-    tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver
-) -> Iterator[ModelServer]:
-    python_bin = environment("torchserve")
-    base = tmp_path_factory.mktemp("pytorch")
-    write_model(base / "model", PYTORCH_MODEL)
-    (port,) = ports(1)
-    env = torchserve_ports(sagemaker_env(base, port, python_bin, receiver), port)
-    env.update(SAGEMAKER_TS_BATCH_SIZE="3", SAGEMAKER_TS_MAX_BATCH_DELAY="3000")
-    command = [str(python_bin / "python"), "-c", PYTORCH_LAUNCHER, str(base / "ts.properties")]
-    with ModelServer(command, port=port, env=env, cwd=base, service="pytorch") as server:
-        yield server
+pytorch_server = toolkit_server(
+    PYTORCH_MODEL,
+    PYTORCH_LAUNCHER,
+    config="ts.properties",
+    service="pytorch",
+    python_from="torchserve",
+    torchserve=True,
+    SAGEMAKER_TS_BATCH_SIZE="3",
+    SAGEMAKER_TS_MAX_BATCH_DELAY="3000",
+)
 
 
 class TestPyTorchToolkitOnTorchServe:
@@ -393,31 +443,15 @@ class TestPyTorchToolkitOnTorchServe:
         results = caller.invoke_together(
             [{"inputs": "good " * (number + 1), "id": number} for number in range(3)]
         )
-        clients = []
-        for number, (trace_id, answer) in enumerate(results):
-            assert not isinstance(answer, Exception), answer
-            body, custom_attributes = answer
-            assert body == {"score": float(number + 1), "id": number}
-            assert custom_attributes is None  # the echo, taken out: the model sent none
-            spans = trace_of(receiver, trace_id, {"invocations", "input_fn", "predict_fn", "score"})
-            client_span = caller.client_span(trace_id)
-            one_request(
-                spans,
-                client_span,
-                {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"},
-            )
-            clients.append(client_span)
+        answers = [{"score": float(number + 1), "id": number} for number in range(3)]
+        clients = batched_requests(receiver, caller, results, answers, FUNCTIONS)
         service = pytorch_server.service
         spans = receiver.wait_for(
             lambda spans: any(s.name == "batch" and s.service == service for s in spans)
         )
         batch = batch_of(spans, service, clients)
         assert not [span for span in spans if span.trace_id == batch.trace_id and span is not batch]
-        no_other_traces(
-            receiver,
-            pytorch_server.service,
-            {batch.trace_id, *(f"{s.context.trace_id:032x}" for s in clients)},
-        )
+        batch_and_callers_only(receiver, service, batch, clients)
 
     def test_a_lone_request_is_served_unbatched(
         self,
@@ -430,12 +464,7 @@ class TestPyTorchToolkitOnTorchServe:
         caller = calling(pytorch_server)
         trace_id, answer = caller.invoke({"inputs": "great", "id": 7})
         assert answer == ({"score": 2.0, "id": 7}, None)
-        spans = trace_of(receiver, trace_id, {"invocations", "input_fn", "predict_fn", "score"})
-        one_request(
-            spans,
-            caller.client_span(trace_id),
-            {"input_fn": "invocations", "predict_fn": "invocations", "score": "predict_fn"},
-        )
+        one_request(receiver, caller, trace_id, FUNCTIONS)
         client_span = caller.client_span(trace_id)
         linked = (trace_id, f"{client_span.context.span_id:016x}")
         assert not [span for span in receiver.spans if linked in span.links]
@@ -505,16 +534,8 @@ class TestTorchServeExample:
         results = caller.invoke_together(
             [{"inputs": "good " * (number + 1)} for number in range(3)]
         )
-        clients = []
-        for number, (trace_id, answer) in enumerate(results):
-            assert not isinstance(answer, Exception), answer
-            body, custom_attributes = answer
-            assert body == {"score": float(number + 1)}
-            assert custom_attributes is None  # the echo, taken out: the model sent none
-            spans = trace_of(receiver, trace_id, {"invocations"})
-            client_span = caller.client_span(trace_id)
-            one_request(spans, client_span, {})
-            clients.append(client_span)
+        answers = [{"score": float(number + 1)} for number in range(3)]
+        clients = batched_requests(receiver, caller, results, answers, {})
         spans = receiver.wait_for(lambda spans: any(s.name == "score batch" for s in spans))
         batch = batch_of(spans, example_server.service, clients)
         work = [span for span in spans if span.trace_id == batch.trace_id]
@@ -522,11 +543,7 @@ class TestTorchServeExample:
         assert set(by_name) == {"batch", "handle", "score batch"}
         assert by_name["handle"].parent_id == batch.span_id
         assert by_name["score batch"].parent_id == by_name["handle"].span_id
-        no_other_traces(
-            receiver,
-            example_server.service,
-            {batch.trace_id, *(f"{s.context.trace_id:032x}" for s in clients)},
-        )
+        batch_and_callers_only(receiver, example_server.service, batch, clients)
 
 
 # --- Multi Model Server, Hugging Face toolkit -------------------------------------------------
@@ -561,23 +578,13 @@ serving.main()
 """
 
 
-@pytest.fixture(scope="class")
-def huggingface_server(
-    tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver
-) -> Iterator[ModelServer]:
-    python_bin = environment("huggingface")
-    base = tmp_path_factory.mktemp("huggingface")
-    write_model(base / "model", HUGGINGFACE_MODEL)
-    (port,) = ports(1)
-    env = sagemaker_env(base, port, python_bin, receiver)
-    command = [
-        str(python_bin / "python"),
-        "-c",
-        HUGGINGFACE_LAUNCHER,
-        str(base / "mms.properties"),
-    ]
-    with ModelServer(command, port=port, env=env, cwd=base, service="huggingface") as server:
-        yield server
+huggingface_server = toolkit_server(
+    HUGGINGFACE_MODEL,
+    HUGGINGFACE_LAUNCHER,
+    config="mms.properties",
+    service="huggingface",
+    python_from="huggingface",
+)
 
 
 class TestHuggingFaceToolkitOnMultiModelServer:
@@ -595,7 +602,6 @@ class TestHuggingFaceToolkitOnMultiModelServer:
         for _ in range(2):
             trace_id, answer = caller.invoke({"inputs": "good great"})
             assert answer == ({"score": 3.0}, None)
-            spans = trace_of(receiver, trace_id, {"invocations", "predict_fn"})
-            one_request(spans, caller.client_span(trace_id), {"predict_fn": "invocations"})
+            one_request(receiver, caller, trace_id, {"predict_fn": "invocations"})
             traces.add(trace_id)
         no_other_traces(receiver, huggingface_server.service, traces)

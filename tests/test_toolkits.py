@@ -74,6 +74,15 @@ def model_server(tracer_provider: TracerProvider) -> Iterator[None]:
     sm_tracing.uninstrument_model_server()
 
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+@pytest.fixture
+def traced(tracer_provider: TracerProvider) -> Decorator:
+    """@trace_handler with this test's provider."""
+    return trace_handler(tracer_provider=tracer_provider)
+
+
 def toolkit_service(batch_size: int = 1) -> Service:
     """The toolkit's handler service loaded into a Multi Model Server Service, as a worker
     loads it."""
@@ -106,7 +115,7 @@ def links(span: ReadableSpan) -> list[tuple[int, int]]:
 def test_a_request_is_one_span_whatever_the_signatures(
     tracer: Tracer,
     exporter: InMemorySpanExporter,
-    tracer_provider: TracerProvider,
+    traced: Decorator,
     user_module: Callable[..., None],
     model_server: None,
 ) -> None:
@@ -114,7 +123,6 @@ def test_a_request_is_one_span_whatever_the_signatures(
     one SERVER span, child of the caller's, the decorated functions INTERNAL children of it;
     the handler sees CustomAttributes without our keys; the response merges the echo after
     the handler's own value; model_fn at start-up makes no span."""
-    traced = trace_handler(tracer_provider=tracer_provider)
     seen: list[Any] = []
 
     @traced
@@ -138,8 +146,7 @@ def test_a_request_is_one_span_whatever_the_signatures(
     user_module(model_fn=model_fn, input_fn=input_fn, predict_fn=predict_fn, output_fn=output_fn)
     service = toolkit_service()
     assert exporter.get_finished_spans() == ()
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     service.predict([_request(value)])
     spans = exporter.get_finished_spans()
     (server,) = by_name(spans, "invocations")
@@ -160,7 +167,7 @@ def test_a_request_is_one_span_whatever_the_signatures(
 def test_a_batch_keeps_each_item_in_its_callers_trace(
     tracer: Tracer,
     exporter: InMemorySpanExporter,
-    tracer_provider: TracerProvider,
+    traced: Decorator,
     user_module: Callable[..., None],
     model_server: None,
 ) -> None:
@@ -168,7 +175,6 @@ def test_a_batch_keeps_each_item_in_its_callers_trace(
     once per item with the batch's context and no index, yet each item's spans go under its
     own request's span, each response echoes its own span, and the batch span is a new root
     linked to every caller (the request spans link to it)."""
-    traced = trace_handler(tracer_provider=tracer_provider)
     current: list[int] = []
 
     @traced
@@ -222,8 +228,7 @@ def test_a_batch_handler_runs_under_the_batch_span(
 
     service = Service("model", "/opt/ml/model", None, handle, None, 2)
     first, first_parent = caller(tracer, "accept_eula=true")
-    second, second_parent = caller(tracer)
-    exporter.clear()
+    second, second_parent = caller(tracer, clear=exporter)
     service.predict([_request(first, "a"), _request(second, "b")])
     spans = exporter.get_finished_spans()
     (batch,) = by_name(spans, "batch")
@@ -302,11 +307,10 @@ def test_an_answer_of_the_wrong_length_is_a_503(
 
 
 def test_loading_and_probing_make_no_span(
-    exporter: InMemorySpanExporter, tracer_provider: TracerProvider, model_server: None
+    exporter: InMemorySpanExporter, traced: Decorator, model_server: None
 ) -> None:
     """Outside a request, in a process whose model server is traced: a decorated model_fn
     and TorchServe's handle(None, context) probe run untraced."""
-    traced = trace_handler(tracer_provider=tracer_provider)
     model_fn = traced(_model_fn)
 
     @traced
@@ -356,8 +360,7 @@ def test_transform_fn_with_context_continues_the_callers_trace(
     """A decorated transform_fn taking context, run by the Transformer alone: its span is the
     container span, child of the caller's; the handler sees CustomAttributes stripped and the
     response carries the echo."""
-    value, parent = caller(tracer, "accept_eula=true")
-    exporter.clear()
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
     seen: list[Any] = []
 
     @trace_handler(tracer_provider=tracer_provider)

@@ -60,8 +60,7 @@ def test_a_batch_gets_one_span_per_request_each_with_its_own_parent(
     with their own parents; the first is current in the handler and the others link to it;
     each response merges its echo after the handler's own value."""
     first, first_parent = caller(tracer, "accept_eula=true")
-    second, second_parent = caller(tracer)
-    exporter.clear()
+    second, second_parent = caller(tracer, clear=exporter)
     handler = Handler(tracer_provider)
     context, inputs = _context(first, second, None)
     result = handler.handle(inputs, context)
@@ -87,8 +86,7 @@ def test_a_module_level_handle_function_with_batch_size_one(
     tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """handle(data, context) for one request: one span, current in the handler."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     current: list[int] = []
 
     @trace_handler(tracer_provider=tracer_provider)

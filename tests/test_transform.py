@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -28,7 +27,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from opentelemetry.trace.span import TraceState
-from urllib3.response import HTTPResponse
 
 import sm_tracing
 from sm_tracing import _codec, _propagation, _transform
@@ -40,12 +38,13 @@ from tests._client_support import (
     REQUEST_ID,
     Canned,
     Wire,
+    answered,
     endpoint_url,
     loopback,
     make_client,
     signed_headers,
 )
-from tests._local_support import TransformContainers, runtime_client
+from tests._local_support import SERVING_APPS, TransformContainers, put, runtime_client
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests._serving import in_memory, otlp_env
 
@@ -69,14 +68,7 @@ class SageMakerWire:
 
     def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
         self.requests.append(request)
-        canned = self.answer
-        raw = HTTPResponse(
-            body=io.BytesIO(canned.body),
-            headers=canned.headers,
-            status=canned.status,
-            preload_content=False,
-        )
-        return AWSResponse(request.url, canned.status, canned.headers, raw)
+        return answered(request, self.answer)
 
     def environment(self, index: int = -1) -> Any:
         """The Environment of a CreateTransformJob request as sent; None when it had none."""
@@ -562,7 +554,8 @@ def test_instrument_transform_jobs_installs_and_uninstrument_removes(
 
 # A model container under gunicorn (WSGI) or uvicorn (ASGI), traced by sm_tracing's middleware
 # and exporting over OTLP. Each answer says which of the job's variables the process has.
-_APP = """\
+_APP = (
+    """\
 import json, os
 
 import sm_tracing
@@ -570,40 +563,15 @@ import sm_tracing
 sm_tracing.configure()
 
 
-def answer(body):
+def answer(path, body):
+    if path != "/invocations":
+        return b""
     names = ("JOB_MARK", "TRACEPARENT")
     return json.dumps({"record": body.decode(), **{n: os.environ.get(n) for n in names}}).encode()
-
-
-def _wsgi(environ, start_response):
-    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    data = answer(body) if environ["PATH_INFO"] == "/invocations" else b""
-    start_response("200 OK", [("Content-Length", str(len(data)))])
-    return [data]
-
-
-async def _asgi(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body, more = body + message.get("body", b""), message.get("more_body", False)
-    data = answer(body) if scope["path"] == "/invocations" else b""
-    headers = [(b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-wsgi = sm_tracing.WSGIMiddleware(_wsgi)
-asgi = sm_tracing.ASGIMiddleware(_asgi)
 """
-
-
-def _put(root: Path, key: str, data: bytes) -> None:
-    path = root / "s3" / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    + SERVING_APPS
+    + "wsgi = sm_tracing.WSGIMiddleware(_wsgi)\nasgi = sm_tracing.ASGIMiddleware(_asgi)\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -623,8 +591,8 @@ def test_every_record_of_a_job_is_in_the_jobs_trace(
     under ``link``, a new trace linked to it), and the job's own variable reaches the app."""
     (tmp_path / "transform_app.py").write_text(_APP)
     records = [b"%d" % n for n in range(5)]
-    _put(tmp_path, "in/records/a.csv", b"\n".join(records[:3]) + b"\n")
-    _put(tmp_path, "in/records/b.csv", b"\n".join(records[3:]))
+    put(tmp_path, "in/records/a.csv", b"\n".join(records[:3]) + b"\n")
+    put(tmp_path, "in/records/b.csv", b"\n".join(records[3:]))
     provider, exporter = in_memory()
     with contextlib.ExitStack() as stack_:
         receiver = stack_.enter_context(OTLPReceiver())

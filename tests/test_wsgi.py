@@ -63,8 +63,7 @@ def test_a_streamed_body_is_traced_to_its_last_chunk(
 ) -> None:
     """The span ends when the body is exhausted, not when the app returns; the span is current
     while the body produces each chunk; the echo leaves with the status line."""
-    value, parent = caller(tracer)
-    exporter.clear()
+    value, parent = caller(tracer, clear=exporter)
     events: list[str] = []
     server = _Server(WSGIMiddleware(_streaming_app(events), tracer_provider=tracer_provider))
     body = server.call(value)
