@@ -271,7 +271,7 @@ class _Exchange:
             span.set_status(_ERROR)
             self._measured[ERROR_TYPE] = str(code)
         if self._echo:
-            headers = with_echo(message.get("headers") or (), invocation)
+            headers = with_echo(message.get("headers") or (), invocation, True)
             if headers is not None:
                 # A copy: the app may reuse its message.
                 return {**message, "headers": headers}

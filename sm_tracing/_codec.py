@@ -320,6 +320,27 @@ def format_traceresponse(trace_id: int, span_id: int, trace_flags: int) -> str:
     )
 
 
+# The echo's tail after the span id: its flags and the key of the container's time.
+_ECHO_TAILS = tuple(f"-{flags:02x};{CONTAINER_TIME}=" for flags in range(256))
+_ECHO_HEAD = TRACERESPONSE + "=00-"
+
+
+def format_echo(trace_id: int, span_id: int, trace_flags: int, elapsed_us: int) -> str:
+    """The whole echo of a response whose app set no CustomAttributes: ``traceresponse`` and
+    the container's time, ``traceresponse=00-<trace id>-<span id>-<flags>;sm-container-us=N``."""
+    # Built in one join: this is on every response of the middlewares.
+    return "".join(
+        (
+            _ECHO_HEAD,
+            trace_id.to_bytes(16, "big").hex(),
+            "-",
+            span_id.to_bytes(8, "big").hex(),
+            _ECHO_TAILS[trace_flags],
+            str(elapsed_us),
+        )
+    )
+
+
 def parse_traceresponse(value: str) -> tuple[str, str, int] | None:
     """The trace id and span id (lower-case hex) and the flags a ``traceresponse`` (or a
     version-00 ``traceparent``: the format is the same) names, or None when it is malformed or

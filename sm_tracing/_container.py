@@ -30,6 +30,7 @@ from sm_tracing._common import (
     guard,
     record_error,
 )
+from sm_tracing._propagation import carried
 
 _logger = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ class Invocation:
         raw = self._custom_attributes
         base = current if policy == "continue" else None
         if raw:
-            self.remainder, remote = _propagation.carried(
-                raw, base, policy != "ignore", query=self._query
-            )
+            self.remainder, remote = carried(raw, base, policy != "ignore", self._query)
         if remote is None and policy != "ignore":
             # No carrier: a batch transform job's records find the job's context in the
             # environment its containers were started with.

@@ -12,7 +12,7 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE, format_traceresponse
+from sm_tracing._codec import format_echo
 from sm_tracing._common import (
     HEADER,
     HEADER_LOWER,
@@ -35,8 +35,6 @@ MODEL_ROUTE = "/models/{name}/invoke"
 FASTAPI_TELEMETRY = "fastapi.telemetry"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
-_ECHO_PREFIX = TRACERESPONSE + "="
-_TIME_PREFIX = ";" + CONTAINER_TIME + "="
 
 
 def traced_routes(trace_ping: bool, paths: Iterable[str] | None) -> dict[str, str]:
@@ -117,17 +115,18 @@ class Middleware(Generic[App]):
         return invocation
 
 
-def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> list[Any] | None:
+def with_echo(
+    headers: Sequence[tuple[Any, Any]], invocation: Invocation, binary: bool
+) -> list[Any] | None:
     """Called under the caller's guard: may raise.
 
-    A new list of response *headers* (``str`` or ``bytes`` pairs) with *invocation*'s span
-    echoed as ``traceresponse`` in their CustomAttributes, the app's own value first, matched
-    in any case and replaced rather than repeated; None when nothing is to be added."""
+    A new list of response *headers* (``bytes`` pairs when *binary*, as ASGI has them, else
+    ``str``, as WSGI) with *invocation*'s span echoed as ``traceresponse`` in their
+    CustomAttributes, the app's own value first, matched in any case and replaced rather than
+    repeated; None when nothing is to be added."""
     span_context = invocation.span.get_span_context()
-    binary = bool(headers) and isinstance(headers[0][0], bytes)
     for index, (name, value) in enumerate(headers):
         if len(name) == _HEADER_LENGTH and name.lower() in (HEADER_LOWER, _HEADER_BYTES):
-            binary = isinstance(name, bytes)
             merged = echo_value(
                 value.decode("latin-1") if binary else value, span_context, invocation.elapsed_us()
             )
@@ -139,13 +138,9 @@ def with_echo(headers: Sequence[tuple[Any, Any]], invocation: Invocation) -> lis
     if not span_context.is_valid:
         return None
     # The common case, the app set no CustomAttributes: the echo is all there is.
-    merged = (
-        _ECHO_PREFIX
-        + format_traceresponse(
-            span_context.trace_id, span_context.span_id, span_context.trace_flags
-        )
-        + _TIME_PREFIX
-        + str(invocation.elapsed_us())
+    elapsed = invocation.elapsed_us()
+    merged = format_echo(
+        span_context.trace_id, span_context.span_id, span_context.trace_flags, elapsed
     )
     if binary:
         return [*headers, (_HEADER_BYTES, merged.encode("ascii"))]

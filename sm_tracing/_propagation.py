@@ -119,7 +119,7 @@ def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
 
 
 def carried(
-    custom_attributes: str, context: Context | None, extract: bool = True, *, query: bool = False
+    custom_attributes: str, context: Context | None, extract: bool = True, query: bool = False
 ) -> tuple[str, Context | None]:
     """In one pass over a request's *custom_attributes* (or, with *query*, a WebSocket query
     string): the value without our keys (see :func:`sm_tracing._codec.read`), and the context
@@ -127,7 +127,9 @@ def carried(
     none, *extract* is false, or the propagator fails (logged: no parent, but the value is
     still the caller's)."""
     propagator = get_global_textmap()
-    keys, w3c = _reading(propagator)
+    cached_for, keys, w3c = _keys_cache
+    if cached_for is not propagator:
+        keys, w3c = _reading(propagator)
     if query:
         pairs, rest = _querystring.read(custom_attributes, keys.owns)
     else:
@@ -158,6 +160,9 @@ def environment_context(context: Context | None) -> Context | None:
     return _extract(propagator, w3c, carrier, context)
 
 
+_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
+
+
 def _extract(
     propagator: TextMapPropagator, w3c: bool, pairs: Mapping[str, str], context: Context | None
 ) -> Context:
@@ -168,7 +173,7 @@ def _extract(
         if parsed is not None:
             trace_id, span_id, flags = parsed
             span_context = SpanContext(
-                int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(flags)
+                int(trace_id, 16), int(span_id, 16), True, _TRACE_FLAGS[flags]
             )
             return trace.set_span_in_context(
                 NonRecordingSpan(span_context), Context() if context is None else context
@@ -279,10 +284,10 @@ def echo_value(
     even the echo fits (then send the app's value as it was)."""
     if not span_context.is_valid:
         return None
-    pair = _codec.format_traceresponse(
-        span_context.trace_id, span_context.span_id, span_context.trace_flags
-    )
-    echo = [(TRACERESPONSE, pair)]
+    trace_id, span_id, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
+    if not custom_attributes and elapsed_us is not None:
+        return _codec.format_echo(trace_id, span_id, flags, elapsed_us)
+    echo = [(TRACERESPONSE, _codec.format_traceresponse(trace_id, span_id, flags))]
     if elapsed_us is not None:
         echo.append((CONTAINER_TIME, str(elapsed_us)))
     if not custom_attributes:

@@ -76,44 +76,25 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         )
         if invocation is None:
             return self.app(environ, start_response)
-        span = invocation.span
-        echo = self._echo
-        measured: dict[str, Any] = {"http.request.method": method, "http.route": route}
+        measured: dict[str, Any] | None = None
         histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
         if histogram is not None:
+            measured = {"http.request.method": method, "http.route": route}
             invocation.measure(histogram, measured)
-
-        def traced_start_response(
-            status: str, headers: Headers, exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            headers = guard("trace the response status", headers, respond, status, headers)
-            return start_response(status, headers, exc_info)
-
-        def respond(status: str, headers: Headers) -> Headers:
-            code = int(status[:3])
-            attributes[STATUS_CODE] = measured[STATUS_CODE] = code
-            span.set_attributes(attributes)
-            if code >= 500:
-                span.set_status(_ERROR)
-                measured[ERROR_TYPE] = str(code)
-            if echo:
-                return with_echo(headers, invocation) or headers
-            return headers
-
+        response = _Response(invocation, start_response, attributes, measured, self._echo)
         try:
-            body = self.app(environ, traced_start_response)
+            body = self.app(environ, response.start_response)
         except BaseException as exc:
-            if STATUS_CODE not in attributes:
-                guard("record the request", None, span.set_attributes, attributes)
-            invocation.end(exc)
+            response.end(exc)
             raise
         finally:
             invocation.detach()
         if type(body) is list:
             # Already materialised: nothing of the app's runs after this.
-            invocation.end()
+            response.whole()
             return body
-        return _Body(invocation, body)
+        response.body = body
+        return response
 
     def _start(
         self, environ: Environ, attributes: dict[str, Any], route: str, model: str | None
@@ -155,34 +136,123 @@ def inject_environ(environ: Environ, invocation: Invocation) -> None:
         environ[environ_key(name)] = value
 
 
-class _Body:
-    """The app's body, passed through; the span ends when it is exhausted or closed, and is
-    current while the app's body runs."""
+class _Response:
+    """One traced request's response.
 
-    __slots__ = ("_body", "_ended", "_invocation", "_iterator")
+    The app's status and headers reach the server, the echo merged in, with the body's first
+    chunk: when it is ready, or the app writes, or the body turns out empty (WSGI servers send
+    the headers no sooner either), so the container's time the echo carries is its time to
+    first byte, streamed or not. The body is passed through, current
+    while the app produces it; the span ends when it is exhausted or closed.
+    """
 
-    def __init__(self, invocation: Invocation, body: Iterable[bytes]) -> None:
+    __slots__ = (
+        "_attributes",
+        "_echo",
+        "_ended",
+        "_invocation",
+        "_iterator",
+        "_measured",
+        "_pending",
+        "_start_response",
+        "_write",
+        "body",
+    )
+
+    def __init__(
+        self,
+        invocation: Invocation,
+        start_response: StartResponse,
+        attributes: dict[str, Any],
+        measured: dict[str, Any] | None,
+        echo: bool,
+    ) -> None:
         self._invocation = invocation
-        self._body = body
+        self._start_response = start_response
+        self._attributes = attributes
+        self._measured = measured
+        self._echo = echo
+        self._pending: tuple[str, Headers, ExcInfo | None] | None = None
+        self._write: Callable[[bytes], object] | None = None
         self._ended = False
-        self._iterator: Iterator[bytes] | None = None
+        # Set when the app's body is not a list: the server then iterates this response.
+        self.body: Iterable[bytes]
+        self._iterator: Iterator[bytes]
+
+    def start_response(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        """What the app calls: holds its status and headers for the first byte."""
+        if self._write is not None or (self._pending is not None and exc_info is None):
+            # Headers already given: the server's own rules apply (an error replaces them
+            # only while unsent; a second call without one is a mistake it reports).
+            self.hand_on()
+            return self._start_response(status, headers, exc_info)
+        self._pending = (status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> object:
+        """The app's ``write()`` (given by ``start_response``): its first call hands the
+        headers on."""
+        write = self._write or self.hand_on()
+        assert write is not None, "start_response comes first"
+        return write(data)
+
+    def hand_on(self) -> Callable[[bytes], object] | None:
+        """Give the server the app's status and headers, traced and echoed, once; the
+        server's ``write``, or None while the app has given no status (the server says so
+        when it sees the body)."""
+        write = self._write
+        if write is None and self._pending is not None:
+            status, headers, exc_info = self._pending
+            headers = guard("trace the response status", headers, self._respond, status, headers)
+            write = self._write = self._start_response(status, headers, exc_info)
+        return write
+
+    def whole(self) -> None:
+        """The app's body is a list, ready: the headers go, and the span ends."""
+        if self._write is None:
+            self.hand_on()
+        self.end(None)
+
+    def _respond(self, status: str, headers: Headers) -> Headers:
+        invocation = self._invocation
+        span = invocation.span
+        code = int(status[:3])
+        attributes = self._attributes
+        attributes[STATUS_CODE] = code
+        span.set_attributes(attributes)
+        measured = self._measured
+        if measured is not None:
+            measured[STATUS_CODE] = code
+        if code >= 500:
+            span.set_status(_ERROR)
+            if measured is not None:
+                measured[ERROR_TYPE] = str(code)
+        if self._echo:
+            return with_echo(headers, invocation, False) or headers
+        return headers
 
     def __iter__(self) -> Iterator[bytes]:
+        self._iterator = iter(self.body)
         return self
 
     def __next__(self) -> bytes:
         # The span is current while the app's body produces a chunk, not while it is sent.
         token = otel_context.attach(self._invocation.context)  # type: ignore[arg-type]
         try:
-            iterator = self._iterator
-            if iterator is None:
-                iterator = self._iterator = iter(self._body)
-            return next(iterator)
+            chunk = next(self._iterator)
+            if self._write is None:
+                # Even an empty chunk: gunicorn sends the headers with whatever comes first.
+                self.hand_on()
+            return chunk
         except StopIteration:
-            self._end(None)
+            if self._write is None:
+                self.hand_on()  # an empty body: the headers go alone
+            self.end(None)
             raise
         except BaseException as exc:
-            self._end(exc)
+            self.end(exc)
             raise
         finally:
             otel_context.detach(token)
@@ -192,7 +262,7 @@ class _Body:
         away) and end the span."""
         error: BaseException | None = None
         try:
-            close = getattr(self._body, "close", None)
+            close = getattr(self.body, "close", None)
             if close is not None:
                 token = otel_context.attach(self._invocation.context)  # type: ignore[arg-type]
                 try:
@@ -203,9 +273,14 @@ class _Body:
             error = exc
             raise
         finally:
-            self._end(error)
+            self.end(error)
 
-    def _end(self, error: BaseException | None) -> None:
+    def end(self, error: BaseException | None) -> None:
+        """End the span once, with *error* recorded when given; the request's attributes
+        are recorded where no response status was."""
         if not self._ended:
             self._ended = True
+            attributes = self._attributes
+            if STATUS_CODE not in attributes:
+                guard("record the request", None, self._invocation.span.set_attributes, attributes)
             self._invocation.end(error)

@@ -27,6 +27,7 @@ from opentelemetry.trace import (
 )
 
 import sm_tracing
+from sm_tracing._wsgi import environ_key
 from tests._container_support import (
     ASGI,
     HEADER,
@@ -425,6 +426,104 @@ def test_a_default_fastapi_websocket_session_stays_in_the_callers_trace(
     assert len(answers) == 2
     assert {span["trace_id"] for span in recorded} == {session["trace_id"]}
     assert {span["parent_span_id"] for span in answers} == {session["span_id"]}
+
+
+# --- the container's time: until its response's headers leave -------------------------------
+
+FIRST_CHUNK_DELAY = 0.3
+
+
+def slow_first_chunk_app() -> Any:
+    """A WSGI app that starts its response at once and takes FIRST_CHUNK_DELAY seconds to
+    produce its first chunk, behind WSGIMiddleware."""
+    import time
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            time.sleep(FIRST_CHUNK_DELAY)
+            yield b"first\n"
+            yield b"second\n"
+
+        return body()
+
+    return sm_tracing.WSGIMiddleware(app)
+
+
+def test_a_wsgi_streams_container_time_runs_to_its_first_chunk(tmp_path: Path) -> None:
+    """Under a real gunicorn, which sends the headers with the body's first chunk: the echoed
+    container time covers the wait for that chunk, so none of it is counted as SageMaker's."""
+    container = launch("gunicorn", "tests.test_promises:slow_first_chunk_app()", "slow", tmp_path)
+    with serving(container):
+        value = "a=1;traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        with httpx.stream(
+            "POST", container.url + "/invocations", headers={HEADER: value}, timeout=10
+        ) as response:
+            echo = response.headers[HEADER]
+            assert response.read() == b"first\nsecond\n"
+    pairs = dict(pair.split("=", 1) for pair in echo.split(";"))
+    assert set(pairs) == {"traceresponse", "sm-container-us"}
+    assert pairs["traceresponse"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert int(pairs["sm-container-us"]) >= FIRST_CHUNK_DELAY * 1e6
+
+
+def test_a_wsgi_response_reaches_the_server_with_its_first_chunk() -> None:
+    """In-process: the server gets the status and headers, echo included, when the body's first
+    chunk is asked for, not when the app calls start_response."""
+    given: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"", b"chunk"])
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        given.append((status, headers))
+        return lambda data: None
+
+    value = "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", environ_key(HEADER): value}
+    body = sm_tracing.WSGIMiddleware(app)(environ, start_response)
+    assert given == []
+    chunks = iter(body)
+    assert next(chunks) == b""
+    [(status, headers)] = given
+    assert status == "200 OK"
+    assert dict(headers)[HEADER].startswith("traceresponse=00-0af7651916cd43dd8448eb211c80319c-")
+    assert list(chunks) == [b"chunk"]
+    assert len(given) == 1
+
+
+def test_an_asgi_response_without_headers_gets_the_echo_as_bytes() -> None:
+    """An ASGI app may start its response with no headers at all: the echo joins them as a
+    bytes pair, as ASGI servers require, not as text."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    value = b"traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/invocations",
+        "headers": [(HEADER.lower().encode(), value)],
+    }
+    asyncio.run(sm_tracing.ASGIMiddleware(app)(scope, receive, send))
+    start = sent[0]
+    assert all(
+        isinstance(name, bytes) and isinstance(field, bytes) for name, field in start["headers"]
+    )
+    [echo] = [field for name, field in start["headers"] if name == HEADER.lower().encode()]
+    assert echo.startswith(b"traceresponse=00-0af7651916cd43dd8448eb211c80319c-")
+    assert sent[1]["body"] == b"ok"
 
 
 @pytest.mark.parametrize("name", ["WSGIMiddleware", "ASGIMiddleware"])

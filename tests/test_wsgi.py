@@ -62,14 +62,19 @@ def test_a_streamed_body_is_traced_to_its_last_chunk(
     tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """The span ends when the body is exhausted, not when the app returns; the span is current
-    while the body produces each chunk; the echo leaves with the status line."""
+    while the body produces each chunk; the status line and the echo reach the server with the
+    first chunk, as the headers leave with it."""
     value, parent = caller(tracer, clear=exporter)
     events: list[str] = []
     server = _Server(WSGIMiddleware(_streaming_app(events), tracer_provider=tracer_provider))
     body = server.call(value)
     assert exporter.get_finished_spans() == ()
+    assert server.status is None
+    produced = iter(body)
+    first = next(produced)
+    assert server.status == "200 OK"
     echo = dict(server.headers)[HEADER]
-    chunks = list(body)
+    chunks = [first, *produced]
     (span,) = exporter.get_finished_spans()
     body.close()
     assert len(exporter.get_finished_spans()) == 1
