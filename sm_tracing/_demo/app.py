@@ -82,11 +82,6 @@ def create_app() -> Flask:
                 # Runs as gunicorn sends the body: the middleware keeps the container span
                 # open, and current here, until the last chunk has gone.
                 with tracer.start_as_current_span("generate") as span:
-                    # gunicorn sends the headers with the body's first write: an empty one
-                    # sends them now, when the middleware timed the response's start, rather
-                    # than with the first chunk, which would count the model's time to it
-                    # as SageMaker's.
-                    yield b""
                     for index in range(chunks):
                         time.sleep(delay)
                         yield f"{text} {index + 1}/{chunks}\n".encode()
