@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote
+
+from sm_tracing._codec import decode_value
 
 MAX_LENGTH = 2048
 """SageMaker's limit on ModelQueryString, in characters."""
@@ -52,16 +54,6 @@ def is_valid(query: str) -> bool:
 def encode_value(value: str) -> str:
     """Percent-encode every character of *value* but the unreserved ones (UTF-8 first)."""
     return quote(value, safe="")
-
-
-def decode_value(value: str) -> str:
-    """Undo :func:`encode_value`; a malformed escape is kept as it is."""
-    if "%" not in value:
-        return value
-    try:
-        return unquote(value, errors="strict")
-    except UnicodeDecodeError:
-        return value
 
 
 def merge(
