@@ -468,6 +468,9 @@ SINKS = (
 CALLS = 60
 # Far under the hang (60 s) and the OTLP timeout (1 s) times the calls: no call waits on export.
 PER_CALL_BOUND = 0.5
+# The container requests of one test, WSGI and ASGI: an eighth of what waiting on the OTLP
+# timeout once a request would take, and ample for a loaded machine logging every failure.
+WHOLE_RUN_BOUND = 2 * CALLS * 1.0 / 8
 
 
 def _forget_logged_duplicates() -> None:
@@ -541,7 +544,7 @@ def test_container_requests_survive_a_faulty_exporter(
     elapsed = time.perf_counter() - started
     _wait_for_export_attempt(sink)
     print(f"\n{2 * CALLS} requests in {elapsed * 1000:.0f} ms")
-    assert elapsed < PER_CALL_BOUND * 4
+    assert elapsed < WHOLE_RUN_BOUND
     if sink.log is not None:
         sink.close()
         assert logged(caplog, sink.log), [r.getMessage() for r in caplog.records]
