@@ -126,6 +126,50 @@ METRICS_LIMIT = 1.15
 # Why the plain ratio of metrics is information: the SDK's record alone is most of it.
 _METRICS_NOTE = "ours + metrics / ours"
 
+
+def _container_group(kind: str, title: str, weight: int) -> Group:
+    """A middleware's group (``wsgi``, ``asgi``): the same configurations and targets."""
+    return Group(
+        name=kind,
+        title=title,
+        unit="request",
+        bare=f"{kind}-bare",
+        configs=tuple(
+            f"{kind}-{config}"
+            for config in (
+                "bare",
+                "floor",
+                "floor-attributes",
+                "upstream",
+                "ours",
+                "ours-metrics",
+                "ours-record",
+            )
+        ),
+        targets=(
+            Target("ours / floor", f"{kind}-ours", f"{kind}-floor", 1.25),
+            Target("ours / floor + attributes", f"{kind}-ours", f"{kind}-floor-attributes", 1.25),
+            Target("ours / upstream", f"{kind}-ours", f"{kind}-upstream", 0.5),
+            Target(
+                "ours + metrics / ours + SDK record",
+                f"{kind}-ours-metrics",
+                f"{kind}-ours-record",
+                METRICS_LIMIT,
+            ),
+        ),
+        comparisons=(
+            Comparison("floor + attributes / floor", f"{kind}-floor-attributes", f"{kind}-floor"),
+            Comparison(_METRICS_NOTE, f"{kind}-ours-metrics", f"{kind}-ours"),
+            Comparison("ours + SDK record / ours", f"{kind}-ours-record", f"{kind}-ours"),
+        ),
+        counts=(200, 1000),
+        quick_counts=(10, 50),
+        wall_counts=(0, 1500),
+        quick_wall_counts=(0, 300),
+        weight=weight,
+    )
+
+
 GROUPS = (
     Group(
         name="client",
@@ -213,77 +257,11 @@ GROUPS = (
         samples=5,
         quick_samples=3,
     ),
-    Group(
-        name="wsgi",
-        title="Container, WSGI: one request POST /invocations, driven in-process",
-        unit="request",
-        bare="wsgi-bare",
-        configs=(
-            "wsgi-bare",
-            "wsgi-floor",
-            "wsgi-floor-attributes",
-            "wsgi-upstream",
-            "wsgi-ours",
-            "wsgi-ours-metrics",
-            "wsgi-ours-record",
-        ),
-        targets=(
-            Target("ours / floor", "wsgi-ours", "wsgi-floor", 1.25),
-            Target("ours / floor + attributes", "wsgi-ours", "wsgi-floor-attributes", 1.25),
-            Target("ours / upstream", "wsgi-ours", "wsgi-upstream", 0.5),
-            Target(
-                "ours + metrics / ours + SDK record",
-                "wsgi-ours-metrics",
-                "wsgi-ours-record",
-                METRICS_LIMIT,
-            ),
-        ),
-        comparisons=(
-            Comparison("floor + attributes / floor", "wsgi-floor-attributes", "wsgi-floor"),
-            Comparison(_METRICS_NOTE, "wsgi-ours-metrics", "wsgi-ours"),
-            Comparison("ours + SDK record / ours", "wsgi-ours-record", "wsgi-ours"),
-        ),
-        counts=(200, 1000),
-        quick_counts=(10, 50),
-        wall_counts=(0, 1500),
-        quick_wall_counts=(0, 300),
-        weight=400_000,
+    _container_group(
+        "wsgi", "Container, WSGI: one request POST /invocations, driven in-process", 400_000
     ),
-    Group(
-        name="asgi",
-        title="Container, ASGI: one request POST /invocations, the app called directly",
-        unit="request",
-        bare="asgi-bare",
-        configs=(
-            "asgi-bare",
-            "asgi-floor",
-            "asgi-floor-attributes",
-            "asgi-upstream",
-            "asgi-ours",
-            "asgi-ours-metrics",
-            "asgi-ours-record",
-        ),
-        targets=(
-            Target("ours / floor", "asgi-ours", "asgi-floor", 1.25),
-            Target("ours / floor + attributes", "asgi-ours", "asgi-floor-attributes", 1.25),
-            Target("ours / upstream", "asgi-ours", "asgi-upstream", 0.5),
-            Target(
-                "ours + metrics / ours + SDK record",
-                "asgi-ours-metrics",
-                "asgi-ours-record",
-                METRICS_LIMIT,
-            ),
-        ),
-        comparisons=(
-            Comparison("floor + attributes / floor", "asgi-floor-attributes", "asgi-floor"),
-            Comparison(_METRICS_NOTE, "asgi-ours-metrics", "asgi-ours"),
-            Comparison("ours + SDK record / ours", "asgi-ours-record", "asgi-ours"),
-        ),
-        counts=(200, 1000),
-        quick_counts=(10, 50),
-        wall_counts=(0, 1500),
-        quick_wall_counts=(0, 300),
-        weight=500_000,
+    _container_group(
+        "asgi", "Container, ASGI: one request POST /invocations, the app called directly", 500_000
     ),
     Group(
         name="asgi-stream",

@@ -328,19 +328,21 @@ def default_fastapi_app() -> Any:
     return sm_tracing.ASGIMiddleware(api)
 
 
+def _under_uvicorn(app: str, tmp_path: Path) -> tuple[Path, Any]:
+    """*app* of this module under a real uvicorn, and the file its spans are written to."""
+    spans = tmp_path / "spans.jsonl"
+    container = launch(
+        "uvicorn", f"tests.test_promises:{app}", "fastapi", tmp_path, env={SPANS_ENV: str(spans)}
+    )
+    return spans, container
+
+
 def test_a_default_fastapi_app_gives_one_trace_per_invocation(
     tracer: Tracer, tmp_path: Path
 ) -> None:
     """Under a real uvicorn, with FastAPI's own tracing on: each invocation is one SERVER span
     in the caller's trace (no second one of the same name), and pings make no trace."""
-    spans = tmp_path / "spans.jsonl"
-    container = launch(
-        "uvicorn",
-        "tests.test_promises:default_fastapi_app()",
-        "fastapi",
-        tmp_path,
-        env={SPANS_ENV: str(spans)},
-    )
+    spans, container = _under_uvicorn("default_fastapi_app()", tmp_path)
     with serving(container):
         recorded_before = read_spans(spans, 0, timeout=0)
         for _ in range(3):
@@ -398,14 +400,7 @@ def test_a_default_fastapi_websocket_session_stays_in_the_callers_trace(
     of a trace FastAPI would start for the session."""
     from websockets.sync.client import connect
 
-    spans = tmp_path / "spans.jsonl"
-    container = launch(
-        "uvicorn",
-        "tests.test_promises:default_fastapi_websocket_app()",
-        "fastapi",
-        tmp_path,
-        env={SPANS_ENV: str(spans)},
-    )
+    spans, container = _under_uvicorn("default_fastapi_websocket_app()", tmp_path)
     with serving(container):
         _, parent = caller(tracer)
         traceparent = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-01"
