@@ -30,10 +30,10 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, MutableSequence
+from collections.abc import Callable, Coroutine, MutableSequence
 from contextvars import Token
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import wrapt
@@ -47,24 +47,25 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation, _querystring
-from sm_tracing._client import ENDPOINT_NAME, INVOKED_VARIANT, ClientOptions
-from sm_tracing._common import STATUS_CODE, get_tracer, guard
+from sm_tracing._client import (
+    ENDPOINT_NAME,
+    INVOKED_VARIANT,
+    ClientOptions,
+    add_connection,
+    first_time,
+)
+from sm_tracing._common import STATUS_CODE, end_span, get_tracer, guard, unwrap
 from sm_tracing._streaming import (
     CHUNKS,
     FIRST_CHUNK,
     ORIGINAL_STATUS_CODE,
     OUTCOME,
     REQUEST_ID,
-    end_span,
+    Proxy,
     record_failure,
 )
 
 _logger = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    _Proxy = wrapt.ObjectProxy[Any]
-else:  # wrapt's proxy is generic only to type checkers
-    _Proxy = wrapt.ObjectProxy
 
 MODULE = "aws_sdk_sagemaker_runtime_http2.client"
 METHOD = "invoke_endpoint_with_bidirectional_stream"
@@ -88,12 +89,9 @@ _STATIC: dict[str, AttributeValue] = {
     "rpc.service": SERVICE,
     "rpc.method": OPERATION,
 }
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-_MAX_WARNED = 1024
 _INJECTING = "merge the trace context into a model query string"
 # Wrapping and unwrapping happen under one lock: the import hook may run in any thread.
 _LOCK = threading.Lock()
-_PROXY_TYPES: tuple[Any, ...] = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
 
 
 class _QuerySetter(Setter[MutableSequence[tuple[str, str]]]):
@@ -144,8 +142,7 @@ class BidiHook:
             stream = await wrapped(*args, **kwargs)
         except BaseException as error:  # the caller gets the error unchanged
             otel_context.detach(token)
-            guard("record the error of a bidirectional stream", None, _record_error, span, error)
-            end_span(span)
+            end_span(span, error, _record_error)
             raise
         otel_context.detach(token)
         traced = guard("follow a bidirectional stream", None, _follow, stream, span)
@@ -183,7 +180,8 @@ class BidiHook:
         if query is not None and not isinstance(query, str):
             return None  # the SDK refuses it before it leaves
         endpoint = getattr(given, "endpoint_name", None)
-        if self.options.endpoints is not None and not self._wanted(given, endpoint):
+        options = self.options
+        if options.endpoints is not None and not options.wants(endpoint, _filter_params(given)):
             return None  # an endpoint left out is left alone
         propagator = get_global_textmap()
         pairs: list[tuple[str, str]] = []
@@ -192,7 +190,13 @@ class BidiHook:
         merged, reason = _querystring.merge(query, pairs, keys.owns, _propagation.DROP_ORDER)
         if merged is None:
             if reason == _querystring.SKIP_BUDGET:
-                self._warn_budget(endpoint)
+                if first_time(self._warned, endpoint):
+                    _logger.warning(
+                        "trace context not sent to endpoint %r: the model query string would "
+                        "exceed %d characters",
+                        endpoint,
+                        _querystring.MAX_LENGTH,
+                    )
             else:
                 _logger.debug(
                     "model query string for endpoint %r sent as it was: %s", endpoint, reason
@@ -200,34 +204,13 @@ class BidiHook:
             return None
         return _with_query(given, merged)
 
-    def _wanted(self, given: Any, endpoint: object) -> bool:
-        endpoints = self.options.endpoints
-        if isinstance(endpoints, frozenset):
-            return endpoint in endpoints
-        if not callable(endpoints) or not isinstance(endpoint, str):
-            return False
-        params = {key: getattr(given, field, None) for field, key, _ in _INPUT_FIELDS}
-        params["ModelQueryString"] = getattr(given, "model_query_string", None)
-        return guard(
-            "run the endpoints filter; not injecting", False, _ask, endpoints, endpoint, params
-        )
 
-    def _warn_budget(self, endpoint: str | None) -> None:
-        warned = self._warned
-        if endpoint in warned:
-            return
-        if len(warned) < _MAX_WARNED:
-            warned.add(endpoint)
-        _logger.warning(
-            "trace context not sent to endpoint %r: the model query string would exceed %d "
-            "characters",
-            endpoint,
-            _querystring.MAX_LENGTH,
-        )
-
-
-def _ask(endpoints: Callable[[str, Mapping[str, Any]], bool], endpoint: str, params: Any) -> bool:
-    return bool(endpoints(endpoint, params))
+def _filter_params(given: Any) -> dict[str, Any]:
+    """What an endpoints filter is shown of the input *given*: its fields under the names of
+    InvokeEndpoint's parameters."""
+    params = {key: getattr(given, field, None) for field, key, _ in _INPUT_FIELDS}
+    params["ModelQueryString"] = getattr(given, "model_query_string", None)
+    return params
 
 
 def _with_query(given: Any, query: str) -> Any:
@@ -240,13 +223,9 @@ def _with_query(given: Any, query: str) -> Any:
 
 def _client_attributes(client: Any) -> dict[str, AttributeValue]:
     """The span attributes of *client*'s configuration that are known before the call."""
-    attributes = dict(_STATIC)
     # The SDK resolves its configuration on the first call; until then this may be the
     # caller's, or None. Only what is certainly there is recorded.
     config = getattr(client, "_config", None)
-    region = getattr(config, "region", None)
-    if isinstance(region, str) and region:
-        attributes["cloud.region"] = region
     endpoint = getattr(config, "endpoint_uri", None)
     host: object
     port: object
@@ -256,11 +235,7 @@ def _client_attributes(client: Any) -> dict[str, AttributeValue]:
         host, port, scheme = url.hostname, url.port, url.scheme
     else:  # smithy's URI, or None
         host, port, scheme = (getattr(endpoint, name, None) for name in ("host", "port", "scheme"))
-    if isinstance(host, str) and host:
-        attributes["server.address"] = host
-    if isinstance(port, int) and port != _DEFAULT_PORTS.get(str(scheme)):
-        attributes["server.port"] = port
-    return attributes
+    return add_connection(dict(_STATIC), getattr(config, "region", None), host, port, scheme)
 
 
 def _record_error(span: Span, error: BaseException) -> None:
@@ -268,18 +243,22 @@ def _record_error(span: Span, error: BaseException) -> None:
     if not span.is_recording():
         return
     attributes: dict[str, AttributeValue] = {}
-    metadata = getattr(error, "response_metadata", None)
+    _metadata_attributes(getattr(error, "response_metadata", None), attributes)
+    original = getattr(error, "original_status_code", None)
+    if isinstance(original, int):
+        attributes[ORIGINAL_STATUS_CODE] = original
+    span.set_attributes(attributes)
+    record_failure(span, error)
+
+
+def _metadata_attributes(metadata: object, attributes: dict[str, AttributeValue]) -> None:
+    """Add to *attributes* the request id and HTTP status of the SDK's response *metadata*."""
     request_id = getattr(metadata, "request_id", None)
     if isinstance(request_id, str) and request_id:
         attributes[REQUEST_ID] = request_id
     status = getattr(metadata, "http_status_code", None)
     if isinstance(status, int):
         attributes[STATUS_CODE] = status
-    original = getattr(error, "original_status_code", None)
-    if isinstance(original, int):
-        attributes[ORIGINAL_STATUS_CODE] = original
-    span.set_attributes(attributes)
-    record_failure(span, error)
 
 
 # -- the duplex stream, followed to its end ------------------------------------------------
@@ -334,7 +313,7 @@ def _follow(stream: Any, span: Span) -> TracedDuplexStream | None:
     return TracedDuplexStream(stream, span)
 
 
-class TracedDuplexStream(_Proxy):
+class TracedDuplexStream(Proxy):
     """The SDK's ``DuplexEventStream``, ending *span* when the session is over.
 
     ``input_stream``, ``await_output()``, ``output_stream``, ``close()`` and ``async with`` give
@@ -408,17 +387,11 @@ def _record_output(session: _Session, output: Any) -> None:
     variant = getattr(output, "invoked_production_variant", None)
     if isinstance(variant, str) and variant:
         attributes[INVOKED_VARIANT] = variant
-    metadata = getattr(output, "response_metadata", None)
-    request_id = getattr(metadata, "request_id", None)
-    if isinstance(request_id, str) and request_id:
-        attributes[REQUEST_ID] = request_id
-    status = getattr(metadata, "http_status_code", None)
-    if isinstance(status, int):
-        attributes[STATUS_CODE] = status
+    _metadata_attributes(getattr(output, "response_metadata", None), attributes)
     span.set_attributes(attributes)
 
 
-class TracedPublisher(_Proxy):
+class TracedPublisher(Proxy):
     """The input stream: counts the parts sent. Closing it only ends the caller's half of the
     session; the span waits for the response."""
 
@@ -443,7 +416,7 @@ class TracedPublisher(_Proxy):
         await self.__wrapped__.close()
 
 
-class TracedReceiver(_Proxy):
+class TracedReceiver(Proxy):
     """The output stream: counts the parts received; its end, an error from it or closing it
     ends the span."""
 
@@ -509,7 +482,7 @@ def uninstall(hook: BidiHook) -> None:
         if module is None:
             return
         for owner in _client_classes(module):
-            guard("unwrap a bidirectional stream client", None, _unwrap, owner, hook.wrap)
+            guard("unwrap a bidirectional stream client", None, unwrap, owner, METHOD, hook.wrap)
 
 
 def _wrap_module(hook: BidiHook, module: Any) -> None:
@@ -538,19 +511,3 @@ def _client_classes(module: Any) -> list[type]:
         and METHOD in value.__dict__
         and value.__module__ == module.__name__
     ]
-
-
-def _unwrap(owner: type, wrapper: Any) -> None:
-    """Take our wrapper out of *owner*'s method, wherever it sits among other wrappers; where
-    it can't be spliced out it stays, disabled, and passes every call straight through."""
-    parent: Any = None
-    node: Any = owner.__dict__.get(METHOD)
-    while isinstance(node, _PROXY_TYPES):
-        if getattr(node, "_self_wrapper", None) == wrapper:
-            inner = node.__wrapped__
-            if parent is None:  # ours is the outermost wrapper
-                setattr(owner, METHOD, inner)
-            else:
-                parent.__wrapped__ = inner
-            return
-        parent, node = node, getattr(node, "__wrapped__", None)

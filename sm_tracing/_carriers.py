@@ -61,6 +61,17 @@ def find_header(headers: Mapping[Any, Any], lowered: str) -> tuple[Any, Any]:
     return None, None
 
 
+def answer(context: Any, index: int, invocation: Invocation, code: object) -> None:
+    """Note the status *code* of request *index* of a model-server *context* on *invocation*'s
+    span, and echo the span into the request's response headers, after what the handler set."""
+    if isinstance(code, int):
+        set_status_code(invocation.span, code)
+    key, value = find_header(context.get_response_headers(index) or {}, HEADER_LOWER)
+    merged = invocation.echo(value)
+    if merged is not None:
+        context.set_response_header(index, key or HEADER, merged)
+
+
 def sagemaker_attributes(headers: Mapping[Any, Any]) -> dict[str, AttributeValue]:
     """The span attributes of the SageMaker headers present in *headers* (any case)."""
     attributes: dict[str, AttributeValue] = {}
@@ -164,15 +175,9 @@ class ModelServerCarrier:
     def respond(self, index: int, invocation: Invocation, result: object) -> None:
         if self._shared:
             return
-        context = self._context
-        status = context.get_response_status(index)
+        status = self._context.get_response_status(index)
         code = status[0] if isinstance(status, tuple) else status
-        if isinstance(code, int):
-            set_status_code(invocation.span, code)
-        key, value = find_header(context.get_response_headers(index) or {}, HEADER_LOWER)
-        merged = invocation.echo(value)
-        if merged is not None:
-            context.set_response_header(index, key or HEADER, merged)
+        answer(self._context, index, invocation, code)
 
 
 class IdleCarrier:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
@@ -37,18 +37,18 @@ from sm_tracing._common import (
     ERROR_TYPE,
     INFERENCE_ID,
     SESSION_ID,
-    STATUS_CODE,
     TARGET_MODEL,
+    end_span,
     error_type,
     get_meter,
     get_tracer,
     guard,
 )
 from sm_tracing._streaming import (
-    REQUEST_ID,
     AioTracedEventStream,
     StreamTimes,
     TracedEventStream,
+    metadata_attributes,
     record_failure,
 )
 
@@ -99,17 +99,13 @@ _RESPONSE_ATTRIBUTES = {
         ("FailureLocation", "aws.sagemaker.failure_location"),
     ),
 }
+_STATIC: dict[str, AttributeValue] = {"rpc.system": "aws-api", "rpc.service": "SageMaker Runtime"}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 # Per-client cache, in the client's own __dict__: one dict lookup per call.
 _CLIENT_ATTRIBUTES = "_sm_tracing_span_attributes"
-_HOOKED_BY = "_sm_tracing_hooked_by"
-_BEFORE_ID = "sm_tracing.inject"
-_AFTER_ID = "sm_tracing.response"
 _MAX_WARNED = 1024
 _UPSTREAM_MODULE = "opentelemetry.instrumentation.botocore"
 _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-_STARTING = "start the span of a SageMaker call"
-_ENDING = "end the span of a SageMaker call"
 _INJECTING = "merge the trace context"
 _RECORDING = "record the response of a SageMaker call"
 _now = time.time_ns
@@ -203,6 +199,54 @@ class ClientOptions:
         """The options among *keywords* (an instrumentor's); other keywords are not ours."""
         return cls(**{f.name: keywords[f.name] for f in fields(cls) if f.name in keywords})
 
+    def wants(self, endpoint: object, params: Mapping[str, Any]) -> bool:
+        """Whether the trace context goes to *endpoint*, called with *params* (what a filter
+        is shown): to every endpoint without ``endpoints``; not where a filter raises."""
+        endpoints = self.endpoints
+        if endpoints is None:
+            return True
+        if isinstance(endpoints, frozenset):
+            return endpoint in endpoints
+        if not callable(endpoints) or not isinstance(endpoint, str):
+            return False
+        return guard(
+            "run the endpoints filter; not injecting", False, _ask, endpoints, endpoint, params
+        )
+
+
+def first_time(warned: set[str | None], endpoint: str | None) -> bool:
+    """Whether *endpoint* is not yet in *warned*, which then holds it: a warning about an
+    endpoint is logged once, for the first 1024 endpoints warned about (every time after)."""
+    if endpoint in warned:
+        return False
+    if len(warned) < _MAX_WARNED:
+        warned.add(endpoint)
+    return True
+
+
+def add_connection(
+    attributes: dict[str, AttributeValue],
+    region: object,
+    host: object,
+    port: object,
+    scheme: object,
+) -> dict[str, AttributeValue]:
+    """*attributes* with where a client's calls go added: its region, the server's address,
+    and its port where that is not the *scheme*'s default."""
+    if isinstance(region, str) and region:
+        attributes["cloud.region"] = region
+    if isinstance(host, str) and host:
+        attributes["server.address"] = host
+    if isinstance(port, int) and port != _DEFAULT_PORTS.get(str(scheme)):
+        attributes["server.port"] = port
+    return attributes
+
+
+def client_attributes(meta: Any, static: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+    """*static* with where the botocore client of *meta* sends its calls."""
+    url = urlsplit(meta.endpoint_url or "")
+    return add_connection(dict(static), meta.region_name, url.hostname, url.port, url.scheme)
+
 
 def suppressed(context: Context) -> bool:
     """What ``not is_instrumentation_enabled()`` answers, read from a context already in hand:
@@ -234,6 +278,152 @@ def _upstream_active(name: str) -> bool:
     return instance is not None and bool(
         getattr(instance, "_is_instrumented_by_opentelemetry", False)
     )
+
+
+class TracedCall:
+    """One call traced by a span of ours, made current by *token*. The call runs inside it
+    (``with``) and hands it the result (``finish``); an error the call raises is recorded and
+    ends the span, and goes on to the caller unchanged."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span, token: object) -> None:
+        self.span = span
+        self.token = token
+
+    def __enter__(self) -> TracedCall:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is not None:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+            end_span(self.span, error, record_failure)
+            self._failed(error)
+
+    def finish(self, result: Any) -> Any:
+        """Make current again what was before the call, and record *result*: see ``_close``."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        guard(_RECORDING, None, self._close, result)
+        return result
+
+    def _close(self, result: Any) -> None:
+        """Record *result* on the span and end it."""
+        self.span.end()
+
+    def _failed(self, error: BaseException) -> None:
+        """Called once the span of a call that raised *error* has ended."""
+
+
+class ClientHook:
+    """A hook on botocore clients: the wrappers of botocore's and aiobotocore's
+    ``_make_api_call`` that trace the calls of *operations*, and the client event handlers that
+    take over on clients whose calls opentelemetry-instrumentation-botocore makes the span of.
+
+    Each kind of hook (:class:`RuntimeHook`, the transform job's) says how a call starts
+    (``_start``, which may hook the client's events instead) and which handler goes with each
+    of *events*.
+    """
+
+    __slots__ = ("__weakref__", "_hooked", "_lock", "enabled")
+
+    operations: ClassVar[frozenset[str]]
+    """The operations traced; any other call goes straight through."""
+    events: ClassVar[tuple[tuple[str, str], ...]]
+    """The client events handled, each with the unique id of its handler."""
+    _starting: ClassVar[str]
+    """What could not be done when ``_start`` fails, for the log."""
+    _hooked_by: ClassVar[str]
+    """The key, in a client's own ``__dict__``, of the hook that handles its events."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._lock = threading.Lock()
+        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def wrap_sync(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
+        if not args or args[0] not in self.operations:
+            return wrapped(*args, **kwargs)
+        call = guard(self._starting, None, self._start, instance, args, False)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        with call:
+            return call.finish(wrapped(*args, **kwargs))
+
+    def wrap_aio(
+        self,
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Coroutine[Any, Any, Any]:
+        """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
+        if not args or args[0] not in self.operations:
+            return wrapped(*args, **kwargs)
+        return self._call_aio(wrapped, instance, args, kwargs)
+
+    async def _call_aio(
+        self,
+        wrapped: Callable[..., Coroutine[Any, Any, Any]],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        call = guard(self._starting, None, self._start, instance, args, True)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        with call:
+            return call.finish(await wrapped(*args, **kwargs))
+
+    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> TracedCall | None:
+        """Start the span of a call by *client* (aiobotocore's when *aio*) and merge its
+        context into the parameters; None to stay out."""
+        raise NotImplementedError
+
+    def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
+        """The handler of each of *events*, in order, for a client that *upstream* traces."""
+        raise NotImplementedError
+
+    def _hook_events(self, client: Any, upstream: Callable[[], bool]) -> None:
+        """Register, once per client, the handlers that work under the upstream span."""
+        # The client's own dict answers "already hooked?" without a weakref per call.
+        if client.__dict__.get(self._hooked_by) is self:
+            return
+        handlers = self._handlers(upstream)
+        with self._lock:
+            if not self.enabled:
+                return
+            events = client.meta.events
+            for (event, unique_id), handler in zip(self.events, handlers, strict=True):
+                events.register(event, handler, unique_id=unique_id)
+            client.__dict__[self._hooked_by] = self
+            self._hooked.add(client)
+
+    def unhook(self) -> None:
+        """Stop for good: the wrappers pass calls through, the client handlers go."""
+        with self._lock:
+            self.enabled = False
+            clients = list(self._hooked)
+            self._hooked.clear()
+        for client in clients:
+            guard("unregister the handlers of a client", None, self._unregister, client)
+
+    def _unregister(self, client: Any) -> None:
+        events = client.meta.events
+        for event, unique_id in self.events:
+            events.unregister(event, unique_id=unique_id)
+        client.__dict__.pop(self._hooked_by, None)
 
 
 class _Meters:
@@ -335,17 +525,17 @@ def _labels(operation: str, attributes: Mapping[str, AttributeValue]) -> dict[st
     return labels
 
 
-class _Call:
+class _Call(TracedCall):
     """One call traced by our own span: ended with the response, or handed to its stream.
 
     *labels* are the metric attributes of the call, None when it is not measured; *started* is
     when it began, in ``time.time_ns()`` nanoseconds."""
 
-    __slots__ = ("hook", "labels", "operation", "span", "started", "stream_type", "token")
+    __slots__ = ("hook", "labels", "operation", "started", "stream_type")
 
     def __init__(
         self,
-        hook: ClientHook,
+        hook: RuntimeHook,
         span: Span,
         operation: str,
         token: object,
@@ -354,38 +544,20 @@ class _Call:
         started: int,
         labels: dict[str, AttributeValue] | None,
     ) -> None:
+        super().__init__(span, token)
         self.hook = hook
-        self.span = span
         self.operation = operation
-        self.token = token
         self.stream_type = stream_type
         self.started = started
         self.labels = labels
 
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if error is not None:  # the call raised; the error goes on to the caller unchanged
-            otel_context.detach(self.token)  # type: ignore[arg-type]
-            guard("record the error of a SageMaker call", None, record_failure, self.span, error)
-            guard(_ENDING, None, self.span.end)
-            if self.labels is not None:
-                labels = {**self.labels, ERROR_TYPE: error_type(error)}
-                guard("measure a SageMaker call", None, self._measure, labels)
-
-    def finish(self, result: Any) -> Any:
-        """Record *result* on the span and end it, or let the stream in it end it."""
-        otel_context.detach(self.token)  # type: ignore[arg-type]
-        guard(_RECORDING, None, self._close, result)
-        return result
+    def _failed(self, error: BaseException) -> None:
+        if self.labels is not None:
+            labels = {**self.labels, ERROR_TYPE: error_type(error)}
+            guard("measure a SageMaker call", None, self._measure, labels)
 
     def _close(self, result: Any) -> None:
+        """Record *result* on the span and end it, or let the stream in it end it."""
         span = self.span
         followed = False
         try:
@@ -417,89 +589,32 @@ class _Call:
             self.hook.meters.measure_stream(self.labels, times, error)
 
 
-class ClientHook:
-    """The wrappers of ``_make_api_call`` and the client event handlers of one
-    ``instrument()``."""
+class RuntimeHook(ClientHook):
+    """The hook of the ``sagemaker-runtime`` calls, installed by one ``instrument()``."""
 
-    __slots__ = (
-        "__weakref__",
-        "_hooked",
-        "_lock",
-        "_warned",
-        "_watch_provider",
-        "enabled",
-        "meters",
-        "options",
-        "tracer",
+    __slots__ = ("_warned", "_watch_provider", "meters", "options", "tracer")
+
+    operations = OPERATIONS
+    events = (
+        (f"before-parameter-build.{SERVICE}", "sm_tracing.inject"),
+        (f"after-call.{SERVICE}", "sm_tracing.response"),
     )
+    _starting = "start the span of a SageMaker call"
+    _hooked_by = "_sm_tracing_hooked_by"
 
     def __init__(self, options: ClientOptions) -> None:
+        super().__init__()
         self.options = options
         self.tracer = get_tracer(options.tracer_provider)
         # The global meter provider's instruments wait for an SDK provider to be installed.
         self.meters = _meters(options.meter_provider)
-        self.enabled = True
         # Until the first call that can't be recorded says whether a provider is missing.
         self._watch_provider = options.tracer_provider is None
-        self._lock = threading.Lock()
-        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._warned: set[str | None] = set()
 
     # -- the wrappers: our own span -------------------------------------------------------
 
-    def wrap_sync(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
-        if not args or args[0] not in OPERATIONS:
-            return wrapped(*args, **kwargs)
-        call = guard(
-            _STARTING, None, self._start, instance, args, upstream_botocore, TracedEventStream
-        )
-        if call is None:
-            return wrapped(*args, **kwargs)
-        with call:
-            return call.finish(wrapped(*args, **kwargs))
-
-    def wrap_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Coroutine[Any, Any, Any]:
-        """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
-        if not args or args[0] not in OPERATIONS:
-            return wrapped(*args, **kwargs)
-        return self._call_aio(wrapped, instance, args, kwargs)
-
-    async def _call_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        call = guard(
-            _STARTING, None, self._start, instance, args, upstream_aiobotocore, AioTracedEventStream
-        )
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        with call:
-            return call.finish(await wrapped(*args, **kwargs))
-
-    def _start(
-        self,
-        client: Any,
-        args: tuple[Any, ...],
-        upstream: Callable[[], bool],
-        stream_type: type[TracedEventStream],
-    ) -> _Call | None:
-        """Start the span and merge its context into the parameters; None to stay out."""
+    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
         if not self.enabled:
             return None
         operations = client.__dict__.get(_CLIENT_ATTRIBUTES)
@@ -507,6 +622,7 @@ class ClientHook:
             operations = _describe(client)
         if not operations:
             return None
+        upstream = upstream_aiobotocore if aio else upstream_botocore
         if _UPSTREAM_MODULE in sys.modules and upstream():
             self._hook_events(client, upstream)
             return None
@@ -529,6 +645,7 @@ class ClientHook:
         context = trace.set_span_in_context(span, parent)
         guard(_INJECTING, None, self._inject, params, context, span)
         token = otel_context.attach(context)
+        stream_type = AioTracedEventStream if aio else TracedEventStream
         return _Call(self, span, operation, token, stream_type, started=started, labels=labels)
 
     def _genai(self, params: Mapping[str, Any], attributes: dict[str, AttributeValue]) -> None:
@@ -566,7 +683,7 @@ class ClientHook:
 
     def _inject(self, params: dict[str, Any], context: Context, span: Span) -> None:
         options = self.options
-        if options.endpoints is not None and not self._wanted(params):
+        if options.endpoints is not None and not options.wants(params.get("EndpointName"), params):
             return  # an endpoint left out is left alone
         if options.inference_id_from_trace and not params.get("InferenceId"):
             span_context = span.get_span_context()
@@ -581,36 +698,20 @@ class ClientHook:
         if merged is not None:
             params["CustomAttributes"] = merged
         elif reason == _codec.SKIP_BUDGET:
-            self._warn_budget(params.get("EndpointName"))
+            endpoint = params.get("EndpointName")
+            if first_time(self._warned, endpoint):
+                _logger.warning(
+                    "trace context not sent to endpoint %r: CustomAttributes would exceed %d "
+                    "characters",
+                    endpoint,
+                    _codec.MAX_LENGTH,
+                )
         else:
             _logger.debug(
                 "CustomAttributes for endpoint %r sent as they were: %s",
                 params.get("EndpointName"),
                 reason,
             )
-
-    def _wanted(self, params: dict[str, Any]) -> bool:
-        endpoints = self.options.endpoints
-        endpoint = params.get("EndpointName")
-        if isinstance(endpoints, frozenset):
-            return endpoint in endpoints
-        if not callable(endpoints) or not isinstance(endpoint, str):
-            return False
-        return guard(
-            "run the endpoints filter; not injecting", False, _ask, endpoints, endpoint, params
-        )
-
-    def _warn_budget(self, endpoint: str | None) -> None:
-        warned = self._warned
-        if endpoint in warned:
-            return
-        if len(warned) < _MAX_WARNED:
-            warned.add(endpoint)
-        _logger.warning(
-            "trace context not sent to endpoint %r: CustomAttributes would exceed %d characters",
-            endpoint,
-            _codec.MAX_LENGTH,
-        )
 
     def record_response(
         self,
@@ -642,38 +743,19 @@ class ClientHook:
                     self.meters.overhead.record(overhead, labels)
         metadata = result.get("ResponseMetadata")
         if metadata:
-            request_id = metadata.get("RequestId")
-            if request_id:
-                attributes[REQUEST_ID] = request_id
-            status = metadata.get("HTTPStatusCode")
-            if status is not None:
-                attributes[STATUS_CODE] = status
+            metadata_attributes(metadata, attributes)
         span.set_attributes(attributes)
 
     # -- with opentelemetry-instrumentation-botocore: enrich its span ---------------------
 
-    def _hook_events(self, client: Any, upstream: Callable[[], bool]) -> None:
-        """Register, once per client, the handlers that inject under the upstream span."""
-        # The client's own dict answers "already hooked?" without a weakref per call.
-        if client.__dict__.get(_HOOKED_BY) is self:
-            return
-
+    def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
         def before_parameter_build(params: dict[str, Any], model: Any, **_: Any) -> None:
             guard(_INJECTING, None, self._before_parameter_build, params, model, upstream)
 
         def after_call(parsed: Any, model: Any, **_: Any) -> None:
             guard(_RECORDING, None, self._after_call, parsed, model, upstream)
 
-        with self._lock:
-            if not self.enabled:
-                return
-            events = client.meta.events
-            events.register(
-                f"before-parameter-build.{SERVICE}", before_parameter_build, unique_id=_BEFORE_ID
-            )
-            events.register(f"after-call.{SERVICE}", after_call, unique_id=_AFTER_ID)
-            client.__dict__[_HOOKED_BY] = self
-            self._hooked.add(client)
+        return before_parameter_build, after_call
 
     def _before_parameter_build(
         self, params: dict[str, Any], model: Any, upstream: Callable[[], bool]
@@ -698,22 +780,6 @@ class ClientHook:
         current = otel_context.get_current()
         return None if suppressed(current) else trace.get_current_span(current)
 
-    def unhook(self) -> None:
-        """Stop for good: the wrappers pass calls through, the client handlers go."""
-        with self._lock:
-            self.enabled = False
-            clients = list(self._hooked)
-            self._hooked.clear()
-        for client in clients:
-            guard("unregister the handlers of a client", None, _unregister, client)
-
-
-def _unregister(client: Any) -> None:
-    events = client.meta.events
-    events.unregister(f"before-parameter-build.{SERVICE}", unique_id=_BEFORE_ID)
-    events.unregister(f"after-call.{SERVICE}", unique_id=_AFTER_ID)
-    client.__dict__.pop(_HOOKED_BY, None)
-
 
 def _ask(endpoints: EndpointFilter, endpoint: str, params: Mapping[str, Any]) -> bool:
     return bool(endpoints(endpoint, params))
@@ -736,18 +802,7 @@ def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:
     meta = client.meta
     operations: dict[str, dict[str, AttributeValue]] = {}
     if meta.service_model.service_name == SERVICE:
-        static: dict[str, AttributeValue] = {
-            "rpc.system": "aws-api",
-            "rpc.service": "SageMaker Runtime",
-        }
-        if isinstance(meta.region_name, str):
-            static["cloud.region"] = meta.region_name
-        url = urlsplit(meta.endpoint_url or "")
-        if url.hostname:
-            static["server.address"] = url.hostname
-        port = url.port
-        if port is not None and port != _DEFAULT_PORTS.get(url.scheme):
-            static["server.port"] = port
+        static = client_attributes(meta, _STATIC)
         for operation in OPERATIONS:
             operations[operation] = {**static, "rpc.method": operation}
     client.__dict__[_CLIENT_ATTRIBUTES] = operations

@@ -160,3 +160,44 @@ def set_status_code(span: Span, code: int) -> None:
     span.set_attribute(STATUS_CODE, code)
     if code >= 500:
         span.set_status(_ERROR)
+
+
+def end_span(
+    span: Span,
+    error: BaseException | None = None,
+    record: Callable[[Span, BaseException], None] = record_error,
+) -> None:
+    """End *span*, with *error* recorded on it first by *record* when there is one. Never
+    raises: a recorder or a span processor that fails costs a log line, not the caller's call,
+    and a span whose error could not be recorded is ended all the same."""
+    if error is not None:
+        guard("record an error on its span", None, record, span, error)
+    guard("end a span", None, span.end)
+
+
+def unwrap(owner: Any, name: str, wrapper: object) -> None:
+    """Take the wrapt *wrapper* out of ``owner.name``, wherever it sits in the chain.
+
+    Another instrumentation may have wrapped on top of ours; removing the outermost wrapper,
+    as a plain unwrap does, would take theirs away instead. Where ours can't be spliced out it
+    stays, and its hook, disabled, passes every call straight through.
+    """
+    import wrapt  # only ever needed to undo what was wrapped, so never at import
+
+    # wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has
+    # only ObjectProxy.
+    proxy_types = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
+    parent: Any = None
+    node: Any = owner.__dict__.get(name)
+    while isinstance(node, proxy_types):
+        if getattr(node, "_self_wrapper", None) == wrapper:
+            inner = node.__wrapped__
+            try:
+                if parent is None:  # ours is the outermost wrapper
+                    setattr(owner, name, inner)
+                else:
+                    parent.__wrapped__ = inner
+            except Exception:
+                _logger.debug("left a disabled wrapper on %s.%s", owner.__name__, name)
+            return
+        parent, node = node, getattr(node, "__wrapped__", None)

@@ -22,15 +22,19 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._client import ClientHook, ClientOptions, EndpointFilter, GenAIModels
-from sm_tracing._common import guard
+from sm_tracing._client import (
+    ClientHook,
+    ClientOptions,
+    EndpointFilter,
+    GenAIModels,
+    RuntimeHook,
+)
+from sm_tracing._common import guard, unwrap
 
 _logger = logging.getLogger(__name__)
 
 _METHOD = "_make_api_call"
-# wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has only
-# ObjectProxy.
-_PROXY_TYPES: tuple[Any, ...] = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
+_AIO_MODULE = "aiobotocore.client"
 # Installing and removing happen under one lock, from whichever thread: the instrumentor's
 # check-then-wrap would otherwise wrap twice when two threads instrument at once.
 _LOCK = threading.RLock()
@@ -44,7 +48,7 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     Both are safe to call from several threads at once.
     """
 
-    _hook: ClientHook | None = None
+    _hook: RuntimeHook | None = None
     _extras: tuple[Callable[[], None], ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SageMakerInstrumentor:
@@ -67,13 +71,8 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         options = kwargs.get("options")
         if not isinstance(options, ClientOptions):
             options = ClientOptions.from_keywords(kwargs)
-        hook = ClientHook(options)
-        import botocore.client
-
-        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
-        # aiobotocore (and aiohttp under it) is patched when the application imports it, or
-        # now if it already has: importing it here would slow every boto3-only start-up.
-        wrapt.register_post_import_hook(partial(_wrap_aio, hook), "aiobotocore.client")
+        hook = RuntimeHook(options)
+        wrap_make_api_call(hook)
         self._hook = hook
         self._extras = _install_extras(options, hook)
 
@@ -82,18 +81,11 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         extras, self._extras = self._extras, ()
         for uninstall in extras:
             guard("remove a SageMaker client hook", None, uninstall)
-        if hook is None:
-            return
-        hook.unhook()
-        import botocore.client
-
-        _unwrap(botocore.client.BaseClient, hook.wrap_sync)
-        aio_client = sys.modules.get("aiobotocore.client")
-        if aio_client is not None:
-            _unwrap(aio_client.AioBaseClient, hook.wrap_aio)
+        if hook is not None:
+            unwrap_make_api_call(hook)
 
 
-def _install_extras(options: ClientOptions, hook: ClientHook) -> tuple[Callable[[], None], ...]:
+def _install_extras(options: ClientOptions, hook: RuntimeHook) -> tuple[Callable[[], None], ...]:
     """The other client hooks: bidirectional streams always (when the HTTP/2 SDK is imported,
     now or later), CreateTransformJob when asked for; how to remove each."""
     from sm_tracing import _bidi
@@ -108,35 +100,36 @@ def _install_extras(options: ClientOptions, hook: ClientHook) -> tuple[Callable[
     return tuple(extras)
 
 
+def wrap_make_api_call(hook: ClientHook) -> None:
+    """Wrap ``_make_api_call`` with *hook*'s wrappers: botocore's now, aiobotocore's now or
+    when the application imports it."""
+    import botocore.client
+
+    with _LOCK:
+        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+    # aiobotocore (and aiohttp under it) is patched when the application imports it, or now if
+    # it already has: importing it here would slow every boto3-only start-up.
+    wrapt.register_post_import_hook(partial(_wrap_aio, hook), _AIO_MODULE)
+
+
+def unwrap_make_api_call(hook: ClientHook) -> None:
+    """Undo :func:`wrap_make_api_call`: *hook* stops for good and its wrappers go."""
+    import botocore.client
+
+    with _LOCK:
+        hook.unhook()
+        unwrap(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+        aio_client = sys.modules.get(_AIO_MODULE)
+        if aio_client is not None:
+            unwrap(aio_client.AioBaseClient, _METHOD, hook.wrap_aio)
+
+
 def _wrap_aio(hook: ClientHook, module: Any) -> None:
-    # Import hooks can't be unregistered: one left by an earlier instrument() finds its hook
+    # Import hooks can't be unregistered: one left by an earlier install finds its hook
     # disabled and does nothing.
     with _LOCK:
         if hook.enabled:
             wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
-
-
-def _unwrap(owner: type, wrapper: Any) -> None:
-    """Take our wrapper out of *owner*'s ``_make_api_call``, wherever it sits in the chain.
-
-    Another instrumentation may have wrapped on top of ours; removing the outermost wrapper,
-    as a plain unwrap does, would take theirs away instead. Where ours can't be spliced out it
-    stays, disabled, and passes every call straight through.
-    """
-    parent: Any = None
-    node: Any = owner.__dict__.get(_METHOD)
-    while isinstance(node, _PROXY_TYPES):
-        if getattr(node, "_self_wrapper", None) == wrapper:
-            inner = node.__wrapped__
-            try:
-                if parent is None:  # ours is the outermost wrapper
-                    setattr(owner, _METHOD, inner)
-                else:
-                    parent.__wrapped__ = inner
-            except Exception:
-                _logger.debug("left a disabled wrapper on %s.%s", owner.__name__, _METHOD)
-            return
-        parent, node = node, getattr(node, "__wrapped__", None)
 
 
 def instrument(

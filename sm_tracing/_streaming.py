@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -20,14 +20,14 @@ from botocore.exceptions import ClientError
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from sm_tracing._common import STATUS_CODE, guard, record_error
+from sm_tracing._common import STATUS_CODE, end_span, guard, record_error
 
 _logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    _Proxy = wrapt.ObjectProxy[Any]
+    Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt's proxy is generic only to type checkers
-    _Proxy = wrapt.ObjectProxy
+    Proxy = wrapt.ObjectProxy
 
 CHUNKS = "aws.sagemaker.stream.chunk_count"
 OUTCOME = "aws.sagemaker.stream.outcome"
@@ -62,11 +62,9 @@ def record_failure(span: Span, error: BaseException) -> None:
         code = (response.get("Error") or {}).get("Code")
         if isinstance(code, str) and code:
             attributes[ERROR_CODE] = code
-        metadata = response.get("ResponseMetadata") or {}
-        if metadata.get("RequestId"):
-            attributes[REQUEST_ID] = metadata["RequestId"]
-        if isinstance(metadata.get("HTTPStatusCode"), int):
-            attributes[STATUS_CODE] = metadata["HTTPStatusCode"]
+        metadata = response.get("ResponseMetadata")
+        if metadata:
+            metadata_attributes(metadata, attributes)
         original = response.get("OriginalStatusCode")
         if isinstance(original, int):
             attributes[ORIGINAL_STATUS_CODE] = original
@@ -74,13 +72,18 @@ def record_failure(span: Span, error: BaseException) -> None:
     record_error(span, error)
 
 
+def metadata_attributes(metadata: Mapping[str, Any], attributes: dict[str, AttributeValue]) -> None:
+    """Add to *attributes* the request id and HTTP status of botocore's ``ResponseMetadata``."""
+    request_id = metadata.get("RequestId")
+    if request_id:
+        attributes[REQUEST_ID] = request_id
+    status = metadata.get("HTTPStatusCode")
+    if isinstance(status, int):
+        attributes[STATUS_CODE] = status
+
+
 _RECORDING = "record the end of a response stream"
 _FIRST = "record the first chunk of a response stream"
-
-
-def end_span(span: Span) -> None:
-    """End *span*; a span processor that raises costs the span, not the caller's call."""
-    guard("end the span of a SageMaker call", None, span.end)
 
 
 class StreamTimes:
@@ -143,7 +146,7 @@ class StreamTimes:
             record_failure(self.span, error)
 
 
-class TracedEventStream(_Proxy):
+class TracedEventStream(Proxy):
     """botocore's event stream, ending *span* when the caller is done with it."""
 
     def __init__(

@@ -32,9 +32,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
 
 from sm_tracing import _propagation
-from sm_tracing._carriers import find_header, sagemaker_attributes
-from sm_tracing._common import HEADER, HEADER_LOWER, get_tracer, guard, set_status_code
-from sm_tracing._container import Invocation, RemoteContext, end_span, remote_context_policy
+from sm_tracing._carriers import answer, find_header, sagemaker_attributes
+from sm_tracing._common import HEADER_LOWER, end_span, get_tracer, guard, set_status_code, unwrap
+from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
 
@@ -169,12 +169,7 @@ class _Batch:
         for index, invocation in enumerate(self._invocations):
             status = context.get_response_status(index)
             code = 503 if mismatch else status[0] if isinstance(status, tuple) else status
-            if isinstance(code, int):
-                set_status_code(invocation.span, code)
-            key, value = find_header(context.get_response_headers(index) or {}, HEADER_LOWER)
-            merged = invocation.echo(value)
-            if merged is not None:
-                context.set_response_header(index, key or HEADER, merged)
+            answer(context, index, invocation, code)
 
     def end(self, error: BaseException | None = None) -> None:
         if error is not None:
@@ -269,26 +264,6 @@ def _wrap_transformer(hook: _Hook, module: Any) -> None:
             )
 
 
-def _unwrap(owner: Any, name: str, wrapper: Any) -> None:
-    """Take our wrapper out of ``owner.name``, wherever it sits in the chain of wrappers; where
-    it can't be spliced out it stays, disabled, passing every call through."""
-    proxy_types = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
-    parent: Any = None
-    node: Any = owner.__dict__.get(name)
-    while isinstance(node, proxy_types):
-        if getattr(node, "_self_wrapper", None) == wrapper:
-            inner = node.__wrapped__
-            try:
-                if parent is None:
-                    setattr(owner, name, inner)
-                else:
-                    parent.__wrapped__ = inner
-            except Exception:
-                _logger.debug("left a disabled wrapper on %s.%s", owner.__name__, name)
-            return
-        parent, node = node, getattr(node, "__wrapped__", None)
-
-
 def instrument_model_server(
     *,
     tracer_provider: TracerProvider | None = None,
@@ -331,10 +306,10 @@ def uninstrument_model_server() -> None:
         for name in _SERVICES:
             module = sys.modules.get(name)
             if module is not None:
-                _unwrap(module.Service, "predict", hook.predict)
+                unwrap(module.Service, "predict", hook.predict)
         module = sys.modules.get(_TRANSFORMER)
         if module is not None:
-            _unwrap(module.Transformer, "_run_handler_function", hook.run_handler_function)
+            unwrap(module.Transformer, "_run_handler_function", hook.run_handler_function)
 
 
 def instrumented() -> bool:

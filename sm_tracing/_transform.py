@@ -25,16 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
-import threading
-import weakref
-from collections.abc import Callable, Coroutine, Mapping, MutableSequence
-from functools import partial
-from types import TracebackType
+from collections.abc import Callable, Mapping, MutableSequence
 from typing import Any
-from urllib.parse import urlsplit
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -45,9 +38,16 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
-from sm_tracing._client import upstream_aiobotocore, upstream_botocore
-from sm_tracing._common import STATUS_CODE, guard
-from sm_tracing._streaming import REQUEST_ID, record_failure
+from sm_tracing._client import (
+    ClientHook,
+    TracedCall,
+    client_attributes,
+    upstream_aiobotocore,
+    upstream_botocore,
+)
+from sm_tracing._common import guard
+from sm_tracing._instrumentor import unwrap_make_api_call, wrap_make_api_call
+from sm_tracing._streaming import metadata_attributes
 
 _logger = logging.getLogger(__name__)
 
@@ -67,21 +67,10 @@ _STATIC: dict[str, AttributeValue] = {
     "rpc.service": "SageMaker",
     "rpc.method": OPERATION,
 }
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-_METHOD = "_make_api_call"
-_AIO_MODULE = "aiobotocore.client"
 # Per-client cache, in the client's own __dict__: the span attributes of a sagemaker client,
 # empty for a client of another service.
 _CLIENT_ATTRIBUTES = "_sm_tracing_transform_attributes"
-_HOOKED_BY = "_sm_tracing_transform_hooked_by"
-_EVENT = f"before-parameter-build.{SERVICE}.{OPERATION}"
-_EVENT_ID = "sm_tracing.transform_job"
-_STARTING = "start the span of a transform job"
-_ENDING = "end the span of a transform job"
 _INJECTING = "merge the trace context into a transform job's Environment"
-_RECORDING = "record the response of CreateTransformJob"
-# Wrapping, unwrapping and the aiobotocore import hook: one at a time, from whichever thread.
-_LOCK = threading.RLock()
 
 
 def variable_name(key: str) -> str:
@@ -163,33 +152,16 @@ def inject_environment(params: dict[str, Any], context: Context) -> None:
         )
 
 
-class _Call:
+class _Call(TracedCall):
     """One CreateTransformJob call traced by our own span, ended when the call returns."""
 
-    __slots__ = ("span", "token")
+    __slots__ = ()
 
-    def __init__(self, span: Span, token: object) -> None:
-        self.span = span
-        self.token = token
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        otel_context.detach(self.token)  # type: ignore[arg-type]
-        if error is not None:  # the call raised; the error goes on to the caller unchanged
-            guard("record the error of a transform job", None, record_failure, self.span, error)
-        guard(_ENDING, None, self.span.end)
-
-    def finish(self, result: Any) -> Any:
-        """Record *result* on the span, which ends on the way out of the ``with``."""
-        guard(_RECORDING, None, _record_response, self.span, result)
-        return result
+    def _close(self, result: Any) -> None:
+        try:
+            _record_response(self.span, result)
+        finally:
+            self.span.end()
 
 
 def _record_response(span: Span, result: Mapping[str, Any]) -> None:
@@ -197,72 +169,26 @@ def _record_response(span: Span, result: Mapping[str, Any]) -> None:
     if not metadata or not span.is_recording():
         return
     attributes: dict[str, AttributeValue] = {}
-    request_id = metadata.get("RequestId")
-    if request_id:
-        attributes[REQUEST_ID] = request_id
-    status = metadata.get("HTTPStatusCode")
-    if isinstance(status, int):
-        attributes[STATUS_CODE] = status
+    metadata_attributes(metadata, attributes)
     span.set_attributes(attributes)
 
 
-class TransformHook:
-    """The wrappers of ``_make_api_call`` and the client event handlers of one
+class TransformHook(ClientHook):
+    """The wrappers of ``_make_api_call`` and the client event handler of one
     :func:`install`."""
 
-    __slots__ = ("__weakref__", "_hooked", "_lock", "enabled", "tracer")
+    __slots__ = ("tracer",)
+
+    operations = frozenset({OPERATION})
+    events = ((f"before-parameter-build.{SERVICE}.{OPERATION}", "sm_tracing.transform_job"),)
+    _starting = "start the span of a transform job"
+    _hooked_by = "_sm_tracing_transform_hooked_by"
 
     def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
         self.tracer = tracer
-        self.enabled = True
-        self._lock = threading.Lock()
-        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def wrap_sync(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
-        if not args or args[0] != OPERATION:
-            return wrapped(*args, **kwargs)
-        call = guard(_STARTING, None, self._start, instance, args, upstream_botocore)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        with call:
-            return call.finish(wrapped(*args, **kwargs))
-
-    def wrap_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Coroutine[Any, Any, Any]:
-        """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
-        if not args or args[0] != OPERATION:
-            return wrapped(*args, **kwargs)
-        return self._call_aio(wrapped, instance, args, kwargs)
-
-    async def _call_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        call = guard(_STARTING, None, self._start, instance, args, upstream_aiobotocore)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        with call:
-            return call.finish(await wrapped(*args, **kwargs))
-
-    def _start(
-        self, client: Any, args: tuple[Any, ...], upstream: Callable[[], bool]
-    ) -> _Call | None:
-        """Start the span and merge its context into the parameters; None to stay out."""
+    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
         if not self.enabled or not is_instrumentation_enabled() or len(args) < 2:
             return None
         static = client.__dict__.get(_CLIENT_ATTRIBUTES)
@@ -270,6 +196,7 @@ class TransformHook:
             static = _describe(client)
         if not static:
             return None
+        upstream = upstream_aiobotocore if aio else upstream_botocore
         if upstream():
             self._hook_events(client, upstream)
             return None
@@ -286,20 +213,11 @@ class TransformHook:
 
     # -- with opentelemetry-instrumentation-botocore: inject under its span ----------------
 
-    def _hook_events(self, client: Any, upstream: Callable[[], bool]) -> None:
-        """Register, once per client, the handler that injects under the upstream span."""
-        if client.__dict__.get(_HOOKED_BY) is self:
-            return
-
+    def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
         def before_parameter_build(params: dict[str, Any], **_: Any) -> None:
             guard(_INJECTING, None, self._inject_upstream, params, upstream)
 
-        with self._lock:
-            if not self.enabled:
-                return
-            client.meta.events.register(_EVENT, before_parameter_build, unique_id=_EVENT_ID)
-            client.__dict__[_HOOKED_BY] = self
-            self._hooked.add(client)
+        return (before_parameter_build,)
 
     def _inject_upstream(self, params: dict[str, Any], upstream: Callable[[], bool]) -> None:
         # The handler stays registered after the upstream instrumentation goes; from then on
@@ -312,20 +230,6 @@ class TransformHook:
             span.set_attribute(JOB_NAME, name)
         inject_environment(params, otel_context.get_current())
 
-    def unhook(self) -> None:
-        """Stop for good: the wrappers pass calls through, the client handlers go."""
-        with self._lock:
-            self.enabled = False
-            clients = list(self._hooked)
-            self._hooked.clear()
-        for client in clients:
-            guard("unregister the handler of a client", None, _unregister, client)
-
-
-def _unregister(client: Any) -> None:
-    client.meta.events.unregister(_EVENT, unique_id=_EVENT_ID)
-    client.__dict__.pop(_HOOKED_BY, None)
-
 
 def _describe(client: Any) -> dict[str, AttributeValue]:
     """The span attributes every CreateTransformJob call of *client* shares; empty for a client
@@ -333,15 +237,7 @@ def _describe(client: Any) -> dict[str, AttributeValue]:
     meta = client.meta
     attributes: dict[str, AttributeValue] = {}
     if meta.service_model.service_name == SERVICE:
-        attributes.update(_STATIC)
-        if isinstance(meta.region_name, str):
-            attributes["cloud.region"] = meta.region_name
-        url = urlsplit(meta.endpoint_url or "")
-        if url.hostname:
-            attributes["server.address"] = url.hostname
-        port = url.port
-        if port is not None and port != _DEFAULT_PORTS.get(url.scheme):
-            attributes["server.port"] = port
+        attributes = client_attributes(meta, _STATIC)
     client.__dict__[_CLIENT_ATTRIBUTES] = attributes
     return attributes
 
@@ -352,33 +248,11 @@ def _describe(client: Any) -> dict[str, AttributeValue]:
 def install(tracer: Tracer) -> TransformHook:
     """Trace CreateTransformJob on every ``sagemaker`` client, botocore's now and aiobotocore's
     now or when it is imported, with spans from *tracer*; :func:`uninstall` undoes it."""
-    import botocore.client
-
     hook = TransformHook(tracer)
-    with _LOCK:
-        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
-    # Importing aiobotocore here would slow every boto3-only start-up.
-    wrapt.register_post_import_hook(partial(_wrap_aio, hook), _AIO_MODULE)
+    wrap_make_api_call(hook)
     return hook
 
 
 def uninstall(hook: TransformHook) -> None:
     """Undo :func:`install`: no more spans or injection, on any client."""
-    import botocore.client
-
-    from sm_tracing._instrumentor import _unwrap
-
-    with _LOCK:
-        hook.unhook()
-        _unwrap(botocore.client.BaseClient, hook.wrap_sync)
-        aio_client = sys.modules.get(_AIO_MODULE)
-        if aio_client is not None:
-            _unwrap(aio_client.AioBaseClient, hook.wrap_aio)
-
-
-def _wrap_aio(hook: TransformHook, module: Any) -> None:
-    # Import hooks can't be unregistered: one left by an earlier install() finds its hook
-    # disabled and does nothing.
-    with _LOCK:
-        if hook.enabled:
-            wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
+    unwrap_make_api_call(hook)

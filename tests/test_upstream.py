@@ -141,10 +141,10 @@ def _remove_upstream_only() -> None:
     import botocore.client
     import botocore.endpoint
 
-    from sm_tracing._instrumentor import _unwrap
+    from sm_tracing._common import unwrap as unwrap_anywhere
 
     instrumentor = BotocoreInstrumentor()
-    _unwrap(botocore.client.BaseClient, instrumentor._patched_api_call)
+    unwrap_anywhere(botocore.client.BaseClient, "_make_api_call", instrumentor._patched_api_call)
     from opentelemetry.instrumentation.utils import unwrap
 
     unwrap(botocore.endpoint.Endpoint, "prepare_request")
