@@ -25,10 +25,10 @@ from sm_tracing._common import (
     ERROR_TYPE,
     INVOCATION_DURATION,
     duration_histogram,
+    end_span,
     error_type,
     get_tracer,
     guard,
-    record_error,
 )
 from sm_tracing._propagation import carried
 
@@ -221,7 +221,7 @@ class Invocation:
         if self._measure is None and error is None:
             guard("end the container span", None, self.span.end)
         else:
-            guard("end the container span", None, self._end, error)
+            self._end(error)
 
     def measure(self, histogram: Histogram, attributes: dict[str, AttributeValue]) -> None:
         """Record the invocation's duration, in seconds, into *histogram* when it ends, with
@@ -235,8 +235,14 @@ class Invocation:
             histogram, attributes = measure
             if error is not None:
                 attributes[ERROR_TYPE] = error_type(error)
-            histogram.record((perf_counter_ns() - self._began) / 1e9, attributes)
-        _end(self.span, error)
+            guard(
+                "record the invocation's duration",
+                None,
+                histogram.record,
+                (perf_counter_ns() - self._began) / 1e9,
+                attributes,
+            )
+        end_span(self.span, error)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
@@ -268,20 +274,6 @@ class Invocation:
         finally:
             self.detach()
         return False
-
-
-def _end(span: Span, error: BaseException | None) -> None:
-    if error is not None:
-        record_error(span, error)
-    span.end()
-
-
-def end_span(span: Span, error: BaseException | None = None) -> None:
-    """End *span*, recording *error*'s type when given; never raises."""
-    if error is None:
-        guard("end the container span", None, span.end)
-    else:
-        guard("end the container span", None, _end, span, error)
 
 
 def continue_trace(
