@@ -1,6 +1,6 @@
-"""What the client and the container side both need: the tracer, error recording, the
-SageMaker header names and attributes, and the guard that keeps a failure of ours out of the
-user's call."""
+"""What the client and the container side both need: the tracer and meter, error recording and
+the one way to end a span, the SageMaker header names and attributes, the undoing of a wrapt
+wrapper, and the guard that keeps a failure of ours out of the user's call."""
 
 from __future__ import annotations
 
