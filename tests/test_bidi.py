@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,9 +69,16 @@ def traceparent(span: ReadableSpan) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
-def container_span(exporter: InMemorySpanExporter) -> ReadableSpan:
-    spans = [s for s in exporter.get_finished_spans() if s.name == "websocket session"]
-    assert len(spans) == 1
+def container_span(exporter: InMemorySpanExporter, timeout: float = 10.0) -> ReadableSpan:
+    """The container's session span, once it has ended: the container ends it when it sees
+    the WebSocket close, which may come after the caller's stream is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = [s for s in exporter.get_finished_spans() if s.name == "websocket session"]
+        if spans or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(spans) == 1, [span.name for span in exporter.get_finished_spans()]
     return spans[0]
 
 
