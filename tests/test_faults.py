@@ -563,6 +563,10 @@ def _growth(
     # fills one-time caches (linecache reads the source files the traceback names).
     settle()
     gc.collect()
+    # While measuring, nothing is logged: pytest keeps every record a test logs, and a failed
+    # export's record holds its traceback, whose frames hold the batch of spans it failed on;
+    # how many such records fall in the window depends on the batch worker's timing.
+    logging.disable(logging.CRITICAL)
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -575,6 +579,7 @@ def _growth(
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
+        logging.disable(logging.NOTSET)
     return sum(stat.size_diff for stat in after.compare_to(before, "filename"))
 
 
