@@ -544,7 +544,9 @@ class _Call(TracedCall):
         started: int,
         labels: dict[str, AttributeValue] | None,
     ) -> None:
-        super().__init__(span, token)
+        # TracedCall's two, set here: this is on every call.
+        self.span = span
+        self.token = token
         self.hook = hook
         self.operation = operation
         self.stream_type = stream_type
@@ -694,7 +696,9 @@ class RuntimeHook(ClientHook):
         value = params.get("CustomAttributes")
         if value is not None and not isinstance(value, str):
             return  # botocore rejects it before it leaves
-        merged, reason = _propagation.merge_context(value, context, opaque=options.inject_opaque)
+        merged, reason = _propagation.merge_context(
+            value, context, opaque=options.inject_opaque, span=span
+        )
         if merged is not None:
             params["CustomAttributes"] = merged
         elif reason == _codec.SKIP_BUDGET:

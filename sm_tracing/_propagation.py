@@ -17,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sm_tracing import _codec, _querystring
@@ -186,18 +186,24 @@ def merge_context(
     context: Context | None = None,
     *,
     opaque: bool = False,
+    span: Span | None = None,
 ) -> tuple[str | None, str | None]:
-    """The value to send with *context* merged in, or ``(None, reason)`` to send as it was.
+    """The value to send with *context* merged in, or ``(None, reason)`` to send as it was;
+    *span* is the span current in *context*, when the caller has it at hand.
 
     Raises what the propagator raises: the callers' guards decide what that costs.
     """
     propagator = get_global_textmap()
-    keys, w3c = _reading(propagator)
+    cached_for, keys, w3c = _keys_cache
+    if cached_for is not propagator:
+        keys, w3c = _reading(propagator)
     pairs: list[tuple[str, str]] = []
     if w3c:
         # OpenTelemetry's default propagator with nothing but a span to send writes one
         # traceparent: written here directly, the very pair its inject would give.
-        span_context = trace.get_current_span(context).get_span_context()
+        if span is None:
+            span = trace.get_current_span(context)
+        span_context = span.get_span_context()
         if span_context.is_valid and not span_context.trace_state and not baggage.get_all(context):
             pairs.append(
                 (
