@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableSequence
+from functools import lru_cache
+from typing import Any
 
 from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -67,6 +69,8 @@ _keys_cache: tuple[TextMapPropagator | None, _codec.Keys, bool] = (None, _DEFAUL
 
 
 def _reading(propagator: TextMapPropagator) -> tuple[_codec.Keys, bool]:
+    # The per-request paths (carried, merge_context) compare _keys_cache themselves and come
+    # here only when the propagator changed: a call less on every request.
     global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
     cached_for, keys, w3c = _keys_cache
     if cached_for is not propagator:
@@ -149,15 +153,43 @@ def environment_context(context: Context | None) -> Context | None:
     of *context*, as a batch transform job's containers get it; None when there is none."""
     propagator = get_global_textmap()
     keys, w3c = _reading(propagator)
-    environ = os.environ
     carrier: dict[str, str] = {}
-    for key in keys.exact:
-        value = environ.get(key.upper().replace("-", "_"))
-        if value:
-            carrier[key] = value
+    if _ENVIRON_TABLE is not None:
+        for key, name in _environment_names(keys):
+            value = _ENVIRON_TABLE.get(name)
+            if value:
+                carrier[key] = os.environ.decodevalue(value)
+    else:
+        for key, name in _environment_names(keys):
+            value = os.environ.get(name)
+            if value:
+                carrier[key] = value
     if not carrier:
         return None
     return _extract(propagator, w3c, carrier, context)
+
+
+# os.environ answers a name it lacks by raising and catching a KeyError (some 8,000
+# instructions a name), and this runs for every request that brings no context of its own: its
+# own table, keyed as it keys it and kept in step by every change made through it, answers the
+# same in a dict lookup, where this Python has one.
+_ENVIRON_TABLE: dict[Any, Any] | None = getattr(os.environ, "_data", None)
+if not isinstance(_ENVIRON_TABLE, dict) or not hasattr(os.environ, "decodevalue"):
+    _ENVIRON_TABLE = None
+
+
+@lru_cache(maxsize=8)
+def _environment_names(keys: _codec.Keys) -> tuple[tuple[str, Any], ...]:
+    """Each of *keys* with the environment variable it is carried in (upper case, ``-`` as
+    ``_``), as the environment's table keys it."""
+    names = []
+    for key in sorted(keys.exact):
+        name = key.upper().replace("-", "_")
+        if _ENVIRON_TABLE is not None:
+            names.append((key, os.environ.encodekey(name)))
+        else:
+            names.append((key, name))
+    return tuple(names)
 
 
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
