@@ -24,14 +24,12 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, TypeAlias
 
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode, TracerProvider
+from opentelemetry.trace import TracerProvider
 
 from sm_tracing import _websocket
 from sm_tracing._common import (
-    ERROR_TYPE,
     HEADER_LOWER,
     SERVER_DURATION,
-    STATUS_CODE,
     TARGET_MODEL,
     duration_histogram,
     guard,
@@ -40,9 +38,9 @@ from sm_tracing._container import Invocation
 from sm_tracing._middleware import (
     FASTAPI_TELEMETRY,
     MODEL_ROUTE,
+    Exchange,
     Middleware,
     model_name,
-    with_echo,
     with_trace_headers,
 )
 from sm_tracing._propagation import strip_context
@@ -63,7 +61,6 @@ _ATTRIBUTES = {
     b"target-model": TARGET_MODEL,
     b"session-id": "aws.sagemaker.session_id",
 }
-_ERROR = Status(StatusCode.ERROR)
 
 
 class ASGIMiddleware(Middleware[ASGIApp]):
@@ -101,11 +98,17 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if started is None:
             return await self.app(scope, receive, send)
         scope, invocation, attributes = started
-        measured = {"http.request.method": attributes["http.request.method"], "http.route": route}
+        measured = None
         histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
         if histogram is not None:
+            measured = {
+                "http.request.method": attributes["http.request.method"],
+                "http.route": route,
+            }
             invocation.measure(histogram, measured)
-        exchange = _Exchange(invocation, attributes, measured, receive, send, echo=self._echo)
+        exchange = _Exchange(
+            invocation, attributes, measured, self._echo, receive=receive, send=send
+        )
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
@@ -208,42 +211,34 @@ def _strip_each(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
     return replaced
 
 
-class _Exchange:
-    """The messages of one traced request: sets the status and echo; ends the span on a
-    disconnect, or when told (the app returned or raised).
+class _Exchange(Exchange):
+    """The messages of one traced request: the status and echo go into the response's start;
+    the span ends on a disconnect, or when told (the app returned or raised).
 
     ``send`` is what the app sends through: our own function until the response starts, then
     the server's send itself, so a streamed body costs no frame of ours per chunk.
     """
 
-    __slots__ = (
-        "_attributes",
-        "_echo",
-        "_ended",
-        "_invocation",
-        "_measured",
-        "_receive",
-        "_send",
-        "send",
-    )
+    __slots__ = ("_receive", "_send", "send")
 
     def __init__(
         self,
         invocation: Invocation,
         attributes: dict[str, Any],
-        measured: dict[str, Any],
+        measured: dict[str, Any] | None,
+        echo: bool,
+        *,
         receive: Receive,
         send: Send,
-        *,
-        echo: bool,
     ) -> None:
+        # Exchange's fields.
         self._invocation = invocation
         self._attributes = attributes
         self._measured = measured
-        self._receive = receive
-        self._send = send
         self._echo = echo
         self._ended = False
+        self._receive = receive
+        self._send = send
         self.send = functools.partial(self._send_start)
 
     async def receive(self) -> Message:
@@ -254,34 +249,18 @@ class _Exchange:
 
     def _send_start(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            message = guard("trace the response status", message, self._start, message)
+            headers = guard(
+                "trace the response status",
+                None,
+                self.respond,
+                message.get("status"),
+                message.get("headers") or (),
+                True,
+            )
+            if headers is not None:
+                # A copy: the app may reuse its message.
+                message = {**message, "headers": headers}
             # From here on the app's messages go straight to the server: a partial's target
             # can be swapped, a plain function's cannot, and the app keeps what it was given.
             self.send.__setstate__((self._send, (), None, None))  # type: ignore[attr-defined]
         return self._send(message)
-
-    def _start(self, message: Message) -> Message:
-        invocation = self._invocation
-        span = invocation.span
-        code = int(message["status"])
-        attributes = self._attributes
-        attributes[STATUS_CODE] = self._measured[STATUS_CODE] = code
-        span.set_attributes(attributes)
-        if code >= 500:
-            span.set_status(_ERROR)
-            self._measured[ERROR_TYPE] = str(code)
-        if self._echo:
-            headers = with_echo(message.get("headers") or (), invocation, True)
-            if headers is not None:
-                # A copy: the app may reuse its message.
-                return {**message, "headers": headers}
-        return message
-
-    def end(self, error: BaseException | None) -> None:
-        """End the span once, with *error* recorded when given."""
-        if not self._ended:
-            self._ended = True
-            attributes = self._attributes
-            if STATUS_CODE not in attributes:  # no response started: record the request
-                guard("record the request", None, self._invocation.span.set_attributes, attributes)
-            self._invocation.end(error)

@@ -10,12 +10,14 @@ from typing import Any, Generic, TypeVar
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from sm_tracing._codec import format_echo
 from sm_tracing._common import (
+    ERROR_TYPE,
     HEADER,
     HEADER_LOWER,
+    STATUS_CODE,
     get_tracer,
     guard,
 )
@@ -35,6 +37,7 @@ MODEL_ROUTE = "/models/{name}/invoke"
 FASTAPI_TELEMETRY = "fastapi.telemetry"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
+_ERROR = Status(StatusCode.ERROR)
 
 
 def traced_routes(trace_ping: bool, paths: Iterable[str] | None) -> dict[str, str]:
@@ -113,6 +116,57 @@ class Middleware(Generic[App]):
         )
         invocation.begin()
         return invocation
+
+
+class Exchange:
+    """What one traced request's response records, under either middleware: its status on the
+    span (and the metric), the echo in its headers, and the span's end, once.
+
+    Each middleware's subclass sets these fields in its own constructor, which runs on every
+    request (a chained constructor would be one call more): ``_invocation``; ``_attributes``,
+    the span's, set with the status in one call; ``_measured``, the metric's attributes, None
+    when no duration is measured; ``_echo``, whether to echo; ``_ended``, False."""
+
+    __slots__ = ("_attributes", "_echo", "_ended", "_invocation", "_measured")
+
+    _invocation: Invocation
+    _attributes: dict[str, Any]
+    _measured: dict[str, Any] | None
+    _echo: bool
+    _ended: bool
+
+    def respond(
+        self, status: Any, headers: Sequence[tuple[Any, Any]], binary: bool
+    ) -> list[Any] | None:
+        """Called under the caller's guard: may raise.
+
+        Record the response's *status* (ASGI's number, or WSGI's status line, *binary* telling
+        which: ``bytes`` headers are ASGI's), ERROR from 500 on; the response *headers* with
+        the echo (see :func:`with_echo`), or None when they stay as they are."""
+        invocation = self._invocation
+        span = invocation.span
+        code = int(status) if binary else int(status[:3])
+        attributes = self._attributes
+        attributes[STATUS_CODE] = code
+        span.set_attributes(attributes)
+        measured = self._measured
+        if measured is not None:
+            measured[STATUS_CODE] = code
+        if code >= 500:
+            span.set_status(_ERROR)
+            if measured is not None:
+                measured[ERROR_TYPE] = str(code)
+        return with_echo(headers, invocation, binary) if self._echo else None
+
+    def end(self, error: BaseException | None) -> None:
+        """End the span once, with *error* recorded when given; the request's attributes are
+        recorded where no response status was."""
+        if not self._ended:
+            self._ended = True
+            attributes = self._attributes
+            if STATUS_CODE not in attributes:
+                guard("record the request", None, self._invocation.span.set_attributes, attributes)
+            self._invocation.end(error)
 
 
 def with_echo(

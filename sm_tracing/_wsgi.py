@@ -20,20 +20,17 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import Status, StatusCode
 
 from sm_tracing._common import (
-    ERROR_TYPE,
     INFERENCE_ID,
     SERVER_DURATION,
     SESSION_ID,
-    STATUS_CODE,
     TARGET_MODEL,
     duration_histogram,
     guard,
 )
 from sm_tracing._container import Invocation
-from sm_tracing._middleware import MODEL_ROUTE, Middleware, model_name, trace_headers, with_echo
+from sm_tracing._middleware import MODEL_ROUTE, Exchange, Middleware, model_name, trace_headers
 
 ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 Headers: TypeAlias = list[tuple[str, str]]
@@ -45,7 +42,6 @@ _KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
 _INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
 _TARGET_MODEL = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"
 _SESSION_ID = "HTTP_X_AMZN_SAGEMAKER_SESSION_ID"
-_ERROR = Status(StatusCode.ERROR)
 
 
 def environ_key(name: str) -> str:
@@ -81,7 +77,7 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         if histogram is not None:
             measured = {"http.request.method": method, "http.route": route}
             invocation.measure(histogram, measured)
-        response = _Response(invocation, start_response, attributes, measured, self._echo)
+        response = _Response(invocation, attributes, measured, self._echo, start_response)
         try:
             body = self.app(environ, response.start_response)
         except BaseException as exc:
@@ -136,45 +132,35 @@ def inject_environ(environ: Environ, invocation: Invocation) -> None:
         environ[environ_key(name)] = value
 
 
-class _Response:
+class _Response(Exchange):
     """One traced request's response.
 
     The app's status and headers reach the server, the echo merged in, with the body's first
     chunk: when it is ready, or the app writes, or the body turns out empty (WSGI servers send
     the headers no sooner either), so the container's time the echo carries is its time to
-    first byte, streamed or not. The body is passed through, current
-    while the app produces it; the span ends when it is exhausted or closed.
+    first byte, streamed or not. The body is passed through, current while the app produces
+    it; the span ends when it is exhausted or closed.
     """
 
-    __slots__ = (
-        "_attributes",
-        "_echo",
-        "_ended",
-        "_invocation",
-        "_iterator",
-        "_measured",
-        "_pending",
-        "_start_response",
-        "_write",
-        "body",
-    )
+    __slots__ = ("_iterator", "_pending", "_start_response", "_write", "body")
 
     def __init__(
         self,
         invocation: Invocation,
-        start_response: StartResponse,
         attributes: dict[str, Any],
         measured: dict[str, Any] | None,
         echo: bool,
+        start_response: StartResponse,
     ) -> None:
+        # Exchange's fields.
         self._invocation = invocation
-        self._start_response = start_response
         self._attributes = attributes
         self._measured = measured
         self._echo = echo
+        self._ended = False
+        self._start_response = start_response
         self._pending: tuple[str, Headers, ExcInfo | None] | None = None
         self._write: Callable[[bytes], object] | None = None
-        self._ended = False
         # Set when the app's body is not a list: the server then iterates this response.
         self.body: Iterable[bytes]
         self._iterator: Iterator[bytes]
@@ -205,33 +191,14 @@ class _Response:
         write = self._write
         if write is None and self._pending is not None:
             status, headers, exc_info = self._pending
-            headers = guard("trace the response status", headers, self._respond, status, headers)
-            write = self._write = self._start_response(status, headers, exc_info)
+            echoed = guard("trace the response status", None, self.respond, status, headers, False)
+            write = self._write = self._start_response(status, echoed or headers, exc_info)
         return write
 
     def whole(self) -> None:
         """The app's body is a list, ready: the headers go, and the span ends."""
-        if self._write is None:
-            self.hand_on()
+        self.hand_on()
         self.end(None)
-
-    def _respond(self, status: str, headers: Headers) -> Headers:
-        invocation = self._invocation
-        span = invocation.span
-        code = int(status[:3])
-        attributes = self._attributes
-        attributes[STATUS_CODE] = code
-        span.set_attributes(attributes)
-        measured = self._measured
-        if measured is not None:
-            measured[STATUS_CODE] = code
-        if code >= 500:
-            span.set_status(_ERROR)
-            if measured is not None:
-                measured[ERROR_TYPE] = str(code)
-        if self._echo:
-            return with_echo(headers, invocation, False) or headers
-        return headers
 
     def __iter__(self) -> Iterator[bytes]:
         self._iterator = iter(self.body)
@@ -274,13 +241,3 @@ class _Response:
             raise
         finally:
             self.end(error)
-
-    def end(self, error: BaseException | None) -> None:
-        """End the span once, with *error* recorded when given; the request's attributes
-        are recorded where no response status was."""
-        if not self._ended:
-            self._ended = True
-            attributes = self._attributes
-            if STATUS_CODE not in attributes:
-                guard("record the request", None, self._invocation.span.set_attributes, attributes)
-            self._invocation.end(error)
