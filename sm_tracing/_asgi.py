@@ -29,6 +29,7 @@ from opentelemetry.trace import TracerProvider
 from sm_tracing import _websocket
 from sm_tracing._common import (
     HEADER_LOWER,
+    SAGEMAKER_HEADERS,
     SERVER_DURATION,
     TARGET_MODEL,
     duration_histogram,
@@ -54,12 +55,11 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders: TypeAlias = Sequence[tuple[bytes, bytes]]
 
 _HEADER = HEADER_LOWER.encode("ascii")
-_PREFIX = b"x-amzn-sagemaker-"
-# The SageMaker request headers recorded on the span, after the common prefix.
-_ATTRIBUTES = {
-    b"inference-id": "aws.sagemaker.inference_id",
-    b"target-model": TARGET_MODEL,
-    b"session-id": "aws.sagemaker.session_id",
+# The request headers read: CustomAttributes (None), and the SageMaker ones recorded on the
+# span, each with its attribute.
+_READ: dict[bytes, str | None] = {
+    _HEADER: None,
+    **{name.encode("ascii"): attribute for name, attribute in SAGEMAKER_HEADERS},
 }
 
 
@@ -106,9 +106,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
                 "http.route": route,
             }
             invocation.measure(histogram, measured)
-        exchange = _Exchange(
-            invocation, attributes, measured, self._echo, receive=receive, send=send
-        )
+        exchange = _Exchange(invocation, attributes, measured, self._echo, receive, send)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
@@ -137,30 +135,30 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         # Every attribute goes on in one call, with the status: each call costs.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         headers: RawHeaders = scope.get("headers") or ()
-        raw: bytes | None = None
+        found: tuple[bytes, bytes] | None = None
         duplicates = False
-        at = 0
-        for index, (key, value) in enumerate(headers):
-            if key.startswith(_PREFIX):
-                if key == _HEADER:
-                    duplicates = raw is not None
-                    if raw is None:
-                        raw, at = value, index
+        # A dict lookup per header: most are none of ours.
+        for pair in headers:
+            if pair[0] in _READ:
+                attribute = _READ[pair[0]]
+                if attribute is None:
+                    duplicates = found is not None
+                    if found is None:
+                        found = pair
                 else:
-                    attribute = _ATTRIBUTES.get(key[17:])
-                    if attribute is not None:
-                        attributes[attribute] = value.decode("latin-1")
+                    attributes[attribute] = pair[1].decode("latin-1")
         if model is not None and TARGET_MODEL not in attributes:
             attributes[TARGET_MODEL] = model
-        custom_attributes = None if raw is None else raw.decode("latin-1")
+        custom_attributes = None if found is None else found[1].decode("latin-1")
         invocation = self.begin(custom_attributes, method, route)
         remainder = invocation.remainder
         replaced: RawHeaders | None = None
         if duplicates:
             replaced = _strip_each(headers)
-        elif remainder is not custom_attributes:
+        elif found is not None and remainder is not custom_attributes:
             # A copy: the server's header list stays as it came.
             replaced = list(headers)
+            at = replaced.index(found)
             if remainder:
                 replaced[at] = (_HEADER, remainder.encode("latin-1"))
             else:
@@ -221,13 +219,12 @@ class _Exchange(Exchange):
 
     __slots__ = ("_receive", "_send", "send")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built on every request, where keywords cost more
         self,
         invocation: Invocation,
         attributes: dict[str, Any],
         measured: dict[str, Any] | None,
         echo: bool,
-        *,
         receive: Receive,
         send: Send,
     ) -> None:

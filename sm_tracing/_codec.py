@@ -38,6 +38,8 @@ _KEY = re.compile(r"[A-Za-z0-9_.:/+-]+")
 _NEEDS_ESCAPE = re.compile(r"[^\x21-\x24\x26-\x2b\x2d-\x3a\x3c\x3e-\x7e]")
 # A version-00 traceparent or traceresponse: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>.
 _TRACE_HEADER = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# How many keys a Keys remembers the kind of.
+_KINDS_KEPT = 1024
 _INVALID_TRACE = "0" * 32
 _INVALID_SPAN = "0" * 16
 
@@ -54,7 +56,7 @@ class Keys:
     when it holds one of them. Compared by identity, so build one per set of keys and keep it.
     """
 
-    __slots__ = ("exact", "prefixes", "required")
+    __slots__ = ("_kinds", "exact", "prefixes", "required")
 
     def __init__(
         self,
@@ -65,10 +67,26 @@ class Keys:
         self.exact = frozenset(key.lower() for key in exact)
         self.prefixes = tuple(prefix.lower() for prefix in prefixes)
         self.required = self.exact if required is None else frozenset(required)
+        self._kinds: dict[str, str | bool] = {}
 
     def owns(self, lowered: str) -> bool:
         """True when the lower-cased key *lowered* is one of ours."""
         return lowered in self.exact or (bool(self.prefixes) and lowered.startswith(self.prefixes))
+
+    def kind(self, key: str) -> str | bool:
+        """What the key of a pair, *key* as it came, is: one of ours (its lower-cased name), a
+        key of someone else's (True), or not a key (False).
+
+        Remembered: callers send the same few keys over and over, and a regex match is dear.
+        """
+        kind = self._kinds.get(key)
+        if kind is None:
+            lowered = key.strip().lower()
+            kind = lowered if self.owns(lowered) else _KEY.fullmatch(key.strip()) is not None
+            if len(self._kinds) >= _KINDS_KEPT:
+                self._kinds.clear()  # keys made up per call: remember only the latest
+            self._kinds[key] = kind
+        return kind
 
     def __contains__(self, lowered: object) -> bool:
         return isinstance(lowered, str) and self.owns(lowered)
@@ -153,18 +171,10 @@ def separator(value: str) -> str:
 _Parsed = tuple[list[str], dict[str, str], str | None]
 
 
-@lru_cache(maxsize=1024)
-def _is_key(key: str) -> bool:
-    # Cached: callers send the same few keys over and over, and a regex match is dear.
-    key = key.strip()
-    return bool(key) and _KEY.fullmatch(key) is not None
-
-
 def _parse(value: str, keys: Keys, sep: str) -> _Parsed:
     """Tokenize a valid, non-empty *value* once, split on *sep*: the caller's tokens and our
     pairs."""
-    exact = keys.exact
-    prefixes = keys.prefixes
+    kinds = keys._kinds
     pairs: dict[str, str] = {}
     kept: list[str] = []
     is_list = True
@@ -172,19 +182,18 @@ def _parse(value: str, keys: Keys, sep: str) -> _Parsed:
     for token in value.split(sep):
         key, sign, rest = token.partition("=")
         if sign and rest[:1] != "=":
-            if key in exact:  # the common case, our own key as we write it
-                lowered = key
+            kind = kinds.get(key)
+            if kind is None:
+                kind = keys.kind(key)
+            if kind is True:
+                seen = True
+            elif kind is False:
+                is_list = False
             else:
-                lowered = key.strip().lower()
-                if lowered not in exact and not (prefixes and lowered.startswith(prefixes)):
-                    if _is_key(key):
-                        seen = True
-                    else:
-                        is_list = False
-                    kept.append(token)
-                    continue
-            rest = rest.strip()
-            pairs[lowered] = decode_value(rest) if "%" in rest else rest
+                rest = rest.strip()
+                pairs[kind] = decode_value(rest) if "%" in rest else rest
+                continue
+            kept.append(token)
             continue
         if token.strip():
             is_list = False

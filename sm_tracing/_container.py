@@ -117,13 +117,13 @@ class Invocation:
     def __init__(
         self,
         custom_attributes: str | None,
-        *,
-        name: str = "invocations",
-        attributes: Mapping[str, AttributeValue] | None = None,
         tracer: trace.Tracer,
         policy: RemoteContext,
-        links: Sequence[SpanContext] = (),
+        name: str = "invocations",
         query: bool = False,
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        links: Sequence[SpanContext] = (),
     ) -> None:
         self._custom_attributes = custom_attributes
         self._query = query
@@ -154,8 +154,13 @@ class Invocation:
         """``start()`` for an adapter that guards its own entry point: raises what fails."""
         self._began = perf_counter_ns()
         current = otel_context.get_current()
-        active = trace.get_current_span(current).get_span_context()
-        under_span = active.is_valid
+        active_span = trace.get_current_span(current)
+        # No span current is the common case: the API's stand-in, whose context is invalid.
+        if active_span is trace.INVALID_SPAN:
+            active, under_span = trace.INVALID_SPAN_CONTEXT, False
+        else:
+            active = active_span.get_span_context()
+            under_span = active.is_valid
         parent = current
         links = [Link(link) for link in self._links] if self._links else None
         policy = self._policy
@@ -183,11 +188,9 @@ class Invocation:
                     # Under a local span of the same trace (our middleware, say) we are its
                     # child; otherwise the caller's span is the parent, which joins the trace.
                     parent = remote
+        # Positional: a call with keywords costs more, on every request.
         span = self._tracer.start_span(
-            self._name,
-            context=parent,
-            kind=SpanKind.INTERNAL if under_span else SpanKind.SERVER,
-            links=links,
+            self._name, parent, SpanKind.INTERNAL if under_span else SpanKind.SERVER, None, links
         )
         if self._attributes:
             # Set after the start, not passed to it: the SDK's sampler wraps what it is given

@@ -107,12 +107,9 @@ class Middleware(Generic[App]):
         """Begin the invocation of a request of *method* on *route* from its *carrier*
         (CustomAttributes, or with *query* a WebSocket query string), made current: the one
         way every request of the middlewares starts. Raises what fails: the caller guards."""
+        # Positional: a call with keywords costs more, on every request.
         invocation = Invocation(
-            carrier,
-            name=self._name or f"{method} {route}",
-            tracer=self._tracer,
-            policy=self._policy,
-            query=query,
+            carrier, self._tracer, self._policy, self._name or f"{method} {route}", query
         )
         invocation.begin()
         return invocation
@@ -179,15 +176,16 @@ def with_echo(
     CustomAttributes, the app's own value first, matched in any case and replaced rather than
     repeated; None when nothing is to be added."""
     span_context = invocation.span.get_span_context()
-    for index, (name, value) in enumerate(headers):
-        if len(name) == _HEADER_LENGTH and name.lower() in (HEADER_LOWER, _HEADER_BYTES):
+    for pair in headers:
+        if len(pair[0]) == _HEADER_LENGTH and pair[0].lower() in (HEADER_LOWER, _HEADER_BYTES):
+            name, value = pair
             merged = echo_value(
                 value.decode("latin-1") if binary else value, span_context, invocation.elapsed_us()
             )
             if merged is None:
                 return None
             copy = list(headers)
-            copy[index] = (name, merged.encode("latin-1") if binary else merged)
+            copy[copy.index(pair)] = (name, merged.encode("latin-1") if binary else merged)
             return copy
     if not span_context.is_valid:
         return None

@@ -239,6 +239,18 @@ def test_read_prefixed_keys_are_ours() -> None:
     )
 
 
+def test_read_keeps_deciding_right_past_the_keys_it_remembers() -> None:
+    """Keys remember what each key they have read is, up to a bound: a caller that makes up a
+    key per call neither grows them without end nor gets a wrong answer once they forget."""
+    keys = _codec.Keys({"traceparent"})
+    for index in range(3 * _codec._KINDS_KEPT):
+        key = f"k{index}" if index % 3 else f"k {index}"  # every third is not a key
+        value = f"TraceParent={TP};{key}=v"
+        expected = ({"traceparent": TP}, f"{key}=v") if index % 3 else ({}, value)
+        assert _codec.read(value, keys) == expected, value
+    assert len(keys._kinds) <= _codec._KINDS_KEPT
+
+
 @pytest.mark.parametrize(
     ("value", "parsed"),
     [
