@@ -102,7 +102,6 @@ _RESPONSE_ATTRIBUTES = {
 _STATIC: dict[str, AttributeValue] = {"rpc.system": "aws-api", "rpc.service": "SageMaker Runtime"}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 # Per-client cache, in the client's own __dict__: one dict lookup per call.
-_CLIENT_ATTRIBUTES = "_sm_tracing_span_attributes"
 _MAX_WARNED = 1024
 _UPSTREAM_MODULE = "opentelemetry.instrumentation.botocore"
 _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
@@ -339,6 +338,8 @@ class ClientHook:
     """What could not be done when ``_start`` fails, for the log."""
     _hooked_by: ClassVar[str]
     """The key, in a client's own ``__dict__``, of the hook that handles its events."""
+    _described_by: ClassVar[str]
+    """The key, in a client's own ``__dict__``, of what ``_describe`` said of it."""
 
     def __init__(self) -> None:
         self.enabled = True
@@ -394,6 +395,27 @@ class ClientHook:
     def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
         """The handler of each of *events*, in order, for a client that *upstream* traces."""
         raise NotImplementedError
+
+    def _describe(self, client: Any) -> Any:
+        """What the traced calls of *client* share (their static span attributes); empty for a
+        client of another service."""
+        raise NotImplementedError
+
+    def _traced(self, client: Any, aio: bool) -> Any:
+        """What the traced calls of *client* share (see ``_describe``, asked once per client),
+        or None to leave its calls alone: a client of another service, or one whose calls
+        opentelemetry-instrumentation-botocore makes the span of (its events are hooked
+        instead)."""
+        described = client.__dict__.get(self._described_by)
+        if described is None:
+            described = client.__dict__[self._described_by] = self._describe(client)
+        if not described:
+            return None
+        upstream = upstream_aiobotocore if aio else upstream_botocore
+        if _UPSTREAM_MODULE in sys.modules and upstream():
+            self._hook_events(client, upstream)
+            return None
+        return described
 
     def _hook_events(self, client: Any, upstream: Callable[[], bool]) -> None:
         """Register, once per client, the handlers that work under the upstream span."""
@@ -603,6 +625,7 @@ class RuntimeHook(ClientHook):
     )
     _starting = "start the span of a SageMaker call"
     _hooked_by = "_sm_tracing_hooked_by"
+    _described_by = "_sm_tracing_span_attributes"
 
     def __init__(self, options: ClientOptions) -> None:
         super().__init__()
@@ -619,14 +642,8 @@ class RuntimeHook(ClientHook):
     def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
         if not self.enabled:
             return None
-        operations = client.__dict__.get(_CLIENT_ATTRIBUTES)
+        operations = self._traced(client, aio)
         if operations is None:
-            operations = _describe(client)
-        if not operations:
-            return None
-        upstream = upstream_aiobotocore if aio else upstream_botocore
-        if _UPSTREAM_MODULE in sys.modules and upstream():
-            self._hook_events(client, upstream)
             return None
         parent = otel_context.get_current()
         if suppressed(parent):
@@ -649,6 +666,16 @@ class RuntimeHook(ClientHook):
         token = otel_context.attach(context)
         stream_type = AioTracedEventStream if aio else TracedEventStream
         return _Call(self, span, operation, token, stream_type, started=started, labels=labels)
+
+    def _describe(self, client: Any) -> dict[str, dict[str, AttributeValue]]:
+        """The span attributes that are the same on every call of *client*, per operation."""
+        meta = client.meta
+        operations: dict[str, dict[str, AttributeValue]] = {}
+        if meta.service_model.service_name == SERVICE:
+            static = client_attributes(meta, _STATIC)
+            for operation in OPERATIONS:
+                operations[operation] = {**static, "rpc.method": operation}
+        return operations
 
     def _genai(self, params: Mapping[str, Any], attributes: dict[str, AttributeValue]) -> None:
         """Add the GenAI attributes of an endpoint ``genai_models`` names."""
@@ -798,19 +825,6 @@ def _request_attributes(
         if name is not None and isinstance(value, str):
             attributes[name] = value
     return attributes
-
-
-def _describe(client: Any) -> dict[str, dict[str, AttributeValue]]:
-    """The span attributes that are the same on every call of *client*, per operation; empty
-    for clients of other services. Cached on the client."""
-    meta = client.meta
-    operations: dict[str, dict[str, AttributeValue]] = {}
-    if meta.service_model.service_name == SERVICE:
-        static = client_attributes(meta, _STATIC)
-        for operation in OPERATIONS:
-            operations[operation] = {**static, "rpc.method": operation}
-    client.__dict__[_CLIENT_ATTRIBUTES] = operations
-    return operations
 
 
 def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -> float | None:

@@ -42,8 +42,6 @@ from sm_tracing._client import (
     ClientHook,
     TracedCall,
     client_attributes,
-    upstream_aiobotocore,
-    upstream_botocore,
 )
 from sm_tracing._common import guard
 from sm_tracing._instrumentor import unwrap_make_api_call, wrap_make_api_call
@@ -69,7 +67,6 @@ _STATIC: dict[str, AttributeValue] = {
 }
 # Per-client cache, in the client's own __dict__: the span attributes of a sagemaker client,
 # empty for a client of another service.
-_CLIENT_ATTRIBUTES = "_sm_tracing_transform_attributes"
 _INJECTING = "merge the trace context into a transform job's Environment"
 
 
@@ -183,6 +180,7 @@ class TransformHook(ClientHook):
     events = ((f"before-parameter-build.{SERVICE}.{OPERATION}", "sm_tracing.transform_job"),)
     _starting = "start the span of a transform job"
     _hooked_by = "_sm_tracing_transform_hooked_by"
+    _described_by = "_sm_tracing_transform_attributes"
 
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
@@ -191,14 +189,8 @@ class TransformHook(ClientHook):
     def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
         if not self.enabled or not is_instrumentation_enabled() or len(args) < 2:
             return None
-        static = client.__dict__.get(_CLIENT_ATTRIBUTES)
+        static = self._traced(client, aio)
         if static is None:
-            static = _describe(client)
-        if not static:
-            return None
-        upstream = upstream_aiobotocore if aio else upstream_botocore
-        if upstream():
-            self._hook_events(client, upstream)
             return None
         params = args[1]
         attributes = static.copy()
@@ -210,6 +202,13 @@ class TransformHook(ClientHook):
         context = trace.set_span_in_context(span, parent)
         guard(_INJECTING, None, inject_environment, params, context)
         return _Call(span, otel_context.attach(context))
+
+    def _describe(self, client: Any) -> dict[str, AttributeValue]:
+        """The span attributes every CreateTransformJob call of *client* shares."""
+        meta = client.meta
+        if meta.service_model.service_name != SERVICE:
+            return {}
+        return client_attributes(meta, _STATIC)
 
     # -- with opentelemetry-instrumentation-botocore: inject under its span ----------------
 
@@ -229,17 +228,6 @@ class TransformHook(ClientHook):
         if span.is_recording() and isinstance(name, str) and name:
             span.set_attribute(JOB_NAME, name)
         inject_environment(params, otel_context.get_current())
-
-
-def _describe(client: Any) -> dict[str, AttributeValue]:
-    """The span attributes every CreateTransformJob call of *client* shares; empty for a client
-    of another service. Cached on the client."""
-    meta = client.meta
-    attributes: dict[str, AttributeValue] = {}
-    if meta.service_model.service_name == SERVICE:
-        attributes = client_attributes(meta, _STATIC)
-    client.__dict__[_CLIENT_ATTRIBUTES] = attributes
-    return attributes
 
 
 # -- installing and removing ---------------------------------------------------------------
