@@ -21,7 +21,13 @@ from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
-from sm_tracing._common import HEADER, HEADER_LOWER, SAGEMAKER_HEADERS, set_status_code
+from sm_tracing._common import (
+    HEADER,
+    HEADER_LOWER,
+    SAGEMAKER_HEADERS,
+    environ_key,
+    set_status_code,
+)
 from sm_tracing._container import Invocation
 
 _logger = logging.getLogger(__name__)
@@ -278,7 +284,7 @@ class FlaskCarrier:
 
     __slots__ = ("_environ",)
 
-    _KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+    _KEY = environ_key(HEADER)
 
     def __init__(self, environ: MutableMapping[str, Any]) -> None:
         self._environ = environ
@@ -291,7 +297,7 @@ class FlaskCarrier:
         environ = self._environ
         attributes: dict[str, AttributeValue] = {}
         for header, attribute in SAGEMAKER_HEADERS:
-            value = environ.get("HTTP_" + header.upper().replace("-", "_"))
+            value = environ.get(environ_key(header))
             if isinstance(value, str):
                 attributes[attribute] = value
         return attributes

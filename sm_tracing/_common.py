@@ -35,6 +35,13 @@ SAGEMAKER_HEADERS = (
     ("x-amzn-sagemaker-session-id", SESSION_ID),
 )
 RECORD_MESSAGES_ENV = "SM_TRACING_RECORD_EXCEPTION_MESSAGES"
+
+
+def environ_key(name: str) -> str:
+    """The WSGI environ key of the request header *name*."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
 _ERROR = Status(StatusCode.ERROR)
 
 

@@ -22,11 +22,13 @@ from typing import Any, TypeAlias
 from opentelemetry import context as otel_context
 
 from sm_tracing._common import (
+    HEADER,
     INFERENCE_ID,
     SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
     duration_histogram,
+    environ_key,
     guard,
 )
 from sm_tracing._container import Invocation
@@ -38,15 +40,10 @@ StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
 Environ: TypeAlias = dict[str, Any]
 WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-_KEY = "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"
+_KEY = environ_key(HEADER)
 _INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
 _TARGET_MODEL = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"
 _SESSION_ID = "HTTP_X_AMZN_SAGEMAKER_SESSION_ID"
-
-
-def environ_key(name: str) -> str:
-    """The WSGI environ key of the request header *name*."""
-    return "HTTP_" + name.upper().replace("-", "_")
 
 
 class WSGIMiddleware(Middleware[WSGIApp]):
