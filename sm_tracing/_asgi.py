@@ -135,6 +135,10 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         # Every attribute goes on in one call, with the status: each call costs.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         headers: RawHeaders = scope.get("headers") or ()
+        read: RawHeaders | None = None
+        if type(headers) is not list and not isinstance(headers, tuple):
+            # Any iterable will do in ASGI: read once, here, and the app gets what was read.
+            headers = read = list(headers)
         found: tuple[bytes, bytes] | None = None
         duplicates = False
         # A dict lookup per header: most are none of ours.
@@ -168,6 +172,8 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             injected = with_trace_headers(headers if replaced is None else replaced, invocation)
             if injected is not None:
                 replaced = injected
+        if replaced is None:
+            replaced = read
         # A copy: the server's scope and header list stay as they came.
         if replaced is not None:
             scope = {**scope, "headers": replaced}
@@ -246,13 +252,14 @@ class _Exchange(Exchange):
 
     def _send_start(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
+            given = message.get("headers") or ()
+            if type(given) is not list and not isinstance(given, tuple):
+                # Any iterable will do in ASGI: read once, here, and the server gets what was
+                # read. A copy: the app may reuse its message.
+                given = list(given)
+                message = {**message, "headers": given}
             headers = guard(
-                "trace the response status",
-                None,
-                self.respond,
-                message.get("status"),
-                message.get("headers") or (),
-                True,
+                "trace the response status", None, self.respond, message.get("status"), given, True
             )
             if headers is not None:
                 # A copy: the app may reuse its message.

@@ -54,7 +54,12 @@ async def serve(
 
 def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope, Invocation]:
     attributes: dict[str, Any] = {"url.path": scope.get("path") or route}
-    for key, value in scope.get("headers") or ():
+    changes: dict[str, Any] = {}
+    headers = scope.get("headers") or ()
+    if type(headers) is not list and not isinstance(headers, tuple):
+        # Any iterable will do in ASGI: read once, here, and the app gets what was read.
+        headers = changes["headers"] = list(headers)
+    for key, value in headers:
         attribute = _HEADERS.get(key.lower())
         if attribute is not None:
             attributes[attribute] = value.decode("latin-1")
@@ -62,13 +67,12 @@ def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope,
     invocation = middleware.begin(query or None, "WS", route, query=True)
     if invocation.span.is_recording():
         invocation.span.set_attributes(attributes)
-    changes: dict[str, Any] = {}
     if query and invocation.remainder is not query:
         changes["query_string"] = (invocation.remainder or "").encode("latin-1")
     if middleware._inject_headers:
-        headers = with_trace_headers(scope.get("headers") or (), invocation)
-        if headers is not None:
-            changes["headers"] = headers
+        injected = with_trace_headers(headers, invocation)
+        if injected is not None:
+            changes["headers"] = injected
     if middleware._quiet_fastapi:
         # FastAPI's own session span would start a trace of its own: ours is the session's.
         changes[FASTAPI_TELEMETRY] = None

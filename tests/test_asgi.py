@@ -125,6 +125,54 @@ def test_a_disconnect_ends_the_span(
     assert span.status.status_code is StatusCode.UNSET
 
 
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_headers_given_as_any_iterable_are_read_once(
+    tracer: Tracer, tracer_provider: TracerProvider, exporter: InMemorySpanExporter, kind: str
+) -> None:
+    """ASGI lets a server hand over, and an app send, headers as any iterable, a generator
+    included: each is read once, the app gets every request header (CustomAttributes without
+    our keys), the server every response header with the echo added."""
+    value, parent = caller(tracer, "accept_eula=true", clear=exporter)
+    seen: list[list[tuple[bytes, bytes]]] = []
+    sent: list[Any] = []
+    request = [(b"content-type", b"application/json"), (HEADER.lower().encode(), value.encode())]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        response = (pair for pair in [(b"content-type", b"text/plain")])
+        await send({"type": "http.response.start", "status": 200, "headers": response})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    query = b"" if kind == "http" else value.replace(";", "&").encode()
+    scope = {
+        "type": kind,
+        "method": "POST",
+        "path": "/invocations",
+        "query_string": query,
+        "headers": (pair for pair in request),
+    }
+    middleware = ASGIMiddleware(app, tracer_provider=tracer_provider)
+    asyncio.run(middleware(scope, _receive_nothing, send))
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is not None and span.parent.span_id == parent.span_id
+    expected = [(b"content-type", b"application/json")]
+    if kind == "http":
+        expected.append((HEADER.lower().encode(), b"accept_eula=true"))
+    else:
+        expected = request
+    assert seen == [expected]
+    if kind == "http":
+        headers = dict(sent[0]["headers"])
+        assert headers[b"content-type"] == b"text/plain"
+        assert echoed(headers[HEADER.lower().encode()].decode()).span_id == span.context.span_id
+
+
 def test_lifespan_and_websocket_scopes_pass_through(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
