@@ -43,7 +43,7 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation, _querystring
@@ -54,7 +54,7 @@ from sm_tracing._client import (
     add_connection,
     first_time,
 )
-from sm_tracing._common import STATUS_CODE, end_span, get_tracer, guard, unwrap
+from sm_tracing._common import CLIENT, STATUS_CODE, end_span, get_tracer, guard, unwrap
 from sm_tracing._streaming import (
     CHUNKS,
     FIRST_CHUNK,
@@ -164,7 +164,7 @@ class BidiHook:
             if isinstance(value, str) and value:
                 attributes[name] = value
         parent = otel_context.get_current()
-        span = self.tracer.start_span(SPAN_NAME, parent, SpanKind.CLIENT, attributes)
+        span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
         context = trace.set_span_in_context(span, parent)
         merged = guard(_INJECTING, None, self._inject, given, context)
         if merged is not None:

@@ -28,12 +28,13 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import Histogram, Meter, MeterProvider
-from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, TracerProvider
+from opentelemetry.trace import Span, SpanContext, TraceFlags, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
 from sm_tracing._common import (
     _DEFERRED_METER_PROVIDER,
+    CLIENT,
     ERROR_TYPE,
     INFERENCE_ID,
     SESSION_ID,
@@ -652,7 +653,7 @@ class RuntimeHook(ClientHook):
         attributes = _request_attributes(params, operations[operation].copy())
         if self.options.genai_models is not None:
             self._genai(params, attributes)
-        span = self.tracer.start_span(_SPAN_NAMES[operation], parent, SpanKind.CLIENT, attributes)
+        span = self.tracer.start_span(_SPAN_NAMES[operation], parent, CLIENT, attributes)
         # The SDK span's own start, so the times measured from it add up to its duration.
         started: int = getattr(span, "start_time", None) or _now()
         meters = self.meters

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import Histogram, MeterProvider
-from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from sm_tracing.version import __version__
 
@@ -43,6 +43,8 @@ def environ_key(name: str) -> str:
 
 
 _ERROR = Status(StatusCode.ERROR)
+# The span kinds, looked up once: an enum member's lookup costs on every call.
+CLIENT, SERVER, INTERNAL = SpanKind.CLIENT, SpanKind.SERVER, SpanKind.INTERNAL
 
 
 def guard(what: str, default: T, function: Callable[..., T], *args: Any) -> T:

@@ -17,13 +17,15 @@ from typing import Literal
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import Histogram, MeterProvider
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
+from opentelemetry.trace import Link, Span, SpanContext, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
 from sm_tracing._common import (
     ERROR_TYPE,
+    INTERNAL,
     INVOCATION_DURATION,
+    SERVER,
     duration_histogram,
     end_span,
     error_type,
@@ -190,7 +192,7 @@ class Invocation:
                     parent = remote
         # Positional: a call with keywords costs more, on every request.
         span = self._tracer.start_span(
-            self._name, parent, SpanKind.INTERNAL if under_span else SpanKind.SERVER, None, links
+            self._name, parent, INTERNAL if under_span else SERVER, None, links
         )
         if self._attributes:
             # Set after the start, not passed to it: the SDK's sampler wraps what it is given

@@ -34,7 +34,7 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
@@ -43,7 +43,7 @@ from sm_tracing._client import (
     TracedCall,
     client_attributes,
 )
-from sm_tracing._common import guard
+from sm_tracing._common import CLIENT, guard
 from sm_tracing._instrumentor import unwrap_make_api_call, wrap_make_api_call
 from sm_tracing._streaming import metadata_attributes
 
@@ -198,7 +198,7 @@ class TransformHook(ClientHook):
         if isinstance(name, str) and name:
             attributes[JOB_NAME] = name
         parent = otel_context.get_current()
-        span = self.tracer.start_span(SPAN_NAME, parent, SpanKind.CLIENT, attributes)
+        span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
         context = trace.set_span_in_context(span, parent)
         guard(_INJECTING, None, inject_environment, params, context)
         return _Call(span, otel_context.attach(context))
