@@ -253,14 +253,16 @@ class _Exchange(Exchange):
     def _send_start(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             given = message.get("headers") or ()
+            read: list[Any] | None = None
             if type(given) is not list and not isinstance(given, tuple):
                 # Any iterable will do in ASGI: read once, here, and the server gets what was
-                # read. A copy: the app may reuse its message.
-                given = list(given)
-                message = {**message, "headers": given}
+                # read.
+                given = read = list(given)
             headers = guard(
                 "trace the response status", None, self.respond, message.get("status"), given, True
             )
+            if headers is None:
+                headers = read
             if headers is not None:
                 # A copy: the app may reuse its message.
                 message = {**message, "headers": headers}

@@ -102,7 +102,6 @@ _RESPONSE_ATTRIBUTES = {
 }
 _STATIC: dict[str, AttributeValue] = {"rpc.system": "aws-api", "rpc.service": "SageMaker Runtime"}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
-# Per-client cache, in the client's own __dict__: one dict lookup per call.
 _MAX_WARNED = 1024
 _UPSTREAM_MODULE = "opentelemetry.instrumentation.botocore"
 _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)

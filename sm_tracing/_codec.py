@@ -73,19 +73,16 @@ class Keys:
         """True when the lower-cased key *lowered* is one of ours."""
         return lowered in self.exact or (bool(self.prefixes) and lowered.startswith(self.prefixes))
 
-    def kind(self, key: str) -> str | bool:
+    def learn(self, key: str) -> str | bool:
         """What the key of a pair, *key* as it came, is: one of ours (its lower-cased name), a
-        key of someone else's (True), or not a key (False).
-
-        Remembered: callers send the same few keys over and over, and a regex match is dear.
-        """
-        kind = self._kinds.get(key)
-        if kind is None:
-            lowered = key.strip().lower()
-            kind = lowered if self.owns(lowered) else _KEY.fullmatch(key.strip()) is not None
-            if len(self._kinds) >= _KINDS_KEPT:
-                self._kinds.clear()  # keys made up per call: remember only the latest
-            self._kinds[key] = kind
+        key of someone else's (True), or not a key (False); remembered in ``_kinds``, which
+        the parser reads first: callers send the same few keys over and over, and a regex
+        match is dear."""
+        lowered = key.strip().lower()
+        kind = lowered if self.owns(lowered) else _KEY.fullmatch(key.strip()) is not None
+        if len(self._kinds) >= _KINDS_KEPT:
+            self._kinds.clear()  # keys made up per call: remember only the latest
+        self._kinds[key] = kind
         return kind
 
     def __contains__(self, lowered: object) -> bool:
@@ -184,7 +181,7 @@ def _parse(value: str, keys: Keys, sep: str) -> _Parsed:
         if sign and rest[:1] != "=":
             kind = kinds.get(key)
             if kind is None:
-                kind = keys.kind(key)
+                kind = keys.learn(key)
             if kind is True:
                 seen = True
             elif kind is False:

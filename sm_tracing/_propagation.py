@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, MutableSequence
+from collections.abc import Callable, Mapping, MutableSequence
 from functools import lru_cache
 from typing import Any
 
@@ -154,16 +154,10 @@ def environment_context(context: Context | None) -> Context | None:
     propagator = get_global_textmap()
     keys, w3c = _reading(propagator)
     carrier: dict[str, str] = {}
-    if _ENVIRON_TABLE is not None:
-        for key, name in _environment_names(keys):
-            value = _ENVIRON_TABLE.get(name)
-            if value:
-                carrier[key] = os.environ.decodevalue(value)
-    else:
-        for key, name in _environment_names(keys):
-            value = os.environ.get(name)
-            if value:
-                carrier[key] = value
+    for key, name in _environment_names(keys):
+        value = _ENVIRON.get(name)
+        if value:
+            carrier[key] = _decode_value(value)
     if not carrier:
         return None
     return _extract(propagator, w3c, carrier, context)
@@ -173,23 +167,24 @@ def environment_context(context: Context | None) -> Context | None:
 # instructions a name), and this runs for every request that brings no context of its own: its
 # own table, keyed as it keys it and kept in step by every change made through it, answers the
 # same in a dict lookup, where this Python has one.
-_ENVIRON_TABLE: dict[Any, Any] | None = getattr(os.environ, "_data", None)
-if not isinstance(_ENVIRON_TABLE, dict) or not hasattr(os.environ, "decodevalue"):
-    _ENVIRON_TABLE = None
+_ENVIRON: Mapping[Any, Any] = os.environ
+_encode_key: Callable[[str], Any] = str  # as it is: os.environ keys by the name itself
+_decode_value: Callable[[Any], str] = str
+_table = getattr(os.environ, "_data", None)
+if (
+    isinstance(_table, dict)
+    and hasattr(os.environ, "encodekey")
+    and hasattr(os.environ, "decodevalue")
+):
+    _ENVIRON = _table
+    _encode_key, _decode_value = os.environ.encodekey, os.environ.decodevalue
 
 
 @lru_cache(maxsize=8)
 def _environment_names(keys: _codec.Keys) -> tuple[tuple[str, Any], ...]:
     """Each of *keys* with the environment variable it is carried in (upper case, ``-`` as
     ``_``), as the environment's table keys it."""
-    names = []
-    for key in sorted(keys.exact):
-        name = key.upper().replace("-", "_")
-        if _ENVIRON_TABLE is not None:
-            names.append((key, os.environ.encodekey(name)))
-        else:
-            names.append((key, name))
-    return tuple(names)
+    return tuple((key, _encode_key(key.upper().replace("-", "_"))) for key in sorted(keys.exact))
 
 
 _TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
