@@ -19,13 +19,16 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, fields
-from types import TracebackType
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.metrics import Histogram, Meter, MeterProvider
 from opentelemetry.trace import Span, SpanContext, TraceFlags, TracerProvider
@@ -41,6 +44,7 @@ from sm_tracing._common import (
     TARGET_MODEL,
     end_span,
     error_type,
+    failed,
     get_meter,
     get_tracer,
     guard,
@@ -80,9 +84,9 @@ GENAI_MODEL = "gen_ai.request.model"
 SAGEMAKER_PROVIDER = "aws.sagemaker"
 COMPLETION = "text_completion"
 
-# Request parameters recorded on the span; CustomAttributes and Body never are.
-_REQUEST_ATTRIBUTES = {
-    "EndpointName": ENDPOINT_NAME,
+# Request parameters recorded on the span besides EndpointName; CustomAttributes and Body
+# never are.
+_OPTIONAL_REQUEST_ATTRIBUTES = {
     "TargetModel": TARGET_MODEL,
     "TargetVariant": "aws.sagemaker.target_variant",
     "TargetContainerHostname": "aws.sagemaker.target_container_hostname",
@@ -91,6 +95,7 @@ _REQUEST_ATTRIBUTES = {
     "SessionId": SESSION_ID,
     "PrefixAwareId": "aws.sagemaker.prefix_aware_id",
 }
+_OPTIONAL_REQUEST_KEYS = frozenset(_OPTIONAL_REQUEST_ATTRIBUTES)
 _RESPONSE_ATTRIBUTES = {
     INVOKE: (("InvokedProductionVariant", INVOKED_VARIANT), ("NewSessionId", SESSION_ID)),
     INVOKE_STREAM: (("InvokedProductionVariant", INVOKED_VARIANT),),
@@ -257,32 +262,35 @@ def suppressed(context: Context) -> bool:
     )
 
 
-def upstream_botocore() -> bool:
-    """True while opentelemetry-instrumentation-botocore traces botocore clients."""
-    return _upstream_active("BotocoreInstrumentor")
-
-
-def upstream_aiobotocore() -> bool:
-    """True while opentelemetry-instrumentation-botocore traces aiobotocore clients."""
-    return _upstream_active("AiobotocoreInstrumentor")
+# The upstream instrumentors found, by class name.
+_upstream: dict[str, type[BaseInstrumentor]] = {}
 
 
 def _upstream_active(name: str) -> bool:
-    # Only looked at when the module is already loaded: importing it here would cost every
-    # process that does not use it.
-    module = sys.modules.get(_UPSTREAM_MODULE)
-    if module is None:
-        return False
-    instance = getattr(getattr(module, name, None), "_instance", None)
-    return instance is not None and bool(
-        getattr(instance, "_is_instrumented_by_opentelemetry", False)
-    )
+    instrumentor = _upstream.get(name)
+    if instrumentor is None:
+        # Only looked at when the module is already loaded: importing it here would cost
+        # every process that does not use it.
+        found = getattr(sys.modules.get(_UPSTREAM_MODULE), name, None)
+        if not (isinstance(found, type) and issubclass(found, BaseInstrumentor)):
+            return False
+        instrumentor = _upstream[name] = found
+    # Both are BaseInstrumentor's: its one instance, once made, and whether it instruments.
+    instance: Any = instrumentor._instance
+    return instance is not None and instance._is_instrumented_by_opentelemetry is True
+
+
+# Asked on every call of a client; a partial costs less to call than a function of ours.
+upstream_botocore = partial(_upstream_active, "BotocoreInstrumentor")
+"""True while opentelemetry-instrumentation-botocore traces botocore clients."""
+upstream_aiobotocore = partial(_upstream_active, "AiobotocoreInstrumentor")
+"""True while opentelemetry-instrumentation-botocore traces aiobotocore clients."""
 
 
 class TracedCall:
-    """One call traced by a span of ours, made current by *token*. The call runs inside it
-    (``with``) and hands it the result (``finish``); an error the call raises is recorded and
-    ends the span, and goes on to the caller unchanged."""
+    """One call traced by a span of ours, made current by *token*. The call hands it the
+    result (``finish``) or the error it raised (``fail``), which goes on to the caller
+    unchanged."""
 
     __slots__ = ("span", "token")
 
@@ -290,24 +298,19 @@ class TracedCall:
         self.span = span
         self.token = token
 
-    def __enter__(self) -> TracedCall:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if error is not None:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
-            end_span(self.span, error, record_failure)
-            self._failed(error)
+    def fail(self, error: BaseException) -> None:
+        """Make current again what was before the call, and record that it raised *error*."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        end_span(self.span, error, record_failure)
+        self._failed(error)
 
     def finish(self, result: Any) -> Any:
         """Make current again what was before the call, and record *result*: see ``_close``."""
         otel_context.detach(self.token)  # type: ignore[arg-type]
-        guard(_RECORDING, None, self._close, result)
+        try:
+            self._close(result)
+        except Exception as error:
+            failed(_RECORDING, error)
         return result
 
     def _close(self, result: Any) -> None:
@@ -356,11 +359,19 @@ class ClientHook:
         """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
         if not args or args[0] not in self.operations:
             return wrapped(*args, **kwargs)
-        call = guard(self._starting, None, self._start, instance, args, False)
+        try:
+            call = self._start(instance, args, False)
+        except Exception as error:
+            failed(self._starting, error)
+            call = None
         if call is None:
             return wrapped(*args, **kwargs)
-        with call:
-            return call.finish(wrapped(*args, **kwargs))
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        return call.finish(result)
 
     def wrap_aio(
         self,
@@ -381,11 +392,19 @@ class ClientHook:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        call = guard(self._starting, None, self._start, instance, args, True)
+        try:
+            call = self._start(instance, args, True)
+        except Exception as error:
+            failed(self._starting, error)
+            call = None
         if call is None:
             return await wrapped(*args, **kwargs)
-        with call:
-            return call.finish(await wrapped(*args, **kwargs))
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            call.fail(error)
+            raise
+        return call.finish(result)
 
     def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> TracedCall | None:
         """Start the span of a call by *client* (aiobotocore's when *aio*) and merge its
@@ -555,14 +574,13 @@ class _Call(TracedCall):
 
     __slots__ = ("hook", "labels", "operation", "started", "stream_type")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built on every call, where keywords cost more
         self,
         hook: RuntimeHook,
         span: Span,
         operation: str,
         token: object,
         stream_type: type[TracedEventStream],
-        *,
         started: int,
         labels: dict[str, AttributeValue] | None,
     ) -> None:
@@ -652,9 +670,11 @@ class RuntimeHook(ClientHook):
         attributes = _request_attributes(params, operations[operation].copy())
         if self.options.genai_models is not None:
             self._genai(params, attributes)
-        span = self.tracer.start_span(_SPAN_NAMES[operation], parent, CLIENT, attributes)
-        # The SDK span's own start, so the times measured from it add up to its duration.
-        started: int = getattr(span, "start_time", None) or _now()
+        # The span starts when we say, so the times measured from it add up to its duration.
+        started = _now()
+        span = self.tracer.start_span(
+            _SPAN_NAMES[operation], parent, CLIENT, attributes, None, started
+        )
         meters = self.meters
         labels = None
         if meters.live or (started >= meters.recheck_at and meters.awake(started)):
@@ -662,10 +682,13 @@ class RuntimeHook(ClientHook):
         if self._watch_provider:
             self._check_provider(span)
         context = trace.set_span_in_context(span, parent)
-        guard(_INJECTING, None, self._inject, params, context, span)
+        try:
+            self._inject(params, context, span)
+        except Exception as error:
+            failed(_INJECTING, error)
         token = otel_context.attach(context)
         stream_type = AioTracedEventStream if aio else TracedEventStream
-        return _Call(self, span, operation, token, stream_type, started=started, labels=labels)
+        return _Call(self, span, operation, token, stream_type, started, labels)
 
     def _describe(self, client: Any) -> dict[str, dict[str, AttributeValue]]:
         """The span attributes that are the same on every call of *client*, per operation."""
@@ -723,9 +746,7 @@ class RuntimeHook(ClientHook):
         value = params.get("CustomAttributes")
         if value is not None and not isinstance(value, str):
             return  # botocore rejects it before it leaves
-        merged, reason = _propagation.merge_context(
-            value, context, opaque=options.inject_opaque, span=span
-        )
+        merged, reason = _propagation.merge_context(value, context, options.inject_opaque, span)
         if merged is not None:
             params["CustomAttributes"] = merged
         elif reason == _codec.SKIP_BUDGET:
@@ -820,10 +841,15 @@ def _request_attributes(
     params: Mapping[str, Any], attributes: dict[str, AttributeValue]
 ) -> dict[str, AttributeValue]:
     """*attributes* with the span attributes of the request parameters added."""
-    for key, value in params.items():
-        name = _REQUEST_ATTRIBUTES.get(key)
-        if name is not None and isinstance(value, str):
-            attributes[name] = value
+    endpoint = params.get("EndpointName")
+    if isinstance(endpoint, str):
+        attributes[ENDPOINT_NAME] = endpoint
+    # The others are rare: looked for one by one only when one of them is there.
+    if not _OPTIONAL_REQUEST_KEYS.isdisjoint(params):
+        for key, name in _OPTIONAL_REQUEST_ATTRIBUTES.items():
+            value = params.get(key)
+            if isinstance(value, str):
+                attributes[name] = value
     return attributes
 
 
@@ -832,23 +858,20 @@ def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -
     anything else the container sent, keys named like a propagator's included, stays. The
     container's time until its response started, in seconds, when the echo carries it."""
     value = result["CustomAttributes"]
-    if not isinstance(value, str) or _codec.TRACERESPONSE not in value:
-        return None
-    pairs, rest = _codec.read(value, _propagation.ECHO_KEYS)
-    echo = pairs.get(_codec.TRACERESPONSE)
+    echo = _codec.read_echo(value) if isinstance(value, str) else None
     if echo is None:
         return None
+    remote, micros, rest = echo
     container: float | None = None
-    micros = pairs.get(_codec.CONTAINER_TIME)
     if micros is not None and micros.isdigit() and len(micros) <= 12:
         container = int(micros) / 1e6
         attributes[CONTAINER_DURATION] = container
-    remote = _codec.parse_traceresponse(echo)
     if remote is not None:
         trace_id, span_id, flags = remote
         attributes[CONTAINER_TRACE_ID] = trace_id
         attributes[CONTAINER_SPAN_ID] = span_id
-        if int(trace_id, 16) != span.get_span_context().trace_id:
+        if int(trace_id, 16) != span.get_span_context()[0]:  # its trace id, by index: see
+            # _propagation.merge_context
             span.add_link(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(flags)))
     if rest:
         result["CustomAttributes"] = rest

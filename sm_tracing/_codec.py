@@ -252,7 +252,6 @@ def merge(
     pairs: Sequence[tuple[str, str]],
     keys: Keys,
     drop_order: Sequence[str] = (),
-    *,
     opaque: bool = False,
 ) -> tuple[str | None, str | None]:
     """Merge encoded *pairs* into *value*; return ``(merged, None)`` or ``(None, reason)``.
@@ -265,13 +264,11 @@ def merge(
     frame = _frame(value, keys, opaque)
     if isinstance(frame, str):
         return None, frame
-    prefix, sep, suffix = frame
-    room = MAX_LENGTH - len(prefix) - len(suffix)
+    prefix, sep, suffix, room = frame
     if len(pairs) == 1:  # the common case: a lone traceparent
         key, val = pairs[0]
-        ours = f"{key}={val}"
-        if len(ours) <= room:
-            return prefix + ours + suffix, None
+        if len(key) + len(val) < room:  # with the '=' between them
+            return f"{prefix}{key}={val}{suffix}", None
         return None, SKIP_BUDGET
     dropped: set[str] = set()
     for drop in (None, *drop_order):
@@ -286,14 +283,15 @@ def merge(
 
 
 @lru_cache(maxsize=512)
-def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str] | str:
-    """What goes before and after our pairs in *value*, and their separator; or why none can.
+def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str, int] | str:
+    """What goes before and after our pairs in *value*, their separator and the room left for
+    them; or why none can.
 
     Cached: callers send the same few values over and over, and parsing them is most of the
     cost of a merge.
     """
     if not value:
-        return "", ";", ""
+        return "", ";", "", MAX_LENGTH
     if not is_valid(value):
         return SKIP_INVALID
     kept, _, sep = _parse(value, keys, separator(value))
@@ -301,50 +299,98 @@ def _frame(value: str | None, keys: Keys, opaque: bool) -> tuple[str, str, str] 
         body = kept[0]
         if not opaque or not body.strip():
             return SKIP_OPAQUE
-        return body + ";", ";", ""
+        return body + ";", ";", "", MAX_LENGTH - len(body) - 1
     # Ours go before a trailing separator, so parsers see the same shape as before.
     end = len(kept)
     while end and not kept[end - 1].strip():
         end -= 1
     prefix = sep.join(kept[:end]) + sep if end else ""
     suffix = sep + sep.join(kept[end:]) if end < len(kept) else ""
-    return prefix, sep, suffix
+    return prefix, sep, suffix, MAX_LENGTH - len(prefix) - len(suffix)
 
 
 _FLAGS = tuple(f"-{flags:02x}" for flags in range(256))
+_FLAG_VALUES = {f"{flags:02x}": flags for flags in range(256)}
 
 
 def format_traceresponse(trace_id: int, span_id: int, trace_flags: int) -> str:
     """The W3C ``traceresponse`` value of a span: ``00-<trace id>-<span id>-<flags>``."""
-    # Bytes to hex beats format specs: this is on every response of the middlewares.
-    return (
-        "00-"
-        + trace_id.to_bytes(16, "big").hex()
-        + "-"
-        + span_id.to_bytes(8, "big").hex()
-        + _FLAGS[trace_flags]
-    )
+    # Bytes to hex, then one f-string, beats format specs and concatenation: this is on every
+    # call of the client and every response of the middlewares.
+    trace = trace_id.to_bytes(16, "big").hex()
+    span = span_id.to_bytes(8, "big").hex()
+    return f"00-{trace}-{span}{_FLAGS[trace_flags]}"
 
 
 # The echo's tail after the span id: its flags and the key of the container's time.
 _ECHO_TAILS = tuple(f"-{flags:02x};{CONTAINER_TIME}=" for flags in range(256))
 _ECHO_HEAD = TRACERESPONSE + "=00-"
+_ECHO_HEAD_LENGTH = len(_ECHO_HEAD)
 
 
 def format_echo(trace_id: int, span_id: int, trace_flags: int, elapsed_us: int) -> str:
     """The whole echo of a response whose app set no CustomAttributes: ``traceresponse`` and
     the container's time, ``traceresponse=00-<trace id>-<span id>-<flags>;sm-container-us=N``."""
-    # Built in one join: this is on every response of the middlewares.
-    return "".join(
-        (
-            _ECHO_HEAD,
-            trace_id.to_bytes(16, "big").hex(),
-            "-",
-            span_id.to_bytes(8, "big").hex(),
-            _ECHO_TAILS[trace_flags],
-            str(elapsed_us),
-        )
-    )
+    # Built as format_traceresponse is: this is on every response of the middlewares.
+    trace = trace_id.to_bytes(16, "big").hex()
+    span = span_id.to_bytes(8, "big").hex()
+    return f"{_ECHO_HEAD}{trace}-{span}{_ECHO_TAILS[trace_flags]}{elapsed_us}"
+
+
+ECHO_KEYS = Keys((TRACERESPONSE, CONTAINER_TIME), required=(TRACERESPONSE,))
+"""The keys of ours in a response's CustomAttributes: only the container's echo."""
+
+# The end of a response value a container merged its echo into, after its _ECHO_HEAD: the
+# rest of traceresponse, and the container's time unless that was dropped for room.
+_ECHO_END = re.compile(
+    r"([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:;" + CONTAINER_TIME + r"=([0-9]+))?"
+)
+
+Echo = tuple[tuple[str, str, int] | None, str | None, str]
+"""What :func:`read_echo` finds: the container's span (as :func:`parse_traceresponse` gives it;
+None when the echo is malformed), its time in microseconds as sent, and the value without
+them."""
+
+
+def read_echo(value: str) -> Echo | None:
+    """The container's echo in a response *value*, read as :func:`read` reads it with
+    ``ECHO_KEYS``; None when there is none (the value is then the caller's, whole)."""
+    # The shape a merge gives on every response of our middlewares, the echo last after a ';'
+    # list or alone, is read by one match to what read() gives. Any other shape goes to
+    # read(): a ',' anywhere (the separator is then a question), a key of ours before the echo
+    # (it would count), a value SageMaker would reject.
+    start = value.rfind(_ECHO_HEAD)
+    if start < 0 or len(value) > MAX_LENGTH or "," in value:
+        return _read_echo(value)
+    match = _ECHO_END.fullmatch(value, start + _ECHO_HEAD_LENGTH)
+    if match is None:
+        return _read_echo(value)
+    rest = ""
+    if start:
+        rest = value[: start - 1]
+        lowered = rest.lower()
+        if (
+            value[start - 1] != ";"
+            or TRACERESPONSE in lowered
+            or CONTAINER_TIME in lowered
+            or not rest.isascii()
+            or not rest.isprintable()
+        ):
+            return _read_echo(value)
+    trace_id, span_id, flags, micros = match.groups()
+    if trace_id == _INVALID_TRACE or span_id == _INVALID_SPAN:
+        return None, micros, rest
+    return (trace_id, span_id, _FLAG_VALUES[flags]), micros, rest
+
+
+def _read_echo(value: str) -> Echo | None:
+    if TRACERESPONSE not in value:
+        return None
+    pairs, rest = read(value, ECHO_KEYS)
+    echo = pairs.get(TRACERESPONSE)
+    if echo is None:
+        return None
+    return parse_traceresponse(echo), pairs.get(CONTAINER_TIME), rest
 
 
 def parse_traceresponse(value: str) -> tuple[str, str, int] | None:
@@ -358,4 +404,4 @@ def parse_traceresponse(value: str) -> tuple[str, str, int] | None:
     trace_id, span_id, flags = match.groups()
     if trace_id == _INVALID_TRACE or span_id == _INVALID_SPAN:
         return None
-    return trace_id, span_id, int(flags, 16)
+    return trace_id, span_id, _FLAG_VALUES[flags]

@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
@@ -35,8 +37,7 @@ _W3C_KEYS = frozenset({"traceparent", "tracestate", "baggage", TRACERESPONSE})
 # Over budget these go first, in this order; the trace parent itself is never dropped.
 DROP_ORDER = ("baggage", "tracestate")
 _NOT_REQUIRED = frozenset({*DROP_ORDER, TRACERESPONSE})
-ECHO_KEYS = _codec.Keys((TRACERESPONSE, CONTAINER_TIME), required=(TRACERESPONSE,))
-"""The keys of ours in a response's CustomAttributes: only the container's echo."""
+ECHO_KEYS = _codec.ECHO_KEYS
 _ECHO_DROP = (CONTAINER_TIME,)
 # A baggage entry written while listing a propagator's keys: the keys it comes out under
 # give the prefixes of per-entry baggage keys.
@@ -211,7 +212,6 @@ def _extract(
 def merge_context(
     custom_attributes: str | None,
     context: Context | None = None,
-    *,
     opaque: bool = False,
     span: Span | None = None,
 ) -> tuple[str | None, str | None]:
@@ -224,27 +224,25 @@ def merge_context(
     cached_for, keys, w3c = _keys_cache
     if cached_for is not propagator:
         keys, w3c = _reading(propagator)
-    pairs: list[tuple[str, str]] = []
     if w3c:
         # OpenTelemetry's default propagator with nothing but a span to send writes one
         # traceparent: written here directly, the very pair its inject would give.
         if span is None:
             span = trace.get_current_span(context)
-        span_context = span.get_span_context()
-        if span_context.is_valid and not span_context.trace_state and not baggage.get_all(context):
-            pairs.append(
-                (
-                    "traceparent",
-                    _codec.format_traceresponse(
-                        span_context.trace_id, span_context.span_id, span_context.trace_flags
-                    ),
-                )
-            )
+        # A SpanContext is declared a tuple (trace id, span id, remote, flags, trace state,
+        # valid): read whole, not through its properties, each a call.
+        trace_id, span_id, _, flags, trace_state, valid = span.get_span_context()
+        if context is None:
+            context = otel_context.get_current()
+        if valid and not trace_state and not context.get(_BAGGAGE_KEY):
+            traceparent = _codec.format_traceresponse(trace_id, span_id, flags)
+            pair = [("traceparent", traceparent)]
+            return _codec.merge(custom_attributes, pair, keys, DROP_ORDER, opaque)
+    pairs: list[tuple[str, str]] = []
+    propagator.inject(pairs, context=context, setter=_SETTER)
     if not pairs:
-        propagator.inject(pairs, context=context, setter=_SETTER)
-        if not pairs:
-            return None, "no trace context to send"
-    return _codec.merge(custom_attributes, pairs, keys, DROP_ORDER, opaque=opaque)
+        return None, "no trace context to send"
+    return _codec.merge(custom_attributes, pairs, keys, DROP_ORDER, opaque)
 
 
 def _inject(custom_attributes: str | None, context: Context | None) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sm_tracing import _codec
@@ -274,3 +276,85 @@ def test_parse_traceresponse(value: str, parsed: tuple[str, str, int] | None) ->
         assert (
             _codec.format_traceresponse(int(trace_id, 16), int(span_id, 16), flags) == value.strip()
         )
+
+
+# Response values are built from these: what an app may have set, how it joins ours, and echoes
+# well and badly formed.
+_APP_VALUES = [
+    "",
+    "session=abc",
+    " session=abc",
+    "a=1 ",
+    "a=1;b=2",
+    "a=1;;b=2",
+    ";",
+    "a=1;",
+    '{"note": "a;b=c"}',
+    "7f9c2f2e-3b1a-4c7e",
+    "TraceResponse=x",
+    "a=1;sm-container-us=5",
+    "SM-Container-US=5",
+    "my-traceresponse=1",
+    "a==b",
+    "=x",
+    "a=%3D",
+    "caf\u00e9=1",
+    "a=\x01",
+    "tfs-a=1,tfs-b=2",
+    "x" * 990,
+]
+_JOINS = [";", ",", "", " ;"]
+_ECHOES = [
+    f"traceresponse={TP}",
+    f"traceresponse={TP};sm-container-us=1500",
+    f"traceresponse={TP};sm-container-us=",
+    f"traceresponse={TP};sm-container-us=1234567890123",
+    f"traceresponse={TP};sm-container-us=15x",
+    f"traceresponse={TP.upper()}",
+    f"traceresponse=00-{'0' * 32}-b7ad6b7169203331-01",
+    f"traceresponse=00-0af7651916cd43dd8448eb211c80319c-{'0' * 16}-00",
+    f"traceresponse={TP[:-1]}",
+    f"traceresponse= {TP}",
+    f"traceresponse={TP};x=1",
+    f"traceresponse={TP};",
+    f"sm-container-us=7;traceresponse={TP}",
+]
+
+
+def _read_as_read_does(value: str) -> _codec.Echo | None:
+    # The echo as the codec's one reader, read(), finds it.
+    if _codec.TRACERESPONSE not in value:
+        return None
+    pairs, rest = _codec.read(value, _codec.ECHO_KEYS)
+    if _codec.TRACERESPONSE not in pairs:
+        return None
+    echo = _codec.parse_traceresponse(pairs[_codec.TRACERESPONSE])
+    return echo, pairs.get(_codec.CONTAINER_TIME), rest
+
+
+def test_read_echo_reads_what_read_finds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_echo() reads the echo a container merges at the end of a ';' list in one match;
+    whatever the value, it gives what read() finds: the echo before, after or without the
+    app's value, joined by ';' or ',', in values SageMaker would reject, beside keys of ours in
+    other cases."""
+    taken_whole: list[str] = []
+    generic = _codec._read_echo
+
+    def whole(value: str) -> _codec.Echo | None:
+        taken_whole.append(value)
+        return generic(value)
+
+    monkeypatch.setattr(_codec, "_read_echo", whole)
+    values = {
+        value
+        for app, join, echo in itertools.product(_APP_VALUES, _JOINS, _ECHOES)
+        for value in (f"{app}{join}{echo}", f"{echo}{join}{app}")
+    }
+    for value in sorted(values):
+        assert _codec.read_echo(value) == _read_as_read_does(value), value
+    # The match read the shapes a merge writes: the echo after a ';' list or an opaque value,
+    # or alone, with the container's time or without.
+    matched = values - set(taken_whole)
+    for app in ("", "session=abc", "a=1;b=2", '{"note": "a;b=c"}', "7f9c2f2e-3b1a-4c7e"):
+        for echo in _ECHOES[:2]:
+            assert (f"{app};{echo}" if app else echo) in matched
