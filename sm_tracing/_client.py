@@ -664,7 +664,10 @@ class RuntimeHook(ClientHook):
         if operations is None:
             return None
         parent = otel_context.get_current()
-        if suppressed(parent):
+        # suppressed(), inline: this is on every call.
+        if parent.get(_SUPPRESS_INSTRUMENTATION_KEY) or parent.get(
+            _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+        ):
             return None
         operation, params = args[0], args[1]
         attributes = _request_attributes(params, operations[operation].copy())
@@ -870,8 +873,8 @@ def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -
         trace_id, span_id, flags = remote
         attributes[CONTAINER_TRACE_ID] = trace_id
         attributes[CONTAINER_SPAN_ID] = span_id
-        if int(trace_id, 16) != span.get_span_context()[0]:  # its trace id, by index: see
-            # _propagation.merge_context
+        # The span's own trace id (first in the SpanContext tuple) spelled as the echo's.
+        if trace_id != span.get_span_context()[0].to_bytes(16, "big").hex():
             span.add_link(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(flags)))
     if rest:
         result["CustomAttributes"] = rest
