@@ -261,15 +261,13 @@ def merge(
     keys in *drop_order* are dropped one by one; the value is never truncated. An opaque
     *value* is left alone unless *opaque* is true, when ours are appended with ``;``.
     """
+    if len(pairs) == 1:  # the common case: a lone traceparent
+        key, val = pairs[0]
+        return merge_one(value, key, val, keys, opaque)
     frame = _frame(value, keys, opaque)
     if isinstance(frame, str):
         return None, frame
     prefix, sep, suffix, room = frame
-    if len(pairs) == 1:  # the common case: a lone traceparent
-        key, val = pairs[0]
-        if len(key) + len(val) < room:  # with the '=' between them
-            return f"{prefix}{key}={val}{suffix}", None
-        return None, SKIP_BUDGET
     dropped: set[str] = set()
     for drop in (None, *drop_order):
         if drop is not None:
@@ -279,6 +277,19 @@ def merge(
             break
         if len(ours) <= room:
             return prefix + ours + suffix, None
+    return None, SKIP_BUDGET
+
+
+def merge_one(
+    value: str | None, key: str, val: str, keys: Keys, opaque: bool = False
+) -> tuple[str | None, str | None]:
+    """:func:`merge` of the one encoded pair *key* = *val*."""
+    frame = _frame(value, keys, opaque)
+    if isinstance(frame, str):
+        return None, frame
+    prefix, _, suffix, room = frame
+    if len(key) + len(val) < room:  # with the '=' between them
+        return f"{prefix}{key}={val}{suffix}", None
     return None, SKIP_BUDGET
 
 

@@ -236,8 +236,7 @@ def merge_context(
             context = otel_context.get_current()
         if valid and not trace_state and not context.get(_BAGGAGE_KEY):
             traceparent = _codec.format_traceresponse(trace_id, span_id, flags)
-            pair = [("traceparent", traceparent)]
-            return _codec.merge(custom_attributes, pair, keys, DROP_ORDER, opaque)
+            return _codec.merge_one(custom_attributes, "traceparent", traceparent, keys, opaque)
     pairs: list[tuple[str, str]] = []
     propagator.inject(pairs, context=context, setter=_SETTER)
     if not pairs:
