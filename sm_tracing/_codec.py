@@ -10,7 +10,9 @@ case ours are appended after a ``;``.
 
 :func:`read` is the one way in and :func:`merge` the one way out; both tokenize a value with
 :func:`_parse`, so "which of these pairs are ours" is decided in one place, by the rules a
-merge writes by: only a value a merge could have written into gives up any pairs.
+merge writes by: only a value a merge could have written into gives up any pairs. The client
+reads every response's echo with :func:`read_echo`, which takes the shape merges write in one
+match and leaves any other to :func:`read`, with the same answer either way.
 """
 
 from __future__ import annotations
