@@ -139,7 +139,9 @@ def test_demo_shows_where_the_time_went(
             assert "chunk_count (the stream's outcome: complete)" in section
             assert 20 <= figures["time to first chunk"] <= total
             assert figures["time to first chunk"] + 0.1 >= container + share
-            assert 20 <= figures["mean time per chunk"] < total
+            # The app sleeps 20 ms before each chunk; under load the client may read the first
+            # a few milliseconds late, which shortens the mean of the gaps after it.
+            assert 15 <= figures["mean time per chunk"] < total
         else:
             assert set(figures) == {"the container", "SageMaker's share"}
             assert container >= 50  # the app's predict sleeps 50 ms
