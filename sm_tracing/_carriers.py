@@ -285,6 +285,7 @@ class FlaskCarrier:
     __slots__ = ("_environ",)
 
     _KEY = environ_key(HEADER)
+    _HEADERS = tuple((environ_key(name), attribute) for name, attribute in SAGEMAKER_HEADERS)
 
     def __init__(self, environ: MutableMapping[str, Any]) -> None:
         self._environ = environ
@@ -296,8 +297,8 @@ class FlaskCarrier:
     def attributes(self, index: int) -> dict[str, AttributeValue]:
         environ = self._environ
         attributes: dict[str, AttributeValue] = {}
-        for header, attribute in SAGEMAKER_HEADERS:
-            value = environ.get(environ_key(header))
+        for key, attribute in self._HEADERS:
+            value = environ.get(key)
             if isinstance(value, str):
                 attributes[attribute] = value
         return attributes

@@ -787,8 +787,9 @@ class RuntimeHook(ClientHook):
             variant = attributes.get(INVOKED_VARIANT)
             if variant is not None:
                 labels[INVOKED_VARIANT] = variant
-        if self.options.record_echo and "CustomAttributes" in result:
-            container = _take_echo(span, result, attributes)
+        returned = result.get("CustomAttributes")
+        if self.options.record_echo and isinstance(returned, str):
+            container = _take_echo(span, result, returned, attributes)
             if container is not None and started:
                 # From the request to the response's headers, less the container's time until
                 # its response started: the front door, the network and the queueing.
@@ -856,12 +857,14 @@ def _request_attributes(
     return attributes
 
 
-def _take_echo(span: Span, result: Any, attributes: dict[str, AttributeValue]) -> float | None:
+def _take_echo(
+    span: Span, result: Any, value: str, attributes: dict[str, AttributeValue]
+) -> float | None:
     """Record the container's ``traceresponse`` echo and hand the caller the value without it;
     anything else the container sent, keys named like a propagator's included, stays. The
-    container's time until its response started, in seconds, when the echo carries it."""
-    value = result["CustomAttributes"]
-    echo = _codec.read_echo(value) if isinstance(value, str) else None
+    container's time until its response started, in seconds, when the echo carries it.
+    *value* is the response's CustomAttributes."""
+    echo = _codec.read_echo(value)
     if echo is None:
         return None
     remote, micros, rest = echo

@@ -37,7 +37,6 @@ _W3C_KEYS = frozenset({"traceparent", "tracestate", "baggage", TRACERESPONSE})
 # Over budget these go first, in this order; the trace parent itself is never dropped.
 DROP_ORDER = ("baggage", "tracestate")
 _NOT_REQUIRED = frozenset({*DROP_ORDER, TRACERESPONSE})
-ECHO_KEYS = _codec.ECHO_KEYS
 _ECHO_DROP = (CONTAINER_TIME,)
 # A baggage entry written while listing a propagator's keys: the keys it comes out under
 # give the prefixes of per-entry baggage keys.
@@ -322,7 +321,7 @@ def echo_value(
         echo.append((CONTAINER_TIME, str(elapsed_us)))
     if not custom_attributes:
         return ";".join(f"{key}={value}" for key, value in echo)
-    merged, reason = _codec.merge(custom_attributes, echo, ECHO_KEYS, _ECHO_DROP)
+    merged, reason = _codec.merge(custom_attributes, echo, _codec.ECHO_KEYS, _ECHO_DROP)
     if merged is None:
         _logger.debug("no trace echo in the response CustomAttributes: %s", reason)
     return merged

@@ -24,6 +24,7 @@ from opentelemetry import context as otel_context
 from sm_tracing._common import (
     HEADER,
     INFERENCE_ID,
+    SAGEMAKER_HEADERS,
     SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
@@ -41,9 +42,8 @@ Environ: TypeAlias = dict[str, Any]
 WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _KEY = environ_key(HEADER)
-_INFERENCE_ID = "HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"
-_TARGET_MODEL = "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"
-_SESSION_ID = "HTTP_X_AMZN_SAGEMAKER_SESSION_ID"
+# The environ keys of the SageMaker headers recorded on the span, in their table's order.
+_INFERENCE_ID, _TARGET_MODEL, _SESSION_ID = (environ_key(name) for name, _ in SAGEMAKER_HEADERS)
 
 
 class WSGIMiddleware(Middleware[WSGIApp]):

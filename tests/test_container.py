@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-from sm_tracing import _codec, _propagation, continue_trace
+from sm_tracing import _codec, continue_trace
 from sm_tracing._container import remote_context_policy
 from tests._container_support import caller, echoed
 
@@ -261,7 +261,7 @@ def test_the_echo_carries_the_containers_time_and_gives_it_up_first(
         tight = invocation.echo("k=" + "v" * (room - 2))
         assert tight is not None and len(tight) == 1024
         assert "sm-container-us" not in tight and "traceresponse=" in tight
-    assert _codec.read(value, _propagation.ECHO_KEYS) == (
+    assert _codec.read(value, _codec.ECHO_KEYS) == (
         {"traceresponse": pairs["traceresponse"], "sm-container-us": pairs["sm-container-us"]},
         "x-next-token=abc",
     )
