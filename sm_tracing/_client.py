@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any, ClassVar
@@ -39,7 +39,9 @@ from sm_tracing._common import (
     _DEFERRED_METER_PROVIDER,
     CLIENT,
     ERROR_TYPE,
+    HOOK_ATTRIBUTE,
     INFERENCE_ID,
+    REWIRE_ATTRIBUTE,
     SESSION_ID,
     TARGET_MODEL,
     end_span,
@@ -48,6 +50,7 @@ from sm_tracing._common import (
     get_meter,
     get_tracer,
     guard,
+    method_caller,
 )
 from sm_tracing._streaming import (
     AioTracedEventStream,
@@ -349,66 +352,69 @@ class ClientHook:
         self._lock = threading.Lock()
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def wrap_sync(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """wrapt wrapper of ``botocore.client.BaseClient._make_api_call``."""
-        if not args or args[0] not in self.operations:
-            return wrapped(*args, **kwargs)
-        try:
-            call = self._start(instance, args, False)
-        except Exception as error:
-            failed(self._starting, error)
-            call = None
-        if call is None:
-            return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as error:
-            call.fail(error)
-            raise
-        return call.finish(result)
+    def method(self, original: Any, aio: bool) -> Any:
+        """*original*, botocore's ``_make_api_call`` (aiobotocore's when *aio*), traced for
+        *operations*.
 
-    def wrap_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Coroutine[Any, Any, Any]:
-        """wrapt wrapper of ``aiobotocore.client.AioBaseClient._make_api_call``."""
-        if not args or args[0] not in self.operations:
-            return wrapped(*args, **kwargs)
-        return self._call_aio(wrapped, instance, args, kwargs)
+        A plain function, not a wrapt wrapper: Python calls a function found on the class as a
+        method for a fraction of what a wrapper object costs, and this is on every call of
+        every client. It takes botocore's parameters, by position or by name.
+        :func:`~sm_tracing._common.unwrap` finds it by its hook, and splices it out or points it
+        at another inner method.
+        """
+        call = method_caller(original)
+        operations = self.operations
+        start = self._start
+        starting = self._starting
 
-    async def _call_aio(
-        self,
-        wrapped: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        try:
-            call = self._start(instance, args, True)
-        except Exception as error:
-            failed(self._starting, error)
-            call = None
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            call.fail(error)
-            raise
-        return call.finish(result)
+        def _make_api_call(client: Any, operation_name: str, api_params: Any) -> Any:
+            if operation_name not in operations:
+                return call(client, operation_name, api_params)
+            try:
+                traced = start(client, operation_name, api_params, False)
+            except Exception as error:
+                failed(starting, error)
+                traced = None
+            if traced is None:
+                return call(client, operation_name, api_params)
+            try:
+                result = call(client, operation_name, api_params)
+            except BaseException as error:
+                traced.fail(error)
+                raise
+            return traced.finish(result)
 
-    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> TracedCall | None:
-        """Start the span of a call by *client* (aiobotocore's when *aio*) and merge its
-        context into the parameters; None to stay out."""
+        async def _make_api_call_aio(client: Any, operation_name: str, api_params: Any) -> Any:
+            if operation_name not in operations:
+                return await call(client, operation_name, api_params)
+            try:
+                traced = start(client, operation_name, api_params, True)
+            except Exception as error:
+                failed(starting, error)
+                traced = None
+            if traced is None:
+                return await call(client, operation_name, api_params)
+            try:
+                result = await call(client, operation_name, api_params)
+            except BaseException as error:
+                traced.fail(error)
+                raise
+            return traced.finish(result)
+
+        def rewire(inner: Any) -> None:
+            nonlocal call
+            call = method_caller(inner)
+            wrapper.__wrapped__ = inner
+
+        wrapper: Any = _make_api_call_aio if aio else _make_api_call
+        wrapper.__wrapped__ = original
+        setattr(wrapper, HOOK_ATTRIBUTE, self)
+        setattr(wrapper, REWIRE_ATTRIBUTE, rewire)
+        return wrapper
+
+    def _start(self, client: Any, operation: str, params: Any, aio: bool) -> TracedCall | None:
+        """Start the span of a call of *operation* with *params* by *client* (aiobotocore's
+        when *aio*) and merge its context into the parameters; None to stay out."""
         raise NotImplementedError
 
     def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
@@ -657,7 +663,7 @@ class RuntimeHook(ClientHook):
 
     # -- the wrappers: our own span -------------------------------------------------------
 
-    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
+    def _start(self, client: Any, operation: str, params: Any, aio: bool) -> _Call | None:
         if not self.enabled:
             return None
         operations = self._traced(client, aio)
@@ -669,7 +675,6 @@ class RuntimeHook(ClientHook):
             _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
         ):
             return None
-        operation, params = args[0], args[1]
         attributes = _request_attributes(params, operations[operation].copy())
         if self.options.genai_models is not None:
             self._genai(params, attributes)

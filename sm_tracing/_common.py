@@ -1,5 +1,5 @@
 """What the client and the container side both need: the tracer and meter, error recording and
-the one way to end a span, the SageMaker header names and attributes, the undoing of a wrapt
+the one way to end a span, the SageMaker header names and attributes, the calling and undoing of a method
 wrapper, and the guard that keeps a failure of ours out of the user's call."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import lru_cache
+from types import FunctionType
 from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
@@ -191,8 +192,29 @@ def end_span(
     guard("end a span", None, span.end)
 
 
+# A method wrapper of ours that is a plain function (see ``ClientHook.method``) names its hook
+# in the first attribute, and takes in the second a new method to call in place of its own.
+HOOK_ATTRIBUTE = "_sm_tracing_hook"
+REWIRE_ATTRIBUTE = "_sm_tracing_rewire"
+
+
+def method_caller(method: Any) -> Callable[..., Any]:
+    """A function that calls *method*, as found in a class's ``__dict__``, as a method of its
+    first argument: *method* itself when it is a plain function, else bound through its
+    descriptor on every call (another instrumentation's wrapt wrapper, say)."""
+    # Not isinstance(): a wrapt wrapper passes for the function it wraps.
+    if type(method) is FunctionType:
+        return method
+
+    def call(instance: Any, *args: Any, **kwargs: Any) -> Any:
+        return method.__get__(instance, type(instance))(*args, **kwargs)
+
+    return call
+
+
 def unwrap(owner: Any, name: str, wrapper: object) -> None:
-    """Take the wrapt *wrapper* out of ``owner.name``, wherever it sits in the chain.
+    """Take *wrapper* out of ``owner.name``, wherever it sits in the chain: a wrapt wrapper
+    whose wrapper function is *wrapper*, or a plain-function wrapper of ours whose hook is.
 
     Another instrumentation may have wrapped on top of ours; removing the outermost wrapper,
     as a plain unwrap does, would take theirs away instead. Where ours can't be spliced out it
@@ -205,14 +227,22 @@ def unwrap(owner: Any, name: str, wrapper: object) -> None:
     proxy_types = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
     parent: Any = None
     node: Any = owner.__dict__.get(name)
-    while isinstance(node, proxy_types):
-        if getattr(node, "_self_wrapper", None) == wrapper:
+    while True:
+        if isinstance(node, proxy_types):
+            mine = getattr(node, "_self_wrapper", None) == wrapper
+        elif callable(getattr(node, REWIRE_ATTRIBUTE, None)):
+            mine = getattr(node, HOOK_ATTRIBUTE, None) is wrapper
+        else:
+            return  # the end of the chain, or a wrapper nobody can see through
+        if mine:
             inner = node.__wrapped__
             try:
                 if parent is None:  # ours is the outermost wrapper
                     setattr(owner, name, inner)
-                else:
+                elif isinstance(parent, proxy_types):
                     parent.__wrapped__ = inner
+                else:
+                    getattr(parent, REWIRE_ATTRIBUTE)(inner)
             except Exception:
                 _logger.debug("left a disabled wrapper on %s.%s", owner.__name__, name)
             return

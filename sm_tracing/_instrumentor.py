@@ -8,6 +8,7 @@ before or after ``instrument()``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import threading
@@ -34,6 +35,7 @@ from sm_tracing._common import guard, unwrap
 _logger = logging.getLogger(__name__)
 
 _METHOD = "_make_api_call"
+_PARAMETERS = ["self", "operation_name", "api_params"]
 _AIO_MODULE = "aiobotocore.client"
 # Installing and removing happen under one lock, from whichever thread: the instrumentor's
 # check-then-wrap would otherwise wrap twice when two threads instrument at once.
@@ -106,7 +108,7 @@ def wrap_make_api_call(hook: ClientHook) -> None:
     import botocore.client
 
     with _LOCK:
-        wrapt.wrap_function_wrapper(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+        _patch(botocore.client.BaseClient, hook, False)
     # aiobotocore (and aiohttp under it) is patched when the application imports it, or now if
     # it already has: importing it here would slow every boto3-only start-up.
     wrapt.register_post_import_hook(partial(_wrap_aio, hook), _AIO_MODULE)
@@ -118,10 +120,10 @@ def unwrap_make_api_call(hook: ClientHook) -> None:
 
     with _LOCK:
         hook.unhook()
-        unwrap(botocore.client.BaseClient, _METHOD, hook.wrap_sync)
+        unwrap(botocore.client.BaseClient, _METHOD, hook)
         aio_client = sys.modules.get(_AIO_MODULE)
         if aio_client is not None:
-            unwrap(aio_client.AioBaseClient, _METHOD, hook.wrap_aio)
+            unwrap(aio_client.AioBaseClient, _METHOD, hook)
 
 
 def _wrap_aio(hook: ClientHook, module: Any) -> None:
@@ -129,7 +131,28 @@ def _wrap_aio(hook: ClientHook, module: Any) -> None:
     # disabled and does nothing.
     with _LOCK:
         if hook.enabled:
-            wrapt.wrap_function_wrapper(module.AioBaseClient, _METHOD, hook.wrap_aio)
+            _patch(module.AioBaseClient, hook, True)
+
+
+def _patch(owner: type, hook: ClientHook, aio: bool) -> None:
+    """Put *hook*'s method (see ``ClientHook.method``) in place of ``owner._make_api_call``,
+    unless the method takes other parameters than the ones it is made for: then say so, and
+    leave the calls alone rather than risk them."""
+    original = inspect.getattr_static(owner, _METHOD)
+    try:
+        parameters = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    if parameters != _PARAMETERS:
+        _logger.warning(
+            "SageMaker calls are not traced: %s.%s takes %s, not the %s it is traced by",
+            owner.__name__,
+            _METHOD,
+            parameters,
+            _PARAMETERS,
+        )
+        return
+    setattr(owner, _METHOD, hook.method(original, aio))
 
 
 def instrument(

@@ -186,13 +186,12 @@ class TransformHook(ClientHook):
         super().__init__()
         self.tracer = tracer
 
-    def _start(self, client: Any, args: tuple[Any, ...], aio: bool) -> _Call | None:
-        if not self.enabled or not is_instrumentation_enabled() or len(args) < 2:
+    def _start(self, client: Any, operation: str, params: Any, aio: bool) -> _Call | None:
+        if not self.enabled or not is_instrumentation_enabled():
             return None
         static = self._traced(client, aio)
         if static is None:
             return None
-        params = args[1]
         attributes = static.copy()
         name = params.get("TransformJobName")
         if isinstance(name, str) and name:

@@ -162,12 +162,12 @@ def test_aiobotocore_is_patched_when_imported_not_before() -> None:
         "print('aiobotocore.client' in sys.modules)\n"
         "import aiobotocore.client as c\n"
         "method = c.AioBaseClient.__dict__['_make_api_call']\n"
-        "print(method._self_wrapper.__func__.__qualname__)\n"
+        "print(type(method._sm_tracing_hook).__name__)\n"
         "sm_tracing.uninstrument()\n"
-        "print(hasattr(c.AioBaseClient.__dict__['_make_api_call'], '_self_wrapper'))\n"
+        "print(hasattr(c.AioBaseClient.__dict__['_make_api_call'], '_sm_tracing_hook'))\n"
     )
     done = run_python(code)
-    assert done.stdout.split() == ["False", "ClientHook.wrap_aio", "False"]
+    assert done.stdout.split() == ["False", "RuntimeHook", "False"]
 
 
 def test_zero_code_instrumentation(tmp_path: Any) -> None:

@@ -7,7 +7,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _client_support import Wire, call_params, canned_for, make_client, traceparent_of
+from _client_support import (
+    Wire,
+    call_params,
+    canned_for,
+    make_client,
+    remove_upstream_only,
+    traceparent_of,
+)
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -125,7 +132,7 @@ def test_uninstrument_theirs_makes_ours_take_over(
         client = make_client(wire=wire)
         client.invoke_endpoint(**call_params("invoke_endpoint"))
         # Ours is the outer wrapper here, so theirs must be spliced out, not ours.
-        _remove_upstream_only()
+        remove_upstream_only()
         client.invoke_endpoint(**call_params("invoke_endpoint"))
     finally:
         sm_tracing.uninstrument()
@@ -136,16 +143,29 @@ def test_uninstrument_theirs_makes_ours_take_over(
         assert traceparent_of(wire.custom_attributes(index))[1] == f"{span.context.span_id:016x}"
 
 
-def _remove_upstream_only() -> None:
-    """Uninstrument the upstream instrumentation whatever the wrapper order."""
+def test_their_own_uninstrument_under_ours_keeps_the_context_going_out(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Their uninstrument() takes off only the outermost wrapper, and only a wrapt one. With
+    ours on top it takes nothing off: every later call still carries the traceparent of a
+    span that is exported, and ours is botocore's outermost method until ours goes too."""
     import botocore.client
-    import botocore.endpoint
 
-    from sm_tracing._common import unwrap as unwrap_anywhere
-
-    instrumentor = BotocoreInstrumentor()
-    unwrap_anywhere(botocore.client.BaseClient, "_make_api_call", instrumentor._patched_api_call)
-    from opentelemetry.instrumentation.utils import unwrap
-
-    unwrap(botocore.endpoint.Endpoint, "prepare_request")
-    instrumentor._is_instrumented_by_opentelemetry = False
+    original = botocore.client.BaseClient.__dict__["_make_api_call"]
+    BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    try:
+        wire = Wire()
+        client = make_client(wire=wire)
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        BotocoreInstrumentor().uninstrument()
+        outermost = botocore.client.BaseClient.__dict__["_make_api_call"]
+        assert type(outermost._sm_tracing_hook).__name__ == "RuntimeHook"
+        exporter.clear()
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        spans = {span.context.span_id for span in _client_spans(exporter)}
+        assert int(traceparent_of(wire.custom_attributes())[1], 16) in spans
+    finally:
+        sm_tracing.uninstrument()
+        remove_upstream_only()
+    assert botocore.client.BaseClient.__dict__["_make_api_call"] is original
