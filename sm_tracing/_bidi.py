@@ -37,7 +37,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -54,7 +53,17 @@ from sm_tracing._client import (
     add_connection,
     first_time,
 )
-from sm_tracing._common import CLIENT, STATUS_CODE, end_span, get_tracer, guard, unwrap
+from sm_tracing._common import (
+    CLIENT,
+    STATUS_CODE,
+    attach_context,
+    current_context,
+    detach_context,
+    end_span,
+    get_tracer,
+    guard,
+    unwrap,
+)
 from sm_tracing._streaming import (
     CHUNKS,
     FIRST_CHUNK,
@@ -141,10 +150,10 @@ class BidiHook:
         try:
             stream = await wrapped(*args, **kwargs)
         except BaseException as error:  # the caller gets the error unchanged
-            otel_context.detach(token)
+            detach_context(token)
             end_span(span, error, _record_error)
             raise
-        otel_context.detach(token)
+        detach_context(token)
         traced = guard("follow a bidirectional stream", None, _follow, stream, span)
         if traced is None:
             end_span(span)
@@ -163,7 +172,7 @@ class BidiHook:
             value = getattr(given, field, None)
             if isinstance(value, str) and value:
                 attributes[name] = value
-        parent = otel_context.get_current()
+        parent = current_context()
         span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
         context = trace.set_span_in_context(span, parent)
         merged = guard(_INJECTING, None, self._inject, given, context)
@@ -172,7 +181,7 @@ class BidiHook:
                 args = (merged, *args[1:])
             else:
                 kwargs = {**kwargs, "input": merged}
-        return span, otel_context.attach(context), args, kwargs
+        return span, attach_context(context), args, kwargs
 
     def _inject(self, given: Any, context: Context) -> Any:
         """A copy of *given* with *context* in its query string, or None to send it as it is."""

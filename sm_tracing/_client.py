@@ -23,7 +23,6 @@ from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -44,6 +43,9 @@ from sm_tracing._common import (
     REWIRE_ATTRIBUTE,
     SESSION_ID,
     TARGET_MODEL,
+    attach_context,
+    current_context,
+    detach_context,
     end_span,
     error_type,
     failed,
@@ -303,13 +305,13 @@ class TracedCall:
 
     def fail(self, error: BaseException) -> None:
         """Make current again what was before the call, and record that it raised *error*."""
-        otel_context.detach(self.token)  # type: ignore[arg-type]
+        detach_context(self.token)  # type: ignore[arg-type]
         end_span(self.span, error, record_failure)
         self._failed(error)
 
     def finish(self, result: Any) -> Any:
         """Make current again what was before the call, and record *result*: see ``_close``."""
-        otel_context.detach(self.token)  # type: ignore[arg-type]
+        detach_context(self.token)  # type: ignore[arg-type]
         try:
             self._close(result)
         except Exception as error:
@@ -669,7 +671,7 @@ class RuntimeHook(ClientHook):
         operations = self._traced(client, aio)
         if operations is None:
             return None
-        parent = otel_context.get_current()
+        parent = current_context()
         # suppressed(), inline: this is on every call.
         if parent.get(_SUPPRESS_INSTRUMENTATION_KEY) or parent.get(
             _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
@@ -694,7 +696,7 @@ class RuntimeHook(ClientHook):
             self._inject(params, context, span)
         except Exception as error:
             failed(_INJECTING, error)
-        token = otel_context.attach(context)
+        token = attach_context(context)
         stream_type = AioTracedEventStream if aio else TracedEventStream
         return _Call(self, span, operation, token, stream_type, started, labels)
 
@@ -825,7 +827,7 @@ class RuntimeHook(ClientHook):
         if span is not None:
             if span.is_recording():
                 span.set_attributes(_request_attributes(params, {}))
-            self._inject(params, otel_context.get_current(), span)
+            self._inject(params, current_context(), span)
 
     def _after_call(self, parsed: Any, model: Any, upstream: Callable[[], bool]) -> None:
         span = self._upstream_span(model, upstream)
@@ -838,7 +840,7 @@ class RuntimeHook(ClientHook):
         # the wrapper makes the span and the handlers keep out of its way.
         if model.name not in OPERATIONS or not self.enabled or not upstream():
             return None
-        current = otel_context.get_current()
+        current = current_context()
         return None if suppressed(current) else trace.get_current_span(current)
 
 

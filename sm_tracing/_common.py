@@ -1,6 +1,7 @@
-"""What the client and the container side both need: the tracer and meter, error recording and
-the one way to end a span, the SageMaker header names and attributes, the calling and undoing of a method
-wrapper, and the guard that keeps a failure of ours out of the user's call."""
+"""What the client and the container side both need: the tracer and meter, the current
+context, error recording and the one way to end a span, the SageMaker header names and
+attributes, the calling and undoing of a method wrapper, and the guard that keeps a failure of
+ours out of the user's call."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from functools import lru_cache
 from types import FunctionType
 from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
@@ -64,6 +68,43 @@ def failed(what: str, error: Exception) -> None:
     inline (``try``, then this in ``except Exception``): a call through :func:`guard` costs
     them more than the step."""
     _logger.warning("could not %s", what, exc_info=error)
+
+
+def _context_variable() -> ContextVar[Context] | None:
+    """The ContextVar in which OpenTelemetry's default runtime context keeps the current
+    context; None under another runtime context (``OTEL_PYTHON_CONTEXT``)."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(variable, ContextVar):
+        return variable
+    return None
+
+
+# The current context, as OpenTelemetry's context API keeps it: read and set in its ContextVar
+# where the default runtime context keeps it there. The API's functions go two calls deep for
+# each step, and these run on every call of a client and every request of a container.
+_CURRENT = _context_variable()
+current_context: Callable[[], Context] = (
+    otel_context.get_current if _CURRENT is None else _CURRENT.get
+)
+"""The current context: ``opentelemetry.context.get_current()``."""
+attach_context: Callable[[Context], Token[Context]] = (
+    otel_context.attach if _CURRENT is None else _CURRENT.set
+)
+"""Make *context* current: ``opentelemetry.context.attach()``."""
+_reset: Callable[[Token[Context]], None] = (
+    otel_context.detach if _CURRENT is None else _CURRENT.reset
+)
+
+
+def detach_context(token: Token[Context]) -> None:
+    """Make current again what *token*'s ``attach`` replaced, as
+    ``opentelemetry.context.detach()`` does: a token that can't be used (made in another
+    context, or used already) is logged and goes no further."""
+    try:
+        _reset(token)
+    except Exception as error:
+        failed("make the earlier context current again", error)
 
 
 @lru_cache(maxsize=32)

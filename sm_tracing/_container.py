@@ -26,6 +26,9 @@ from sm_tracing._common import (
     INTERNAL,
     INVOCATION_DURATION,
     SERVER,
+    attach_context,
+    current_context,
+    detach_context,
     duration_histogram,
     end_span,
     error_type,
@@ -147,15 +150,15 @@ class Invocation:
         span = guard("start the container span", None, self.begin, attach)
         if span is None:
             self.span = span = trace.INVALID_SPAN
-            self._context = current = otel_context.get_current()
+            self._context = current = current_context()
             if attach and self._token is None:
-                self._token = otel_context.attach(current)
+                self._token = attach_context(current)
         return span
 
     def begin(self, attach: bool = True) -> Span:
         """``start()`` for an adapter that guards its own entry point: raises what fails."""
         self._began = perf_counter_ns()
-        current = otel_context.get_current()
+        current = current_context()
         active_span = trace.get_current_span(current)
         # No span current is the common case: the API's stand-in, whose context is invalid.
         if active_span is trace.INVALID_SPAN:
@@ -201,7 +204,7 @@ class Invocation:
         self._context = context = trace.set_span_in_context(span, parent)
         self.span = span
         if attach:
-            self._token = otel_context.attach(context)
+            self._token = attach_context(context)
         return span
 
     @property
@@ -212,13 +215,13 @@ class Invocation:
     def attach(self) -> None:
         """Make the span current (again), after ``start(attach=False)`` or ``detach()``."""
         if self._token is None and self._context is not None:
-            self._token = otel_context.attach(self._context)
+            self._token = attach_context(self._context)
 
     def detach(self) -> None:
         """Make current again what was current before ``start()``; safe to call twice."""
         token, self._token = self._token, None
         if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            detach_context(token)  # type: ignore[arg-type]
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span, with ERROR status and the exception's type recorded when *error* is

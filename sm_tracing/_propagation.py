@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Any
 
 from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -26,7 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sm_tracing import _codec, _querystring
 from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE
-from sm_tracing._common import guard
+from sm_tracing._common import current_context, guard
 
 _logger = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ def merge_context(
         # valid): read whole, not through its properties, each a call.
         trace_id, span_id, _, flags, trace_state, valid = span.get_span_context()
         if context is None:
-            context = otel_context.get_current()
+            context = current_context()
         if valid and not trace_state and not context.get(_BAGGAGE_KEY):
             traceparent = _codec.format_traceresponse(trace_id, span_id, flags)
             return _codec.merge_one(custom_attributes, "traceparent", traceparent, keys, opaque)

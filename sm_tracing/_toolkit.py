@@ -33,7 +33,16 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvide
 
 from sm_tracing import _propagation
 from sm_tracing._carriers import answer, find_header, sagemaker_attributes
-from sm_tracing._common import HEADER_LOWER, end_span, get_tracer, guard, set_status_code, unwrap
+from sm_tracing._common import (
+    HEADER_LOWER,
+    attach_context,
+    detach_context,
+    end_span,
+    get_tracer,
+    guard,
+    set_status_code,
+    unwrap,
+)
 from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
@@ -140,12 +149,12 @@ class _Batch:
 
     def attach(self) -> None:
         if self._current is not None:
-            self._token = otel_context.attach(self._current)
+            self._token = attach_context(self._current)
 
     def detach(self) -> None:
         token, self._token = self._token, None
         if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            detach_context(token)  # type: ignore[arg-type]
 
     def run_item(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run the next item of the batch under its own request's span."""
@@ -153,11 +162,11 @@ class _Batch:
         self._next += 1
         if self._shared is None or index >= len(self._invocations):
             return function(*args, **kwargs)
-        token = otel_context.attach(self._invocations[index].context)  # type: ignore[arg-type]
+        token = attach_context(self._invocations[index].context)  # type: ignore[arg-type]
         try:
             return function(*args, **kwargs)
         finally:
-            otel_context.detach(token)
+            detach_context(token)
 
     def respond(self, result: object) -> None:
         """Record each request's status and echo its span into its own response."""

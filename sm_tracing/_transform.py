@@ -28,7 +28,6 @@ import re
 from collections.abc import Callable, Mapping, MutableSequence
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -43,7 +42,7 @@ from sm_tracing._client import (
     TracedCall,
     client_attributes,
 )
-from sm_tracing._common import CLIENT, guard
+from sm_tracing._common import CLIENT, attach_context, current_context, guard
 from sm_tracing._instrumentor import unwrap_make_api_call, wrap_make_api_call
 from sm_tracing._streaming import metadata_attributes
 
@@ -196,11 +195,11 @@ class TransformHook(ClientHook):
         name = params.get("TransformJobName")
         if isinstance(name, str) and name:
             attributes[JOB_NAME] = name
-        parent = otel_context.get_current()
+        parent = current_context()
         span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
         context = trace.set_span_in_context(span, parent)
         guard(_INJECTING, None, inject_environment, params, context)
-        return _Call(span, otel_context.attach(context))
+        return _Call(span, attach_context(context))
 
     def _describe(self, client: Any) -> dict[str, AttributeValue]:
         """The span attributes every CreateTransformJob call of *client* shares."""
@@ -226,7 +225,7 @@ class TransformHook(ClientHook):
         name = params.get("TransformJobName")
         if span.is_recording() and isinstance(name, str) and name:
             span.set_attribute(JOB_NAME, name)
-        inject_environment(params, otel_context.get_current())
+        inject_environment(params, current_context())
 
 
 # -- installing and removing ---------------------------------------------------------------

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from opentelemetry import context as otel_context
-
 from sm_tracing._common import (
     HEADER,
     INFERENCE_ID,
@@ -28,6 +26,8 @@ from sm_tracing._common import (
     SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
+    attach_context,
+    detach_context,
     duration_histogram,
     environ_key,
     guard,
@@ -203,7 +203,7 @@ class _Response(Exchange):
 
     def __next__(self) -> bytes:
         # The span is current while the app's body produces a chunk, not while it is sent.
-        token = otel_context.attach(self._invocation.context)  # type: ignore[arg-type]
+        token = attach_context(self._invocation.context)  # type: ignore[arg-type]
         try:
             chunk = next(self._iterator)
             if self._write is None:
@@ -219,7 +219,7 @@ class _Response(Exchange):
             self.end(exc)
             raise
         finally:
-            otel_context.detach(token)
+            detach_context(token)
 
     def close(self) -> None:
         """Close the app's body (WSGI servers call this when done or when the client went
@@ -228,11 +228,11 @@ class _Response(Exchange):
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
-                token = otel_context.attach(self._invocation.context)  # type: ignore[arg-type]
+                token = attach_context(self._invocation.context)  # type: ignore[arg-type]
                 try:
                     close()
                 finally:
-                    otel_context.detach(token)
+                    detach_context(token)
         except BaseException as exc:
             error = exc
             raise
