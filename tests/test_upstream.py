@@ -4,6 +4,7 @@ and the injected parent is that span, whichever was instrumented first."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -120,22 +121,31 @@ def test_uninstrument_ours_leaves_theirs_working(
     assert "aws.sagemaker.endpoint.name" not in second.attributes
 
 
-def test_uninstrument_theirs_makes_ours_take_over(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    """When the upstream instrumentation goes, our own span takes over on the same client,
-    still one CLIENT span per call."""
+@contextmanager
+def _theirs_then_ours(tracer_provider: TracerProvider) -> Iterator[tuple[Wire, Any]]:
+    """The upstream instrumentation, then ours on top of it, and a client that has made one
+    call through both; both are off afterwards."""
     BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
     sm_tracing.instrument(tracer_provider=tracer_provider)
     try:
         wire = Wire()
         client = make_client(wire=wire)
         client.invoke_endpoint(**call_params("invoke_endpoint"))
+        yield wire, client
+    finally:
+        sm_tracing.uninstrument()
+        remove_upstream_only()
+
+
+def test_uninstrument_theirs_makes_ours_take_over(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """When the upstream instrumentation goes, our own span takes over on the same client,
+    still one CLIENT span per call."""
+    with _theirs_then_ours(tracer_provider) as (wire, client):
         # Ours is the outer wrapper here, so theirs must be spliced out, not ours.
         remove_upstream_only()
         client.invoke_endpoint(**call_params("invoke_endpoint"))
-    finally:
-        sm_tracing.uninstrument()
     first, second = _client_spans(exporter)
     assert first.instrumentation_scope.name.startswith("opentelemetry.instrumentation.botocore")
     assert second.instrumentation_scope.name == "sm_tracing"
@@ -152,12 +162,7 @@ def test_their_own_uninstrument_under_ours_keeps_the_context_going_out(
     import botocore.client
 
     original = botocore.client.BaseClient.__dict__["_make_api_call"]
-    BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
-        wire = Wire()
-        client = make_client(wire=wire)
-        client.invoke_endpoint(**call_params("invoke_endpoint"))
+    with _theirs_then_ours(tracer_provider) as (wire, client):
         BotocoreInstrumentor().uninstrument()
         outermost = botocore.client.BaseClient.__dict__["_make_api_call"]
         assert type(outermost._sm_tracing_hook).__name__ == "RuntimeHook"
@@ -165,7 +170,4 @@ def test_their_own_uninstrument_under_ours_keeps_the_context_going_out(
         client.invoke_endpoint(**call_params("invoke_endpoint"))
         spans = {span.context.span_id for span in _client_spans(exporter)}
         assert int(traceparent_of(wire.custom_attributes())[1], 16) in spans
-    finally:
-        sm_tracing.uninstrument()
-        remove_upstream_only()
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is original
