@@ -327,3 +327,55 @@ def test_a_process_that_can_never_trace_says_so_once(case: str, warned: bool, se
         assert "sm_tracing.configure()" in warning and "TracerProvider" in warning
     else:
         assert warnings == [], done.stderr
+
+
+_OTHER_RUNTIME_CONTEXT_APP = """
+import contextvars, sys
+sys.path.insert(0, {tests!r})
+from opentelemetry import context, trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+
+class Runtime(ContextVarsRuntimeContext):
+    # A runtime context of the application's own, as OTEL_PYTHON_CONTEXT would load: built on
+    # the default one, yet keeping the context elsewhere.
+    def __init__(self):
+        super().__init__()
+        self.variable = contextvars.ContextVar("mine", default=context.Context())
+
+    def attach(self, value):
+        return self.variable.set(value)
+
+    def get_current(self):
+        return self.variable.get()
+
+    def detach(self, token):
+        self.variable.reset(token)
+
+
+context._RUNTIME_CONTEXT = Runtime()
+import sm_tracing
+from sm_tracing import _common
+from opentelemetry.sdk.trace import TracerProvider
+from _client_support import Wire, call_params, make_client, traceparent_of
+
+provider = TracerProvider()
+sm_tracing.instrument(tracer_provider=provider)
+wire = Wire()
+client = make_client(wire=wire)
+with provider.get_tracer("app").start_as_current_span("caller") as caller:
+    client.invoke_endpoint(**call_params("invoke_endpoint"))
+    after = trace.get_current_span()
+print(_common.current_context is context.get_current)
+caller_trace = format(caller.get_span_context().trace_id, "032x")
+print(traceparent_of(wire.custom_attributes())[0] == caller_trace)
+print(after is caller)
+"""
+
+
+def test_another_runtime_context_is_used_through_the_api() -> None:
+    """Under a runtime context other than OpenTelemetry's default, the current context is
+    read and set through the API: a call joins the caller's trace, and the caller's span is
+    current again after it."""
+    done = run_python(_OTHER_RUNTIME_CONTEXT_APP.format(tests=str(Path(__file__).parent)))
+    assert done.stdout.split() == ["True", "True", "True"], done.stderr
