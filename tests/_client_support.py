@@ -33,6 +33,7 @@ CREDENTIALS = {
     "aws_session_token": "testing",
 }
 REQUEST_ID = "4b1d2c3e-0000-4000-8000-00000000abcd"
+JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:transform-job/job-1"
 TRACEPARENT_RE = re.compile(r"traceparent=00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 OPERATIONS = {
@@ -308,3 +309,53 @@ def endpoint_url(server: _Server) -> str:
 def payloads(events: Sequence[Mapping[str, Any]]) -> list[bytes]:
     """The bytes of the PayloadPart events of a stream."""
     return [event["PayloadPart"]["Bytes"] for event in events]
+
+
+# --- CreateTransformJob, on a ``sagemaker`` client ------------------------------------------
+
+
+def job_answer(status: int = 200, body: dict[str, Any] | None = None) -> Canned:
+    """SageMaker's answer to CreateTransformJob: *body* (the job's ARN by default)."""
+    headers = {"x-amzn-RequestId": REQUEST_ID, "Content-Type": "application/x-amz-json-1.1"}
+    return Canned(status, headers, json.dumps(body or {"TransformJobArn": JOB_ARN}).encode())
+
+
+class SageMakerWire:
+    """A ``before-send`` handler of a ``sagemaker`` client: keeps each signed request and
+    answers it with *answer*."""
+
+    def __init__(self, answer: Canned | None = None) -> None:
+        self.requests: list[AWSPreparedRequest] = []
+        self.answer = answer or job_answer()
+
+    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        self.requests.append(request)
+        return answered(request, self.answer)
+
+    def environment(self, index: int = -1) -> Any:
+        """The Environment of a CreateTransformJob request as sent; None when it had none."""
+        return json.loads(self.requests[index].body).get("Environment")
+
+
+def sagemaker_client(wire: SageMakerWire) -> Any:
+    """A real botocore ``sagemaker`` client with fake credentials, answered by *wire*."""
+    session = botocore.session.get_session()
+    client = session.create_client("sagemaker", region_name=REGION, **CREDENTIALS)
+    client.meta.events.register("before-send.sagemaker", wire)
+    return client
+
+
+def job(**params: Any) -> dict[str, Any]:
+    """A valid CreateTransformJob request, plus *params*."""
+    request: dict[str, Any] = {
+        "TransformJobName": "job-1",
+        "ModelName": "model-a",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://in/records/"}},
+            "SplitType": "Line",
+        },
+        "TransformOutput": {"S3OutputPath": "s3://out/job-1"},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    }
+    request.update(params)
+    return request

@@ -6,7 +6,6 @@ and the last one off leaves botocore's own method."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,18 +14,15 @@ import botocore.client
 import botocore.session
 import pytest
 from _client_support import (
-    CREDENTIALS,
-    REGION,
-    REQUEST_ID,
-    Canned,
+    SageMakerWire,
     Wire,
-    answered,
     call_params,
+    job,
     make_client,
     remove_upstream_only,
+    sagemaker_client,
     traceparent_of,
 )
-from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -39,32 +35,6 @@ from sm_tracing._common import get_tracer
 from sm_tracing._transform import TransformHook
 
 NAMES = ("runtime", "transform", "upstream")
-JOB = {
-    "TransformJobName": "job-1",
-    "ModelName": "model-a",
-    "TransformInput": {
-        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://in/"}}
-    },
-    "TransformOutput": {"S3OutputPath": "s3://out/job-1"},
-    "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
-}
-
-
-class _JobWire:
-    """Keeps the signed CreateTransformJob requests of a ``sagemaker`` client and answers."""
-
-    def __init__(self) -> None:
-        self.requests: list[AWSPreparedRequest] = []
-
-    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
-        self.requests.append(request)
-        body = json.dumps({"TransformJobArn": "arn:aws:sagemaker:::transform-job/job-1"})
-        headers = {"x-amzn-RequestId": REQUEST_ID, "Content-Type": "application/x-amz-json-1.1"}
-        return answered(request, Canned(200, headers, body.encode()))
-
-    def injected(self) -> bool:
-        environment = json.loads(self.requests[-1].body).get("Environment") or {}
-        return "TRACEPARENT" in environment
 
 
 def _kind(node: Any) -> str:
@@ -138,7 +108,7 @@ def _check_calls(
     runtime: Any,
     wire: Wire,
     jobs: Any,
-    job_wire: _JobWire,
+    job_wire: SageMakerWire,
 ) -> None:
     """One InvokeEndpoint and one CreateTransformJob, each traced and injected by what is
     installed, with one CLIENT span per call whoever makes it."""
@@ -154,8 +124,9 @@ def _check_calls(
         else:
             assert sent is None
             assert len(spans) == (1 if "upstream" in installed else 0)
-        jobs.create_transform_job(**JOB)
-        assert job_wire.injected() == ("transform" in installed)
+        jobs.create_transform_job(**job())
+        injected = "TRACEPARENT" in (job_wire.environment() or {})
+        assert injected == ("transform" in installed)
 
 
 @pytest.mark.parametrize(
@@ -177,10 +148,8 @@ def test_any_order_in_any_order_out(
     original = botocore.client.BaseClient.__dict__["_make_api_call"]
     wire = Wire()
     runtime = make_client(wire=wire)
-    session = botocore.session.get_session()
-    jobs = session.create_client("sagemaker", region_name=REGION, **CREDENTIALS)
-    job_wire = _JobWire()
-    jobs.meta.events.register("before-send.sagemaker", job_wire)
+    job_wire = SageMakerWire()
+    jobs = sagemaker_client(job_wire)
     for name in installs:
         stack.install(name)
     assert _chain() == [*reversed(stack.installed), "botocore"]

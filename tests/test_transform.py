@@ -17,7 +17,7 @@ import botocore.client
 import botocore.session
 import pytest
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSPreparedRequest, AWSRequest, AWSResponse
+from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from opentelemetry import baggage, trace
@@ -34,69 +34,25 @@ from sm_tracing._common import get_tracer
 from sm_tracing.local import LocalRuntime
 from tests._client_support import (
     CREDENTIALS,
+    JOB_ARN,
     REGION,
     REQUEST_ID,
-    Canned,
+    SageMakerWire,
     Wire,
-    answered,
     endpoint_url,
+    job,
+    job_answer,
     loopback,
     make_client,
+    sagemaker_client,
     signed_headers,
 )
 from tests._local_support import SERVING_APPS, TransformContainers, put, runtime_client
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests._serving import in_memory, otlp_env
 
-ARN = "arn:aws:sagemaker:us-east-1:123456789012:transform-job/job-1"
 MINE = {"MODEL_SERVER_WORKERS": "2", "LOG_LEVEL": "debug"}
 CONTAINER_SPAN = "POST /invocations"
-
-
-def _answer(status: int = 200, body: dict[str, Any] | None = None) -> Canned:
-    headers = {"x-amzn-RequestId": REQUEST_ID, "Content-Type": "application/x-amz-json-1.1"}
-    return Canned(status, headers, json.dumps(body or {"TransformJobArn": ARN}).encode())
-
-
-class SageMakerWire:
-    """A ``before-send`` handler of a ``sagemaker`` client: keeps each signed request and
-    answers it with *answer*."""
-
-    def __init__(self, answer: Canned | None = None) -> None:
-        self.requests: list[AWSPreparedRequest] = []
-        self.answer = answer or _answer()
-
-    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
-        self.requests.append(request)
-        return answered(request, self.answer)
-
-    def environment(self, index: int = -1) -> Any:
-        """The Environment of a CreateTransformJob request as sent; None when it had none."""
-        return json.loads(self.requests[index].body).get("Environment")
-
-
-def sagemaker_client(wire: SageMakerWire) -> Any:
-    """A real botocore ``sagemaker`` client with fake credentials, answered by *wire*."""
-    session = botocore.session.get_session()
-    client = session.create_client("sagemaker", region_name=REGION, **CREDENTIALS)
-    client.meta.events.register("before-send.sagemaker", wire)
-    return client
-
-
-def job(**params: Any) -> dict[str, Any]:
-    """A valid CreateTransformJob request, plus *params*."""
-    request: dict[str, Any] = {
-        "TransformJobName": "job-1",
-        "ModelName": "model-a",
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://in/records/"}},
-            "SplitType": "Line",
-        },
-        "TransformOutput": {"S3OutputPath": "s3://out/job-1"},
-        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
-    }
-    request.update(params)
-    return request
 
 
 @pytest.fixture
@@ -157,7 +113,7 @@ def test_environment_gets_the_job_span_after_the_callers_variables(
     mine = dict(MINE)
     with tracer.start_as_current_span("caller") as caller, with_baggage(tenant="acme"):
         response = sagemaker.create_transform_job(**job(Environment=mine))
-    assert response["TransformJobArn"] == ARN
+    assert response["TransformJobArn"] == JOB_ARN
     span = job_span(exporter)
     sent = wire.environment()
     assert sent == {**MINE, "TRACEPARENT": parent_of(span), "BAGGAGE": "tenant=acme"}
@@ -341,7 +297,7 @@ def test_a_raising_propagator_costs_a_log_line(
     raising_propagator()
     with caplog.at_level(logging.DEBUG, logger="sm_tracing"):
         response = sagemaker.create_transform_job(**job(Environment=dict(MINE)))
-    assert response["TransformJobArn"] == ARN
+    assert response["TransformJobArn"] == JOB_ARN
     assert wire.environment() == MINE
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage() for r in warnings] == [
@@ -370,7 +326,7 @@ def test_a_failed_call_records_its_error_by_type(
     """A refused call raises to the caller unchanged; the span records the error's type, code,
     request id and status, never its message."""
     body = {"__type": "ValidationException", "Message": "Environment VAR_1 secret-value bad"}
-    wire = SageMakerWire(_answer(400, body))
+    wire = SageMakerWire(job_answer(400, body))
     with pytest.raises(ClientError) as raised:
         sagemaker_client(wire).create_transform_job(**job(Environment=dict(MINE)))
     assert raised.value.response["Error"]["Code"] == "ValidationException"
@@ -392,11 +348,11 @@ def test_other_calls_pass_through(
 ) -> None:
     """Other operations of the sagemaker client, and other services' clients, get no span and
     their parameters go as given."""
-    wire.answer = _answer(body={"Tags": []})
-    assert sagemaker.list_tags(ResourceArn=ARN)["Tags"] == []
+    wire.answer = job_answer(body={"Tags": []})
+    assert sagemaker.list_tags(ResourceArn=JOB_ARN)["Tags"] == []
     runtime_wire = Wire()
     make_client(wire=runtime_wire).invoke_endpoint(EndpointName="e", Body=b"{}")
-    assert json.loads(wire.requests[-1].body) == {"ResourceArn": ARN}
+    assert json.loads(wire.requests[-1].body) == {"ResourceArn": JOB_ARN}
     assert runtime_wire.custom_attributes() is None
     assert exporter.get_finished_spans() == ()
 
@@ -479,10 +435,10 @@ def test_aiobotocore_calls_are_covered(
             with tracer.start_as_current_span("caller"):
                 return await client.create_transform_job(**job(Environment=dict(MINE)))
 
-    with loopback(lambda path: _answer()) as server:
+    with loopback(lambda path: job_answer()) as server:
         response = asyncio.run(main(endpoint_url(server)))
         body = json.loads(server.received[-1].body)
-    assert response["TransformJobArn"] == ARN
+    assert response["TransformJobArn"] == JOB_ARN
     span = job_span(exporter)
     assert body["Environment"] == {**MINE, "TRACEPARENT": parent_of(span)}
     assert span.parent is not None
