@@ -24,6 +24,7 @@ from sm_tracing import _propagation
 from sm_tracing._common import (
     HEADER,
     HEADER_LOWER,
+    SAGEMAKER_ENVIRON_KEYS,
     SAGEMAKER_HEADERS,
     environ_key,
     set_status_code,
@@ -285,7 +286,6 @@ class FlaskCarrier:
     __slots__ = ("_environ",)
 
     _KEY = environ_key(HEADER)
-    _HEADERS = tuple((environ_key(name), attribute) for name, attribute in SAGEMAKER_HEADERS)
 
     def __init__(self, environ: MutableMapping[str, Any]) -> None:
         self._environ = environ
@@ -297,7 +297,7 @@ class FlaskCarrier:
     def attributes(self, index: int) -> dict[str, AttributeValue]:
         environ = self._environ
         attributes: dict[str, AttributeValue] = {}
-        for key, attribute in self._HEADERS:
+        for key, attribute in SAGEMAKER_ENVIRON_KEYS:
             value = environ.get(key)
             if isinstance(value, str):
                 attributes[attribute] = value

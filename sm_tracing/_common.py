@@ -47,6 +47,12 @@ def environ_key(name: str) -> str:
     return "HTTP_" + name.upper().replace("-", "_")
 
 
+SAGEMAKER_ENVIRON_KEYS = tuple(
+    (environ_key(name), attribute) for name, attribute in SAGEMAKER_HEADERS
+)
+"""``SAGEMAKER_HEADERS`` with the WSGI environ key of each header."""
+
+
 _ERROR = Status(StatusCode.ERROR)
 # The span kinds, looked up once: an enum member's lookup costs on every call.
 CLIENT, SERVER, INTERNAL = SpanKind.CLIENT, SpanKind.SERVER, SpanKind.INTERNAL

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 from sm_tracing._common import (
     HEADER,
     INFERENCE_ID,
-    SAGEMAKER_HEADERS,
+    SAGEMAKER_ENVIRON_KEYS,
     SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
@@ -43,7 +43,7 @@ WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _KEY = environ_key(HEADER)
 # The environ keys of the SageMaker headers recorded on the span, in their table's order.
-_INFERENCE_ID, _TARGET_MODEL, _SESSION_ID = (environ_key(name) for name, _ in SAGEMAKER_HEADERS)
+(_INFERENCE_ID, _), (_TARGET_MODEL, _), (_SESSION_ID, _) = SAGEMAKER_ENVIRON_KEYS
 
 
 class WSGIMiddleware(Middleware[WSGIApp]):
