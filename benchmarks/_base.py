@@ -106,7 +106,7 @@ class Metrics:
     def histogram(self, name: str) -> Any:
         """A histogram of this provider with the bucket advice ours uses: one ``record`` on it
         is what the SDK itself charges for a measurement, with no code of ours."""
-        from sm_tracing._common import DURATION_BUCKETS
+        from sm_tracing._attributes import DURATION_BUCKETS
 
         meter = self.provider.get_meter("bench.sdk")
         return meter.create_histogram(

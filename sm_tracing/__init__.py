@@ -13,32 +13,35 @@ from typing import TYPE_CHECKING, Any
 from sm_tracing.version import __version__
 
 if TYPE_CHECKING:
-    from sm_tracing._asgi import ASGIMiddleware
     from sm_tracing._configure import configure
-    from sm_tracing._container import continue_trace
-    from sm_tracing._handler import trace_handler
-    from sm_tracing._instrumentor import SageMakerInstrumentor, instrument, uninstrument
     from sm_tracing._propagation import extract_context, inject_context, strip_context
-    from sm_tracing._toolkit import instrument_model_server, uninstrument_model_server
-    from sm_tracing._wsgi import WSGIMiddleware
+    from sm_tracing.client._instrumentor import SageMakerInstrumentor, instrument, uninstrument
+    from sm_tracing.container._asgi import ASGIMiddleware
+    from sm_tracing.container._handler import trace_handler
+    from sm_tracing.container._model_servers import (
+        instrument_model_server,
+        uninstrument_model_server,
+    )
+    from sm_tracing.container._primitive import continue_trace
+    from sm_tracing.container._wsgi import WSGIMiddleware
 
 # No handler on the package logger: like OpenTelemetry's own, our warnings reach stderr through
 # logging's last resort when the application configured no logging, and its handlers when it did.
 
 _EXPORTS = {
-    "ASGIMiddleware": "_asgi",
-    "SageMakerInstrumentor": "_instrumentor",
-    "WSGIMiddleware": "_wsgi",
+    "ASGIMiddleware": "container._asgi",
+    "SageMakerInstrumentor": "client._instrumentor",
+    "WSGIMiddleware": "container._wsgi",
     "configure": "_configure",
-    "continue_trace": "_container",
+    "continue_trace": "container._primitive",
     "extract_context": "_propagation",
     "inject_context": "_propagation",
-    "instrument": "_instrumentor",
-    "instrument_model_server": "_toolkit",
+    "instrument": "client._instrumentor",
+    "instrument_model_server": "container._model_servers",
     "strip_context": "_propagation",
-    "trace_handler": "_handler",
-    "uninstrument": "_instrumentor",
-    "uninstrument_model_server": "_toolkit",
+    "trace_handler": "container._handler",
+    "uninstrument": "client._instrumentor",
+    "uninstrument_model_server": "container._model_servers",
 }
 
 __all__ = [

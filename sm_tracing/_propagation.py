@@ -25,7 +25,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sm_tracing import _codec, _querystring
 from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE
-from sm_tracing._common import current_context, guard
+from sm_tracing._common import current_context
+from sm_tracing._guard import guard
 
 _logger = logging.getLogger(__name__)
 

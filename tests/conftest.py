@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Tracer
 
 import sm_tracing
+
+# Tests in the folders below import the shared support modules beside this file by name.
+sys.path.insert(0, str(Path(__file__).parent))
+
 from tests._client_support import Wire, make_client
 
 

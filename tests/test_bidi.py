@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 import sm_tracing
-from sm_tracing import _bidi
-from sm_tracing._client import ClientOptions
+from sm_tracing.client import _bidi
+from sm_tracing.client._hook import ClientOptions
 from tests._bidi_support import (
     EchoContainer,
     Input,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from sm_tracing import _bidi
-from sm_tracing._client import ClientOptions
+from sm_tracing.client import _bidi
+from sm_tracing.client._hook import ClientOptions
 
 
 def sdk_module(class_name: str) -> types.ModuleType:
@@ -79,7 +79,7 @@ def test_installing_does_not_import_the_sdk() -> None:
     script = (
         "import sys\n"
         "from sm_tracing import _bidi\n"
-        "from sm_tracing._client import ClientOptions\n"
+        "from sm_tracing.client._hook import ClientOptions\n"
         "_bidi.install(ClientOptions())\n"
         "print(sorted(m for m in sys.modules if m.startswith(('aws_sdk', 'smithy', 'awscrt'))))\n"
     )

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from sm_tracing._demo import cli
+from sm_tracing import _cli as cli
 from sm_tracing.version import __version__
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``sm-tracing`` run as its own process, as the console script runs it."""
-    code = "import sys; from sm_tracing._demo.cli import main; sys.exit(main())"
+    code = "import sys; from sm_tracing._cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         check=False,

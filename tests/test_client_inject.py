@@ -282,7 +282,7 @@ def test_suppression_reads_what_the_helper_reads(key: str) -> None:
     from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current, set_value
     from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
-    from sm_tracing._client import suppressed
+    from sm_tracing.client._hook import suppressed
 
     context = get_current()
     if key in ("suppress_instrumentation", "both"):

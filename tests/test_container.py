@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from sm_tracing import _codec, continue_trace
-from sm_tracing._container import remote_context_policy
+from sm_tracing.container._primitive import remote_context_policy
 from tests._container_support import caller, echoed
 
 
@@ -131,8 +131,8 @@ def test_hostile_input_gives_a_new_root_and_records_nothing_raw(
 ) -> None:
     """Malformed, oversized, control-character or non-ASCII carriers mean no parent, and
     nothing of the raw value lands on the span."""
-    from sm_tracing._common import get_tracer
-    from sm_tracing._container import Invocation
+    from sm_tracing._telemetry import get_tracer
+    from sm_tracing.container._primitive import Invocation
 
     invocation = Invocation(value, tracer=get_tracer(tracer_provider), policy="continue")
     with invocation:
@@ -154,8 +154,8 @@ def test_a_raising_propagator_gives_a_new_root(
     """A propagator that raises is survived: the request gets a new root span."""
     value, parent = caller(tracer)
     raising_propagator()
-    from sm_tracing._common import get_tracer
-    from sm_tracing._container import Invocation
+    from sm_tracing._telemetry import get_tracer
+    from sm_tracing.container._primitive import Invocation
 
     with Invocation(value, tracer=get_tracer(tracer_provider), policy="continue"):
         pass
@@ -196,8 +196,8 @@ def test_echo_merges_traceresponse_after_the_apps_value(
 
 def test_start_without_attach_and_attach_later(tracer_provider: TracerProvider) -> None:
     """start(attach=False) leaves the current context alone until attach()."""
-    from sm_tracing._common import get_tracer
-    from sm_tracing._container import Invocation
+    from sm_tracing._telemetry import get_tracer
+    from sm_tracing.container._primitive import Invocation
 
     invocation = Invocation(None, tracer=get_tracer(tracer_provider), policy="continue")
     span = invocation.start(attach=False)

@@ -25,8 +25,8 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed ``sm-tracing demo`` console script (or its entry point, when none or a
     stale one is installed), in a clean environment without OTEL_* variables."""
     # A console script left by an older install may name another entry point: not this code.
-    current = SCRIPT.exists() and "sm_tracing._demo.cli" in SCRIPT.read_text(errors="replace")
-    command = [str(SCRIPT)] if current else [sys.executable, "-m", "sm_tracing._demo.cli"]
+    current = SCRIPT.exists() and "sm_tracing._cli" in SCRIPT.read_text(errors="replace")
+    command = [str(SCRIPT)] if current else [sys.executable, "-m", "sm_tracing._cli"]
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["PYTHONIOENCODING"] = "utf-8"
     return subprocess.run(

@@ -29,10 +29,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import sm_tracing
-from sm_tracing import _instrumentor, _transform
-from sm_tracing._client import ClientOptions, RuntimeHook
-from sm_tracing._common import get_tracer
-from sm_tracing._transform import TransformHook
+from sm_tracing._telemetry import get_tracer
+from sm_tracing.client import _instrumentor, _transform
+from sm_tracing.client._hook import ClientOptions, RuntimeHook
+from sm_tracing.client._transform import TransformHook
 
 NAMES = ("runtime", "transform", "upstream")
 

@@ -27,7 +27,7 @@ from opentelemetry.trace import (
 )
 
 import sm_tracing
-from sm_tracing._common import environ_key
+from sm_tracing._attributes import environ_key
 from tests._container_support import (
     ASGI,
     HEADER,

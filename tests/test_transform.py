@@ -29,8 +29,9 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from opentelemetry.trace.span import TraceState
 
 import sm_tracing
-from sm_tracing import _codec, _propagation, _transform
-from sm_tracing._common import get_tracer
+from sm_tracing import _codec, _propagation
+from sm_tracing._telemetry import get_tracer
+from sm_tracing.client import _transform
 from sm_tracing.local import LocalRuntime
 from tests._client_support import (
     CREDENTIALS,

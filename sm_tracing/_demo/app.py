@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from sm_tracing._asgi import ASGIMiddleware, Receive, Scope, Send
-from sm_tracing._websocket import BIDI_PATH
-from sm_tracing._wsgi import WSGIMiddleware
+from sm_tracing.container._asgi import ASGIMiddleware, Receive, Scope, Send
+from sm_tracing.container._websocket import BIDI_PATH
+from sm_tracing.container._wsgi import WSGIMiddleware
 
 if TYPE_CHECKING:
     from flask import Flask

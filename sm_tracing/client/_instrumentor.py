@@ -23,14 +23,15 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._client import (
+from sm_tracing._common import unwrap
+from sm_tracing._guard import guard
+from sm_tracing.client._hook import (
     ClientHook,
     ClientOptions,
     EndpointFilter,
     GenAIModels,
     RuntimeHook,
 )
-from sm_tracing._common import guard, unwrap
 
 _logger = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 def _install_extras(options: ClientOptions, hook: RuntimeHook) -> tuple[Callable[[], None], ...]:
     """The other client hooks: bidirectional streams always (when the HTTP/2 SDK is imported,
     now or later), CreateTransformJob when asked for; how to remove each."""
-    from sm_tracing import _bidi
+    from sm_tracing.client import _bidi
 
     bidi = _bidi.install(options)
     extras: list[Callable[[], None]] = [partial(_bidi.uninstall, bidi)]
     if options.transform_jobs:
-        from sm_tracing import _transform
+        from sm_tracing.client import _transform
 
         transform = _transform.install(hook.tracer)
         extras.append(partial(_transform.uninstall, transform))

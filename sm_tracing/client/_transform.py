@@ -37,14 +37,15 @@ from opentelemetry.trace import Span, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
-from sm_tracing._client import (
+from sm_tracing._common import CLIENT, attach_context, current_context
+from sm_tracing._guard import guard
+from sm_tracing.client._hook import (
     ClientHook,
     TracedCall,
     client_attributes,
 )
-from sm_tracing._common import CLIENT, attach_context, current_context, guard
-from sm_tracing._instrumentor import unwrap_make_api_call, wrap_make_api_call
-from sm_tracing._streaming import metadata_attributes
+from sm_tracing.client._instrumentor import unwrap_make_api_call, wrap_make_api_call
+from sm_tracing.client._streams import metadata_attributes
 
 _logger = logging.getLogger(__name__)
 

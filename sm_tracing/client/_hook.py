@@ -34,27 +34,20 @@ from opentelemetry.trace import Span, SpanContext, TraceFlags, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
+from sm_tracing._attributes import ERROR_TYPE, INFERENCE_ID, SESSION_ID, TARGET_MODEL
 from sm_tracing._common import (
     _DEFERRED_METER_PROVIDER,
     CLIENT,
-    ERROR_TYPE,
     HOOK_ATTRIBUTE,
-    INFERENCE_ID,
     REWIRE_ATTRIBUTE,
-    SESSION_ID,
-    TARGET_MODEL,
     attach_context,
     current_context,
     detach_context,
-    end_span,
-    error_type,
-    failed,
-    get_meter,
-    get_tracer,
-    guard,
     method_caller,
 )
-from sm_tracing._streaming import (
+from sm_tracing._guard import failed, guard
+from sm_tracing._telemetry import end_span, error_type, get_meter, get_tracer
+from sm_tracing.client._streams import (
     AioTracedEventStream,
     StreamTimes,
     TracedEventStream,

@@ -12,22 +12,17 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
+from sm_tracing._attributes import ERROR_TYPE, HEADER, HEADER_LOWER, STATUS_CODE
 from sm_tracing._codec import format_echo
-from sm_tracing._common import (
-    ERROR_TYPE,
-    HEADER,
-    HEADER_LOWER,
-    STATUS_CODE,
-    get_tracer,
-    guard,
-)
-from sm_tracing._container import (
+from sm_tracing._guard import guard
+from sm_tracing._propagation import echo_value
+from sm_tracing._telemetry import get_tracer
+from sm_tracing.container._primitive import (
     Invocation,
     RemoteContext,
     inject_headers_option,
     remote_context_policy,
 )
-from sm_tracing._propagation import echo_value
 
 _logger = logging.getLogger(__name__)
 

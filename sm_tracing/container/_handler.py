@@ -7,7 +7,8 @@ its parameters to decide whether to pass ``context``, and is chosen once, when a
 async, generator or async generator, where the span covers the whole iteration.
 
 Inside a Multi Model Server or TorchServe worker the model server's own dispatch is traced
-(see :mod:`sm_tracing._toolkit`; applying the decorator there switches it on): each request
+(see :mod:`sm_tracing.container._model_servers`; applying the decorator there switches it
+on): each request
 already has its span, and a decorated function only makes a child span named after it. Called
 outside a request there (``model_fn`` at start-up, TorchServe's ``handle(None, context)``
 probe), it makes no span at all.
@@ -31,10 +32,11 @@ from typing import Any, TypeVar, overload
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing import _toolkit
-from sm_tracing._carriers import IDLE, Carrier, CustomAttributesGetter, discover
-from sm_tracing._common import get_tracer, guard
-from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
+from sm_tracing._guard import guard
+from sm_tracing._telemetry import get_tracer
+from sm_tracing.container import _model_servers as _toolkit
+from sm_tracing.container._carriers import IDLE, Carrier, CustomAttributesGetter, discover
+from sm_tracing.container._primitive import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
 

@@ -21,21 +21,11 @@ from opentelemetry.trace import Link, Span, SpanContext, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
-from sm_tracing._common import (
-    ERROR_TYPE,
-    INTERNAL,
-    INVOCATION_DURATION,
-    SERVER,
-    attach_context,
-    current_context,
-    detach_context,
-    duration_histogram,
-    end_span,
-    error_type,
-    get_tracer,
-    guard,
-)
+from sm_tracing._attributes import ERROR_TYPE, INVOCATION_DURATION
+from sm_tracing._common import INTERNAL, SERVER, attach_context, current_context, detach_context
+from sm_tracing._guard import guard
 from sm_tracing._propagation import carried
+from sm_tracing._telemetry import duration_histogram, end_span, error_type, get_tracer
 
 _logger = logging.getLogger(__name__)
 

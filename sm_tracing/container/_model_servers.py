@@ -32,18 +32,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
 
 from sm_tracing import _propagation
-from sm_tracing._carriers import answer, find_header, sagemaker_attributes
-from sm_tracing._common import (
-    HEADER_LOWER,
-    attach_context,
-    detach_context,
-    end_span,
-    get_tracer,
-    guard,
-    set_status_code,
-    unwrap,
-)
-from sm_tracing._container import Invocation, RemoteContext, remote_context_policy
+from sm_tracing._attributes import HEADER_LOWER
+from sm_tracing._common import attach_context, detach_context, unwrap
+from sm_tracing._guard import guard
+from sm_tracing._telemetry import end_span, get_tracer, set_status_code
+from sm_tracing.container._carriers import answer, find_header, sagemaker_attributes
+from sm_tracing.container._primitive import Invocation, RemoteContext, remote_context_policy
 
 _logger = logging.getLogger(__name__)
 

@@ -46,25 +46,18 @@ from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation, _querystring
-from sm_tracing._client import (
+from sm_tracing._attributes import STATUS_CODE
+from sm_tracing._common import CLIENT, attach_context, current_context, detach_context, unwrap
+from sm_tracing._guard import guard
+from sm_tracing._telemetry import end_span, get_tracer
+from sm_tracing.client._hook import (
     ENDPOINT_NAME,
     INVOKED_VARIANT,
     ClientOptions,
     add_connection,
     first_time,
 )
-from sm_tracing._common import (
-    CLIENT,
-    STATUS_CODE,
-    attach_context,
-    current_context,
-    detach_context,
-    end_span,
-    get_tracer,
-    guard,
-    unwrap,
-)
-from sm_tracing._streaming import (
+from sm_tracing.client._streams import (
     CHUNKS,
     FIRST_CHUNK,
     ORIGINAL_STATUS_CODE,

@@ -20,7 +20,9 @@ from botocore.exceptions import ClientError
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from sm_tracing._common import STATUS_CODE, end_span, guard, record_error
+from sm_tracing._attributes import STATUS_CODE
+from sm_tracing._guard import guard
+from sm_tracing._telemetry import end_span, record_error
 
 _logger = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
-from sm_tracing._common import (
+from sm_tracing._attributes import (
     HEADER,
     HEADER_LOWER,
     SAGEMAKER_ENVIRON_KEYS,
     SAGEMAKER_HEADERS,
     environ_key,
-    set_status_code,
 )
-from sm_tracing._container import Invocation
+from sm_tracing._telemetry import set_status_code
+from sm_tracing.container._primitive import Invocation
 
 _logger = logging.getLogger(__name__)
 

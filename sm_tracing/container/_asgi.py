@@ -26,17 +26,12 @@ from typing import Any, TypeAlias
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing import _websocket
-from sm_tracing._common import (
-    HEADER_LOWER,
-    SAGEMAKER_HEADERS,
-    SERVER_DURATION,
-    TARGET_MODEL,
-    duration_histogram,
-    guard,
-)
-from sm_tracing._container import Invocation
-from sm_tracing._middleware import (
+from sm_tracing._attributes import HEADER_LOWER, SAGEMAKER_HEADERS, SERVER_DURATION, TARGET_MODEL
+from sm_tracing._guard import guard
+from sm_tracing._propagation import strip_context
+from sm_tracing._telemetry import duration_histogram
+from sm_tracing.container import _websocket
+from sm_tracing.container._middleware import (
     FASTAPI_TELEMETRY,
     MODEL_ROUTE,
     Exchange,
@@ -44,8 +39,8 @@ from sm_tracing._middleware import (
     model_name,
     with_trace_headers,
 )
-from sm_tracing._propagation import strip_context
-from sm_tracing._websocket import BIDI_PATH
+from sm_tracing.container._primitive import Invocation
+from sm_tracing.container._websocket import BIDI_PATH
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]

@@ -19,21 +19,26 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from sm_tracing._common import (
+from sm_tracing._attributes import (
     HEADER,
     INFERENCE_ID,
     SAGEMAKER_ENVIRON_KEYS,
     SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
-    attach_context,
-    detach_context,
-    duration_histogram,
     environ_key,
-    guard,
 )
-from sm_tracing._container import Invocation
-from sm_tracing._middleware import MODEL_ROUTE, Exchange, Middleware, model_name, trace_headers
+from sm_tracing._common import attach_context, detach_context
+from sm_tracing._guard import guard
+from sm_tracing._telemetry import duration_histogram
+from sm_tracing.container._middleware import (
+    MODEL_ROUTE,
+    Exchange,
+    Middleware,
+    model_name,
+    trace_headers,
+)
+from sm_tracing.container._primitive import Invocation
 
 ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 Headers: TypeAlias = list[tuple[str, str]]

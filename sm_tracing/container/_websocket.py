@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
-from sm_tracing._common import SAGEMAKER_HEADERS, guard
-from sm_tracing._container import Invocation
-from sm_tracing._middleware import FASTAPI_TELEMETRY, with_trace_headers
+from sm_tracing._attributes import SAGEMAKER_HEADERS
+from sm_tracing._guard import guard
+from sm_tracing.container._middleware import FASTAPI_TELEMETRY, with_trace_headers
+from sm_tracing.container._primitive import Invocation
 
 if TYPE_CHECKING:
-    from sm_tracing._asgi import ASGIMiddleware
+    from sm_tracing.container._asgi import ASGIMiddleware
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,0 +1,54 @@
+"""The names sm_tracing writes: the SageMaker headers it reads, and every span attribute and
+metric it records, on either side. One home, so the client, the container and the tests spell
+each name the same way."""
+
+from __future__ import annotations
+
+HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+HEADER_LOWER = HEADER.lower()
+INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
+
+# Shared by both sides.
+STATUS_CODE = "http.response.status_code"
+ERROR_TYPE = "error.type"
+ENDPOINT_NAME = "aws.sagemaker.endpoint.name"
+INFERENCE_ID = "aws.sagemaker.inference_id"
+SESSION_ID = "aws.sagemaker.session_id"
+TARGET_MODEL = "aws.sagemaker.target_model"
+
+# The SageMaker headers that reach a container, and the span attribute each one becomes.
+SAGEMAKER_HEADERS = (
+    ("x-amzn-sagemaker-inference-id", INFERENCE_ID),
+    ("x-amzn-sagemaker-target-model", TARGET_MODEL),
+    ("x-amzn-sagemaker-session-id", SESSION_ID),
+)
+
+
+def environ_key(name: str) -> str:
+    """The WSGI environ key of the request header *name*."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+SAGEMAKER_ENVIRON_KEYS = tuple(
+    (environ_key(name), attribute) for name, attribute in SAGEMAKER_HEADERS
+)
+"""``SAGEMAKER_HEADERS`` with the WSGI environ key of each header."""
+
+# The client's call: what the response says and what the container's echo adds.
+INVOKED_VARIANT = "aws.sagemaker.invoked_production_variant"
+CONTAINER_TRACE_ID = "aws.sagemaker.container.trace_id"
+CONTAINER_SPAN_ID = "aws.sagemaker.container.span_id"
+CONTAINER_DURATION = "aws.sagemaker.container.duration"
+OVERHEAD = "aws.sagemaker.overhead.duration"
+RPC_METHOD = "rpc.method"
+
+# GenAI conventions, for the endpoints ``genai_models`` names.
+GENAI_PROVIDER = "gen_ai.provider.name"
+GENAI_OPERATION = "gen_ai.operation.name"
+GENAI_MODEL = "gen_ai.request.model"
+
+# Metrics, in seconds.
+SERVER_DURATION = "http.server.request.duration"
+INVOCATION_DURATION = "aws.sagemaker.container.invocation.duration"
+# The HTTP server duration's bucket advice, from the semantic conventions.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)

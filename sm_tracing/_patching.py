@@ -1,0 +1,162 @@
+"""The one way sm_tracing patches another library's method or function, and undoes it.
+
+A patch is a plain function put in the original's place. It calls whatever it wraps through its
+own ``__wrapped__``, read on each call, so it can be spliced out of a chain of wrappers wherever
+it sits. Other tools wrap the same methods (opentelemetry-instrumentation-botocore and the X-Ray
+SDK with wrapt, ddtrace by saving and restoring the method), and their removal takes off only the
+outermost wrapt proxy or puts back what they saved: a patch of ours is not a wrapt proxy, so such
+a removal never takes ours instead of theirs, and ours never takes theirs.
+
+Post-import hooks go through one registration per module for the life of the process: wrapt's
+registry keeps every hook it is given, so registering on each install would grow it forever.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+_logger = logging.getLogger(__name__)
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+"""``wrapper(wrapped, instance, args, kwargs)``, as wrapt calls a wrapper: *wrapped* is bound to
+*instance* for a method (None for a module's function), and *args* leave the instance out."""
+
+_PATCH = "_sm_tracing_patch"
+
+
+class Patch:
+    """One patch of ``owner.name``: while *active*, calls go through *wrapper*; afterwards
+    straight to what it wraps, wherever it still sits."""
+
+    __slots__ = ("active", "function", "innermost", "name", "owner")
+
+    def __init__(self, owner: type | ModuleType, name: str, function: Any, innermost: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.function = function
+        self.innermost = innermost
+        self.active = True
+
+    def installed(self) -> bool:
+        """Whether calls of ``owner.name`` still reach this patch. False when another tool put
+        back a method it had saved from before ours; True where a wrapper that hides what it
+        wraps sits on top, since what is under it can't be seen."""
+        node = self.owner.__dict__.get(self.name)
+        while node is not None:
+            if node is self.function:
+                return True
+            if node is self.innermost:
+                return False
+            node = getattr(node, "__wrapped__", None)
+        return True
+
+
+def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
+    """Put a patch calling *wrapper* in place of ``owner.name`` (defined on *owner* itself: a
+    method of a class or a function of a module), keeping its signature; a coroutine function
+    gets a coroutine function."""
+    original = owner.__dict__[name]
+    method = isinstance(owner, type)
+    handle: Patch
+    function: Any
+
+    def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        wrapped: Any = function.__wrapped__
+        if method:
+            # The instance may come by name: the signature shown is the original's.
+            if args:
+                instance, args = args[0], args[1:]
+            else:
+                instance = kwargs.pop("self")
+            wrapped = wrapped.__get__(instance, type(instance))
+        else:
+            instance = None
+        if not handle.active:
+            return wrapped(*args, **kwargs)
+        return wrapper(wrapped, instance, args, kwargs)
+
+    if inspect.iscoroutinefunction(original):
+
+        async def patched_async(*args: Any, **kwargs: Any) -> Any:
+            return await call(args, kwargs)
+
+        function = patched_async
+    else:
+
+        def patched(*args: Any, **kwargs: Any) -> Any:
+            return call(args, kwargs)
+
+        function = patched
+    functools.update_wrapper(function, original, updated=())
+    handle = Patch(owner, name, function, inspect.unwrap(original))
+    setattr(function, _PATCH, handle)
+    setattr(owner, name, function)
+    return handle
+
+
+def unpatch(handle: Patch) -> None:
+    """Take *handle*'s patch out of the chain of ``owner.name``, wherever it sits: the wrapper
+    above it is pointed at what it wrapped. Where that can't be done (a wrapper that can't be
+    repointed sits above) the patch stays, inactive, passing every call straight through."""
+    handle.active = False
+    owner, name = handle.owner, handle.name
+    parent: Any = None
+    node: Any = owner.__dict__.get(name)
+    while node is not None:
+        if node is handle.function:
+            inner = node.__wrapped__
+            try:
+                if parent is None:
+                    setattr(owner, name, inner)
+                else:
+                    parent.__wrapped__ = inner
+            except (AttributeError, TypeError):
+                _logger.debug("left an inactive patch in %s.%s", owner.__name__, name)
+            return
+        parent, node = node, getattr(node, "__wrapped__", None)
+
+
+def patch_of(function: object) -> Patch | None:
+    """The patch *function* is, or None."""
+    handle = getattr(function, _PATCH, None)
+    return handle if isinstance(handle, Patch) else None
+
+
+_import_lock = threading.Lock()
+_on_import: dict[str, dict[str, Callable[[ModuleType], None]]] = {}
+
+
+def when_imported(module: str, key: str, callback: Callable[[ModuleType], None] | None) -> None:
+    """Call *callback* with *module* once it is imported, now if it already is; None removes
+    the callback registered under *key*. One callback per key: a new one replaces the old."""
+    with _import_lock:
+        callbacks = _on_import.get(module)
+        if callbacks is None:
+            callbacks = _on_import[module] = {}
+            first = True
+        else:
+            first = False
+        if callback is None:
+            callbacks.pop(key, None)
+            return
+        callbacks[key] = callback
+    if first:
+        wrapt.register_post_import_hook(functools.partial(_imported, module), module)
+    elif module in sys.modules:
+        callback(sys.modules[module])
+
+
+def _imported(name: str, module: ModuleType) -> None:
+    with _import_lock:
+        callbacks = list(_on_import.get(name, {}).values())
+    for callback in callbacks:
+        callback(module)
