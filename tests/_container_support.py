@@ -5,6 +5,7 @@ by real gunicorn and uvicorn, and DJL-shaped Input/Output."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import re
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, TraceFlags, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, Tracer
 
 import sm_tracing
 
@@ -410,3 +411,87 @@ def djl_properties(custom_attributes: str) -> dict[str, str]:
         if sign:
             properties[key.strip()] = value.strip()
     return properties
+
+
+def injecting_flask_app() -> Any:
+    """A Flask app whose view starts its own SERVER span from the request's headers, behind a
+    WSGIMiddleware built with the app only (SM_TRACING_INJECT_HEADERS decides)."""
+    import flask
+
+    import sm_tracing
+
+    provider = provider_from_env()
+    tracer = provider.get_tracer("app")
+    app = flask.Flask("injecting_test")
+
+    @app.post("/invocations")
+    def invocations() -> Any:
+        parent = propagate.extract(flask.request.headers)
+        with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
+            return {"traceparent": flask.request.headers.get("traceparent")}
+
+    @app.get("/ping")
+    def ping() -> str:
+        return ""
+
+    app.wsgi_app = sm_tracing.WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, tracer_provider=provider
+    )
+    return app
+
+
+def injecting_fastapi_app() -> Any:
+    """A FastAPI app traced by FastAPI itself (its built-in request span, which reads only the
+    request headers), or where this FastAPI has none, by its route from the request headers,
+    behind an ASGIMiddleware built with the app only but for the provider."""
+    from fastapi import FastAPI, Request
+
+    import sm_tracing
+
+    provider = provider_from_env()
+    builtin = "telemetry" in inspect.signature(FastAPI).parameters
+    api = FastAPI(telemetry={"tracer_provider": provider}) if builtin else FastAPI()
+    tracer = provider.get_tracer("app")
+
+    async def invocations(request: Request) -> dict[str, str | None]:
+        if not builtin:
+            parent = propagate.extract(request.headers)
+            with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
+                pass
+        return {"traceparent": request.headers.get("traceparent")}
+
+    # The annotations are strings here (postponed evaluation) and Request is local.
+    invocations.__annotations__["request"] = Request
+    api.post("/invocations")(invocations)
+
+    @api.get("/ping")
+    async def ping() -> str:
+        return ""
+
+    return sm_tracing.ASGIMiddleware(api, tracer_provider=provider)
+
+
+def websocket_app() -> Any:
+    """An echo WebSocket container behind ASGIMiddleware, exporting to SM_TRACING_TEST_SPANS."""
+    provider = provider_from_env()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] == "http":  # the readiness probe's GET /ping
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": scope["query_string"].decode()})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": message["text"][::-1]})
+
+    return sm_tracing.ASGIMiddleware(app, tracer_provider=provider)

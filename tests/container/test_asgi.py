@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from _container_support import ASGI, HEADER, caller, echoed, server_spans
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from opentelemetry import trace
@@ -18,7 +19,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from sm_tracing import ASGIMiddleware
-from tests._container_support import ASGI, HEADER, caller, echoed, server_spans
 
 # A traceparent of some other trace, as a local proxy or a direct caller might send.
 STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

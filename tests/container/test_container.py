@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from _container_support import caller, echoed
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -14,7 +15,6 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from sm_tracing import _codec, continue_trace
 from sm_tracing.container._primitive import remote_context_policy
-from tests._container_support import caller, echoed
 
 
 def test_continue_trace_joins_the_callers_trace(

@@ -9,19 +9,18 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from _container_support import (
+    SPANS_ENV,
+    caller,
+    read_spans,
+)
+from _serving import launch, serving
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, Tracer
 
 import sm_tracing
-from tests._container_support import (
-    SPANS_ENV,
-    caller,
-    provider_from_env,
-    read_spans,
-)
-from tests._serving import launch, serving
 
 PATH = "/invocations-bidirectional-stream"
 
@@ -169,32 +168,6 @@ def test_inject_headers_works_on_the_websocket_too(
     ]
 
 
-def websocket_app() -> Any:
-    """An echo WebSocket container behind ASGIMiddleware, exporting to SM_TRACING_TEST_SPANS."""
-    provider = provider_from_env()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] == "http":  # the readiness probe's GET /ping
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        assert (await receive())["type"] == "websocket.connect"
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": scope["query_string"].decode()})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await send({"type": "websocket.send", "text": message["text"][::-1]})
-
-    return sm_tracing.ASGIMiddleware(app, tracer_provider=provider)
-
-
 def test_under_uvicorn_a_websocket_session_joins_the_callers_trace(
     tracer: Tracer, tmp_path: Path
 ) -> None:
@@ -205,7 +178,7 @@ def test_under_uvicorn_a_websocket_session_joins_the_callers_trace(
     spans = tmp_path / "spans.jsonl"
     container = launch(
         "uvicorn",
-        "tests.test_container_carriers:websocket_app()",
+        "tests._container_support:websocket_app()",
         "websocket",
         tmp_path,
         env={SPANS_ENV: str(spans)},

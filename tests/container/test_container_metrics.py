@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from _container_support import ASGI, HEADER, WSGI, Answer, Transport, caller
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 import sm_tracing
-from tests._container_support import ASGI, HEADER, WSGI, Answer, Transport, caller
 
 
 @pytest.fixture(params=[WSGI, ASGI], ids=lambda transport: transport.name)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from _container_support import HEADER, DJLInput, DJLOutput, caller, djl_properties, echoed
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, Tracer
 
 from sm_tracing import trace_handler
-from tests._container_support import HEADER, DJLInput, DJLOutput, caller, djl_properties, echoed
 
 
 def test_a_djl_handler_continues_the_trace_from_split_properties(

@@ -9,13 +9,13 @@ from typing import Any
 
 import flask
 import pytest
+from _container_support import HEADER, caller, echoed
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from sm_tracing import WSGIMiddleware, trace_handler
-from tests._container_support import HEADER, caller, echoed
 
 
 def _current_span_id() -> int:

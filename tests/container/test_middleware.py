@@ -9,6 +9,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _container_support import (
+    ASGI,
+    HEADER,
+    WSGI,
+    Answer,
+    Served,
+    Transport,
+    caller,
+    echoed,
+    server_spans,
+)
 from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,17 +34,6 @@ from opentelemetry.trace import (
 )
 
 import sm_tracing
-from tests._container_support import (
-    ASGI,
-    HEADER,
-    WSGI,
-    Answer,
-    Served,
-    Transport,
-    caller,
-    echoed,
-    server_spans,
-)
 
 # A traceparent of some other trace, as a local proxy or a direct caller might send.
 STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _client_support import make_client
+from _model_servers import ROOT, ModelServer, environment, ports, write_model
+from _otlp_receiver import OTLPReceiver, ReceivedSpan
 from botocore.exceptions import ClientError
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,9 +36,6 @@ from opentelemetry.trace import Tracer
 
 import sm_tracing
 from sm_tracing.local import LocalRuntime
-from tests._client_support import make_client
-from tests._model_servers import ROOT, ModelServer, environment, ports, write_model
-from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
 
 pytestmark = [pytest.mark.model_servers, pytest.mark.timeout(1200)]
 

@@ -6,7 +6,6 @@ own headers."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Tracer
-
-from tests._container_support import (
+from _container_support import (
     HEADER,
     SPANS_ENV,
     caller,
     echoed,
-    provider_from_env,
     read_spans,
 )
-from tests._serving import launch, serving
+from _serving import launch, serving
+from opentelemetry.trace import Tracer
 
 # The app each server runs, and the same servers in front of apps that trace from the request
 # headers (below).
@@ -34,8 +30,8 @@ SERVERS = {
     "uvicorn": "tests._container_support:fastapi_app()",
 }
 INJECTING_SERVERS = {
-    "gunicorn": "tests.test_servers:injecting_flask_app()",
-    "uvicorn": "tests.test_servers:injecting_fastapi_app()",
+    "gunicorn": "tests._container_support:injecting_flask_app()",
+    "uvicorn": "tests._container_support:injecting_fastapi_app()",
 }
 
 
@@ -107,64 +103,6 @@ def test_ping_makes_no_span(served: Served) -> None:
 
 
 # --- inject_headers: apps that trace from the request's own headers ------------------------------
-
-
-def injecting_flask_app() -> Any:
-    """A Flask app whose view starts its own SERVER span from the request's headers, behind a
-    WSGIMiddleware built with the app only (SM_TRACING_INJECT_HEADERS decides)."""
-    import flask
-
-    import sm_tracing
-
-    provider = provider_from_env()
-    tracer = provider.get_tracer("app")
-    app = flask.Flask("injecting_test")
-
-    @app.post("/invocations")
-    def invocations() -> Any:
-        parent = propagate.extract(flask.request.headers)
-        with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
-            return {"traceparent": flask.request.headers.get("traceparent")}
-
-    @app.get("/ping")
-    def ping() -> str:
-        return ""
-
-    app.wsgi_app = sm_tracing.WSGIMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, tracer_provider=provider
-    )
-    return app
-
-
-def injecting_fastapi_app() -> Any:
-    """A FastAPI app traced by FastAPI itself (its built-in request span, which reads only the
-    request headers), or where this FastAPI has none, by its route from the request headers,
-    behind an ASGIMiddleware built with the app only but for the provider."""
-    from fastapi import FastAPI, Request
-
-    import sm_tracing
-
-    provider = provider_from_env()
-    builtin = "telemetry" in inspect.signature(FastAPI).parameters
-    api = FastAPI(telemetry={"tracer_provider": provider}) if builtin else FastAPI()
-    tracer = provider.get_tracer("app")
-
-    async def invocations(request: Request) -> dict[str, str | None]:
-        if not builtin:
-            parent = propagate.extract(request.headers)
-            with tracer.start_as_current_span("app handler", context=parent, kind=SpanKind.SERVER):
-                pass
-        return {"traceparent": request.headers.get("traceparent")}
-
-    # The annotations are strings here (postponed evaluation) and Request is local.
-    invocations.__annotations__["request"] = Request
-    api.post("/invocations")(invocations)
-
-    @api.get("/ping")
-    async def ping() -> str:
-        return ""
-
-    return sm_tracing.ASGIMiddleware(api, tracer_provider=provider)
 
 
 @pytest.fixture(scope="module", params=sorted(INJECTING_SERVERS))

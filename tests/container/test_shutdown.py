@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests._otlp_receiver import OTLPReceiver
-from tests._robust_support import CONTAINER_SPAN, HEADER, PREDICT_SPAN, serve
-from tests._serving import stop, wait_ready
+from _otlp_receiver import OTLPReceiver
+from _robust_support import CONTAINER_SPAN, HEADER, PREDICT_SPAN, serve
+from _serving import stop, wait_ready
 
 REQUESTS = 12
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

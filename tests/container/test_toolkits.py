@@ -1,8 +1,8 @@
 """The model server's dispatch traced in-process: Multi Model Server's real ``Service`` fed the
 request batches its Java front end sends, calling the sagemaker-inference toolkit's real handler
-service and Transformer, or a custom ``handle``. (tests/test_model_servers.py runs the servers
-themselves.) Without the hook, ``@trace_handler`` on a toolkit function still finds its request
-in the context it is given."""
+service and Transformer, or a custom ``handle``. (tests/container/test_model_servers.py runs
+the servers themselves.) Without the hook, ``@trace_handler`` on a toolkit function still finds
+its request in the context it is given."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _container_support import HEADER, caller, echoed
 from mms.context import Context
 from mms.service import PredictionException, Service
 from opentelemetry import trace
@@ -26,7 +27,6 @@ from sagemaker_inference.transformer import Transformer
 
 import sm_tracing
 from sm_tracing import trace_handler
-from tests._container_support import HEADER, caller, echoed
 
 MODULE = "sm_tracing_test_inference"
 

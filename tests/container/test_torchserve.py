@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from _container_support import HEADER, caller, echoed
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,7 +15,6 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from ts.context import Context, RequestProcessor
 
 from sm_tracing import trace_handler
-from tests._container_support import HEADER, caller, echoed
 
 
 def _headers(custom_attributes: str | None) -> dict[str, Any]:

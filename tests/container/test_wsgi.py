@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _container_support import HEADER, caller, echoed
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, Tracer
 
 from sm_tracing import WSGIMiddleware
-from tests._container_support import HEADER, caller, echoed
 
 
 class _ModelError(Exception):
