@@ -16,16 +16,27 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import getproxies, proxy_bypass
 
 from opentelemetry import metrics, trace
-
-# The API's stand-in until a meter provider is set: the only one configure() may replace.
-from opentelemetry.metrics._internal import _ProxyMeterProvider
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     ConsoleMetricExporter,
     MetricExporter,
     MetricExportResult,
     MetricsData,
     PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import (
+    Aggregation,
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -95,7 +106,37 @@ _CONNECT_TIMEOUT = 1.0
 _EXIT_TIMEOUT = 2.0
 
 _lock = threading.Lock()
-_installed: TracerProvider | None = None
+_installed: Configured | None = None
+
+
+@dataclass(frozen=True)
+class Configured:
+    """What :func:`configure` set up: the providers in force and what it gave them.
+
+    ``tracer_provider`` is the global SDK ``TracerProvider``: the one configure() installed,
+    or one it found installed and kept. ``meter_provider`` is the global SDK ``MeterProvider``,
+    likewise; None when no metrics are exported (``OTEL_METRICS_EXPORTER=none``) or the global
+    one is not the SDK's. ``span_exporters`` are the exporters configure() put behind batch
+    span processors, ``metric_readers`` the periodic readers it gave its MeterProvider and
+    ``metric_exporters`` their exporters, in the same order: all empty for a provider it kept.
+    An OTLP exporter comes wrapped in the check that its collector listens
+    (:class:`CollectorExporter`, :class:`CollectorMetricExporter`): the OTLP exporter itself
+    is its ``exporter``, and the URL it sends to its ``endpoint``.
+    """
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider | None = None
+    span_exporters: tuple[SpanExporter, ...] = ()
+    metric_readers: tuple[PeriodicExportingMetricReader, ...] = ()
+    metric_exporters: tuple[MetricExporter, ...] = ()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export the spans ended so far, then the metrics recorded; True when all went out
+        within *timeout_millis* each."""
+        flushed = self.tracer_provider.force_flush(timeout_millis)
+        if self.meter_provider is not None:
+            flushed = self.meter_provider.force_flush(timeout_millis) and flushed
+        return flushed
 
 
 def configure(
@@ -103,9 +144,10 @@ def configure(
     *,
     exporter: str | SpanExporter | None = None,
     endpoint: str | None = None,
-) -> TracerProvider:
+) -> Configured:
     """Install a global SDK ``TracerProvider`` that exports in batches, and a global SDK
-    ``MeterProvider`` that exports periodically; return the ``TracerProvider``.
+    ``MeterProvider`` that exports periodically; return what was set up, as a
+    :class:`Configured` (its ``tracer_provider``, ``meter_provider``, exporters and readers).
 
     ``service_name`` overrides ``OTEL_SERVICE_NAME`` and ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``. ``exporter`` names the exporter of both signals: ``"otlp"``
@@ -116,19 +158,20 @@ def configure(
     the metrics then follow ``OTEL_METRICS_EXPORTER``. With no metrics exporter (``none``), no
     MeterProvider is installed and metric instruments cost nothing.
 
-    ``endpoint`` overrides ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT``; over OTLP/HTTP an
-    endpoint without a path gets ``/v1/traces`` and ``/v1/metrics``, and one ending in either
-    path gives the other signal its own. The default is ``http://localhost:4318``, where Jaeger
-    (spans only) and the OpenTelemetry Collector listen. ``OTEL_METRIC_EXPORT_INTERVAL`` sets
-    how often metrics are exported (60 s by default); the MeterProvider is
-    ``opentelemetry.metrics.get_meter_provider()``.
+    ``endpoint`` overrides ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT``; over OTLP/HTTP it
+    is a URL (``http://localhost:4318``: one without ``http://`` or ``https://`` raises
+    ValueError), one without a path gets ``/v1/traces`` and ``/v1/metrics``, and one ending in
+    either path gives the other signal its own. The default is ``http://localhost:4318``, where
+    Jaeger (spans only) and the OpenTelemetry Collector listen. ``OTEL_METRIC_EXPORT_INTERVAL``
+    sets how often metrics are exported (60 s by default).
 
     When nothing listens at an OTLP endpoint, what goes there is dropped at once, without
     retries, and one warning says so. Spans and metrics still held are flushed when the
     interpreter exits, with a short timeout. When an SDK provider is already installed
-    globally, by an earlier call or by anyone else, this warns and keeps it.
+    globally, by anyone else, this warns and keeps it; a second call warns and returns what
+    the first set up.
     """
-    global _installed  # noqa: PLW0603 - the process-wide provider, set once under the lock
+    global _installed  # noqa: PLW0603 - the process-wide setup, made once under the lock
     with _lock:
         if _installed is not None:
             _logger.warning("sm_tracing.configure() was already called; keeping that provider")
@@ -140,23 +183,18 @@ def configure(
                 "and OpenTelemetry does not allow replacing it"
             )
         current_meters = metrics.get_meter_provider()
-        kept = [
-            type(provider).__name__
-            for provider in (current, current_meters)
-            if not isinstance(provider, (trace.ProxyTracerProvider, _ProxyMeterProvider))
-        ]
-        if kept:
-            _logger.warning(
-                "%s %s already installed; sm_tracing.configure() keeps %s",
-                " and ".join(f"a {name}" for name in kept),
-                "is" if len(kept) == 1 else "are",
-                "it" if len(kept) == 1 else "them",
-            )
+        _warn_kept(
+            [
+                type(provider).__name__
+                for provider in (current, current_meters)
+                if isinstance(provider, (TracerProvider, MeterProvider))
+            ]
+        )
         # Everything that can fail on a bad argument is built before anything is installed.
         build = _Build(endpoint)
         span_exporters = [] if isinstance(current, TracerProvider) else build.spans(exporter)
         metric_exporters: list[MetricExporter] = []
-        if isinstance(current_meters, _ProxyMeterProvider):
+        if not isinstance(current_meters, MeterProvider):
             names = None if isinstance(exporter, SpanExporter) else exporter
             metric_exporters = build.metrics(names)
         attributes = {SERVICE_NAME: service_name} if service_name else None
@@ -164,15 +202,15 @@ def configure(
         # Both providers register their flush at exit when made, and atexit runs the last
         # registered first: made first, the MeterProvider flushes after the spans.
         meter_provider = None
+        readers: list[PeriodicExportingMetricReader] = []
         if metric_exporters:
             interval = _interval()
+            readers = [
+                PeriodicExportingMetricReader(e, export_interval_millis=interval)
+                for e in metric_exporters
+            ]
             meter_provider = MeterProvider(
-                metric_readers=[
-                    PeriodicExportingMetricReader(e, export_interval_millis=interval)
-                    for e in metric_exporters
-                ],
-                resource=resource,
-                shutdown_on_exit=True,
+                metric_readers=readers, resource=resource, shutdown_on_exit=True
             )
         if isinstance(current, TracerProvider):
             provider = current
@@ -187,13 +225,38 @@ def configure(
             trace.set_tracer_provider(provider)
         if meter_provider is not None:
             metrics.set_meter_provider(meter_provider)
-        _installed = provider
+            # The API keeps a meter provider set before (one not the SDK's, which the check
+            # above let through) and says so: ours is then undone.
+            if metrics.get_meter_provider() is not meter_provider:
+                meter_provider.shutdown()
+                meter_provider, readers, metric_exporters = None, [], []
+                _warn_kept([type(metrics.get_meter_provider()).__name__])
+        elif isinstance(current_meters, MeterProvider):
+            meter_provider = current_meters
+        _installed = Configured(
+            tracer_provider=provider,
+            meter_provider=meter_provider,
+            span_exporters=tuple(span_exporters),
+            metric_readers=tuple(readers),
+            metric_exporters=tuple(metric_exporters),
+        )
         _logger.debug(
             "telemetry configured: spans to %s; metrics to %s",
             ", ".join(type(e).__name__ for e in span_exporters) or "no exporter",
             ", ".join(type(e).__name__ for e in metric_exporters) or "no exporter",
         )
-        return provider
+        return _installed
+
+
+def _warn_kept(kept: list[str]) -> None:
+    """Say that the providers named *kept*, installed before, stay."""
+    if kept:
+        _logger.warning(
+            "%s %s already installed; sm_tracing.configure() keeps %s",
+            " and ".join(f"a {name}" for name in kept),
+            "is" if len(kept) == 1 else "are",
+            "it" if len(kept) == 1 else "them",
+        )
 
 
 class _Collector:
@@ -270,10 +333,15 @@ class _Guarded(Generic[_E]):
     export at once instead. At exit, exports go through an exporter made with a short timeout.
     """
 
-    def __init__(self, make: Callable[[float | None], _E], collector: _Collector) -> None:
+    def __init__(
+        self, make: Callable[[float | None], _E], collector: _Collector, endpoint: str
+    ) -> None:
         self._make = make
         self.exporter = make(None)
+        """The OTLP exporter."""
         self.collector = collector
+        self.endpoint = endpoint
+        """The URL (or, over gRPC, the address) the exporter sends to."""
         self._at_exit: _E | None = None
 
     def exiting(self) -> None:
@@ -320,14 +388,15 @@ class CollectorMetricExporter(_Guarded[MetricExporter], MetricExporter):
         self,
         make: Callable[[float | None], MetricExporter],
         collector: _Collector,
+        endpoint: str,
         answers: _Answers | None = None,
     ) -> None:
-        _Guarded.__init__(self, make, collector)
-        # The periodic reader takes its temporality and aggregation from its exporter.
+        _Guarded.__init__(self, make, collector, endpoint)
+        # The periodic reader takes its temporality and aggregation from the exporter it is
+        # given, this one: the same as the OTLP exporter inside is made with.
+        temporality, aggregation = _metric_preferences()
         MetricExporter.__init__(
-            self,
-            preferred_temporality=self.exporter._preferred_temporality,
-            preferred_aggregation=self.exporter._preferred_aggregation,
+            self, preferred_temporality=temporality, preferred_aggregation=aggregation
         )
         self._answers = answers
         self._refused = False
@@ -388,6 +457,51 @@ def _has_points(data: MetricsData) -> bool:
     )
 
 
+# The OTLP metric exporters' temporality for each instrument under each value of
+# OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, as the specification gives them.
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+_DELTA = AggregationTemporality.DELTA
+_TEMPORALITIES: dict[str, dict[type, AggregationTemporality]] = {
+    "CUMULATIVE": {
+        Counter: _CUMULATIVE,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _CUMULATIVE,
+        ObservableCounter: _CUMULATIVE,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+    "DELTA": {
+        Counter: _DELTA,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _DELTA,
+        ObservableCounter: _DELTA,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+    "LOWMEMORY": {
+        Counter: _DELTA,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _DELTA,
+        ObservableCounter: _CUMULATIVE,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+}
+_TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+_HISTOGRAM_AGGREGATION = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+
+
+def _metric_preferences() -> tuple[dict[type, AggregationTemporality], dict[type, Aggregation]]:
+    """The temporality and the aggregation of each instrument that the OTLP metric exporters'
+    standard variables ask for; an unknown value is the default (the exporter warns of it)."""
+    preference = os.environ.get(_TEMPORALITY, "").strip().upper()
+    temporality = _TEMPORALITIES.get(preference, _TEMPORALITIES["CUMULATIVE"])
+    aggregation: Aggregation = ExplicitBucketHistogramAggregation()
+    if os.environ.get(_HISTOGRAM_AGGREGATION, "").strip() == "base2_exponential_bucket_histogram":
+        aggregation = ExponentialBucketHistogramAggregation()
+    return dict(temporality), {Histogram: aggregation}
+
+
 def _exiting(guards: list[_Guarded[Any]]) -> None:
     for guard in guards:
         try:
@@ -428,7 +542,7 @@ class _Build:
                 result.append(ConsoleSpanExporter())
             else:
                 make, collector, _ = self._otlp(_TRACES, name)
-                guard = CollectorExporter(make, collector)
+                guard = CollectorExporter(make, collector, collector.destinations[_TRACES])
                 self.guards.append(guard)
                 result.append(guard)
         return result
@@ -440,7 +554,9 @@ class _Build:
                 result.append(ConsoleMetricExporter())
             else:
                 make, collector, answers = self._otlp(_METRICS, name)
-                guard = CollectorMetricExporter(make, collector, answers)
+                guard = CollectorMetricExporter(
+                    make, collector, collector.destinations[_METRICS], answers
+                )
                 self.guards.append(guard)
                 result.append(guard)
         return result
@@ -474,13 +590,17 @@ class _Build:
         else:
             protocol = "OTLP/HTTP"
             if endpoint is not None:
-                endpoint = _signal_url(endpoint, signal)
+                endpoint = _signal_url(_http_url(endpoint), signal)
             target = (
                 endpoint
                 or os.environ.get(signal.endpoint_variable)
                 or (os.environ.get(_ENDPOINT) or _HTTP_DEFAULT).removesuffix("/") + signal.path
             )
         options: dict[str, Any] = {}
+        if signal is _METRICS:
+            # The reader reads the preferences from our wrapper: the exporter gets the same.
+            temporality, aggregation = _metric_preferences()
+            options.update(preferred_temporality=temporality, preferred_aggregation=aggregation)
         answers = None
         if signal is _METRICS and not grpc and not any(map(os.environ.get, _CREDENTIAL_VARIABLES)):
             # The exporters report a failure, not its status: a session of ours sees the 404.
@@ -538,6 +658,20 @@ def _names(signal: _Signal, exporter: str | None) -> list[str]:
 
 def _split(value: str) -> list[str]:
     return [name.strip().lower() for name in value.split(",") if name.strip()]
+
+
+def _http_url(endpoint: str) -> str:
+    """*endpoint* when it is an ``http://`` or ``https://`` URL with a host; else ValueError,
+    naming the form to write: the exporter would take it, and fail on every export."""
+    parts = urlsplit(endpoint.strip())
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return endpoint.strip()
+    bare = endpoint.strip() and "://" not in endpoint
+    example = "http://" + endpoint.strip() if bare else _HTTP_DEFAULT
+    raise ValueError(
+        f"endpoint {endpoint!r} is not an http:// or https:// URL; an OTLP/HTTP endpoint is "
+        f"written like {example!r}"
+    )
 
 
 def _signal_url(endpoint: str, signal: _Signal) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     ConsoleMetricExporter,
     InMemoryMetricReader,
     MetricExporter,
@@ -40,6 +41,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import sm_tracing
 from sm_tracing import _configure
+from sm_tracing._configure import Configured
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan, decode, named
 
 _ENV = (
@@ -102,16 +104,23 @@ def receiver() -> Iterator[OTLPReceiver]:
         yield running
 
 
-def exporters(provider: TracerProvider) -> list[SpanExporter]:
-    """The exporters behind the provider's batch processors (an OTLP one out of the wrapper
-    that checks its collector listens)."""
-    processors = provider._active_span_processor._span_processors
-    found = [processor.span_exporter for processor in processors]
-    return [e.exporter if isinstance(e, _configure.CollectorExporter) else e for e in found]
+def exporters(configured: Configured) -> list[SpanExporter]:
+    """The span exporters configure() installed (an OTLP one out of the wrapper that checks
+    its collector listens)."""
+    return [
+        e.exporter if isinstance(e, _configure.CollectorExporter) else e
+        for e in configured.span_exporters
+    ]
 
 
-def export_one(provider: TracerProvider, name: str = "work") -> None:
+def endpoints(exporters: Sequence[object]) -> list[str]:
+    """Where each OTLP exporter configure() installed sends."""
+    return [e.endpoint for e in exporters if isinstance(e, _configure._Guarded)]
+
+
+def export_one(configured: Configured, name: str = "work") -> None:
     """End one span and flush it out."""
+    provider = configured.tracer_provider
     provider.get_tracer("tests").start_span(name).end()
     assert provider.force_flush(5_000)
 
@@ -129,19 +138,26 @@ def endpoint_variables(signal: str) -> pytest.MarkDecorator:
     )
 
 
-def test_installs_the_global_provider() -> None:
-    """The returned provider is the global one, with a batch processor."""
-    provider = sm_tracing.configure("svc", exporter="console")
-    assert trace.get_tracer_provider() is provider
-    kinds = [type(p).__name__ for p in provider._active_span_processor._span_processors]
-    assert kinds == ["BatchSpanProcessor"]
+def test_installs_the_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracer provider configure() names is the global one, and exports in batches: an
+    ended span waits for the batch (or a flush), not sent at once."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    memory = InMemorySpanExporter()
+    configured = sm_tracing.configure("svc", exporter=memory)
+    assert trace.get_tracer_provider() is configured.tracer_provider
+    assert configured.span_exporters == (memory,)
+    trace.get_tracer("tests").start_span("batched").end()
+    assert memory.get_finished_spans() == ()
+    assert configured.force_flush(5_000)
+    assert [span.name for span in memory.get_finished_spans()] == ["batched"]
 
 
 def test_default_is_otlp_http_on_localhost() -> None:
     """Without arguments or variables it exports OTLP/HTTP to Jaeger's default port."""
-    (exporter,) = exporters(sm_tracing.configure())
+    configured = sm_tracing.configure()
+    (exporter,) = exporters(configured)
     assert isinstance(exporter, OTLPSpanExporter)
-    assert exporter._endpoint == "http://localhost:4318/v1/traces"
+    assert endpoints(configured.span_exporters) == ["http://localhost:4318/v1/traces"]
 
 
 @pytest.mark.parametrize(
@@ -172,7 +188,7 @@ def test_service_name_precedence(
 def test_resource_attributes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     """Other OTEL_RESOURCE_ATTRIBUTES stay on the resource next to the given service name."""
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
-    provider = sm_tracing.configure("svc", exporter="none")
+    provider = sm_tracing.configure("svc", exporter="none").tracer_provider
     assert provider.resource.attributes["deployment.environment"] == "test"
     assert provider.resource.attributes["service.name"] == "svc"
 
@@ -183,10 +199,9 @@ def test_resource_attributes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_endpoint_argument(receiver: OTLPReceiver, endpoint: str, path: str) -> None:
     """An endpoint without a path gets /v1/traces; a full traces URL is used as it is."""
-    provider = sm_tracing.configure("svc", endpoint=endpoint.format(base=receiver.url))
-    (exporter,) = exporters(provider)
-    assert exporter._endpoint == receiver.url + path
-    export_one(provider)
+    configured = sm_tracing.configure("svc", endpoint=endpoint.format(base=receiver.url))
+    assert endpoints(configured.span_exporters) == [receiver.url + path]
+    export_one(configured)
     assert receiver.wait_for(named("work"))
 
 
@@ -205,8 +220,43 @@ def test_endpoint_argument_beats_variable(
 ) -> None:
     """An explicit endpoint wins over OTEL_EXPORTER_OTLP_TRACES_ENDPOINT."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
-    (exporter,) = exporters(sm_tracing.configure(endpoint=receiver.url))
-    assert exporter._endpoint == receiver.traces_url
+    configured = sm_tracing.configure(endpoint=receiver.url)
+    assert endpoints(configured.span_exporters) == [receiver.traces_url]
+    export_one(configured)
+    assert receiver.wait_for(named("work"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "written"),
+    [
+        ("localhost:4318", "http://localhost:4318"),
+        ("127.0.0.1:4318/v1/traces", "http://127.0.0.1:4318/v1/traces"),
+        ("collector", "http://collector"),
+        ("ftp://localhost:4318", "http://localhost:4318"),
+        ("", "http://localhost:4318"),
+    ],
+)
+def test_endpoint_without_a_scheme_is_refused(endpoint: str, written: str) -> None:
+    """An OTLP/HTTP endpoint that is not an http:// or https:// URL (which the exporter would
+    take, then fail every export with "No connection adapters were found") raises at once,
+    naming the form to write, and installs nothing."""
+    with pytest.raises(ValueError, match="not an http:// or https:// URL") as raised:
+        sm_tracing.configure(endpoint=endpoint)
+    assert f"written like {written!r}" in str(raised.value)
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+    assert not isinstance(metrics.get_meter_provider(), MeterProvider)
+
+
+@pytest.mark.parametrize("exporter", ["console", "grpc"])
+def test_endpoint_check_is_for_otlp_http_only(exporter: str) -> None:
+    """A console exporter has no endpoint to check, and a gRPC address may go without a
+    scheme, as the gRPC exporter takes it."""
+    if exporter == "grpc":
+        pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
+    configured = sm_tracing.configure(exporter=exporter, endpoint="localhost:4317")
+    assert len(configured.span_exporters) == 1
+    if exporter == "grpc":
+        assert endpoints(configured.span_exporters) == ["localhost:4317"]
 
 
 @pytest.mark.parametrize(
@@ -232,8 +282,8 @@ def test_exporter_choice(
     """OTEL_TRACES_EXPORTER picks the exporters (a list, unknown names skipped); the argument
     wins over it."""
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", variable)
-    provider = sm_tracing.configure(exporter=argument)
-    assert [type(e) for e in exporters(provider)] == expected
+    configured = sm_tracing.configure(exporter=argument)
+    assert [type(e) for e in exporters(configured)] == expected
 
 
 def test_exporter_instance(receiver: OTLPReceiver) -> None:
@@ -284,29 +334,32 @@ def test_http_protocols_use_http(
     falls back to it with a warning."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        (exporter,) = exporters(sm_tracing.configure())
+        configured = sm_tracing.configure()
+    (exporter,) = exporters(configured)
     assert isinstance(exporter, OTLPSpanExporter)
-    assert isinstance(metric_exporters(meter_provider())[0], OTLPMetricExporter)
+    assert isinstance(metric_exporters(configured)[0], OTLPMetricExporter)
     assert caplog.text.count("not supported") == int(warns)  # once for both signals
 
 
 def test_repeat_call_warns_and_returns_the_first(caplog: pytest.LogCaptureFixture) -> None:
-    """A second call warns and gives back the provider installed by the first."""
+    """A second call warns and gives back what the first set up."""
     first = sm_tracing.configure("first", exporter="none")
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
         second = sm_tracing.configure("second", exporter="console")
     assert second is first
     assert exporters(first) == []
+    assert trace.get_tracer_provider() is first.tracer_provider
     assert "already called" in caplog.text
 
 
 def test_keeps_a_provider_installed_by_someone_else(caplog: pytest.LogCaptureFixture) -> None:
-    """An SDK provider installed before (by auto-instrumentation, say) is kept and returned."""
+    """An SDK provider installed before (by auto-instrumentation, say) is kept and named."""
     theirs = TracerProvider()
     trace.set_tracer_provider(theirs)
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        assert sm_tracing.configure("svc", exporter="console") is theirs
-    assert exporters(theirs) == []
+        configured = sm_tracing.configure("svc", exporter="console")
+    assert configured.tracer_provider is theirs
+    assert configured.span_exporters == ()
     assert "already installed" in caplog.text
 
 
@@ -421,11 +474,10 @@ def test_exit_flush_of_both_signals_to_a_silent_collector_costs_one_timeout(
 def test_at_exit_one_failed_batch_drops_the_rest(silent_collector: str) -> None:
     """Exiting, the exporter gives up after one failed batch instead of waiting a timeout for
     each of the batches left."""
-    provider = sm_tracing.configure("exiting", endpoint=silent_collector)
-    (collector,) = provider._active_span_processor._span_processors
-    exporter = collector.span_exporter
+    configured = sm_tracing.configure("exiting", endpoint=silent_collector)
+    (exporter,) = configured.span_exporters
     assert isinstance(exporter, _configure.CollectorExporter)
-    tracer = provider.get_tracer("tests")
+    tracer = configured.tracer_provider.get_tracer("tests")
     batches = []
     for index in range(3):
         span = tracer.start_span(f"batch {index}")
@@ -445,13 +497,13 @@ def test_spans_go_out_once_the_collector_is_there(
     """Spans ended while nothing listens are dropped with one warning; once a collector
     listens at the endpoint, the next spans reach it."""
     port = _free_port()
-    provider = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
+    configured = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        export_one(provider, "dropped")
-        export_one(provider, "dropped too")
+        export_one(configured, "dropped")
+        export_one(configured, "dropped too")
     assert caplog.text.count("nothing is listening") == 1
     with OTLPReceiver(port=port) as receiver:
-        export_one(provider, "received")
+        export_one(configured, "received")
         receiver.wait_for(named("received"))
         assert [span.name for span in receiver.spans] == ["received"]
 
@@ -485,8 +537,11 @@ def _any_value(value: AnyValue) -> Any:
     return None if which is None else getattr(value, which)
 
 
-def decode_metrics(body: bytes) -> list[ReceivedPoint]:
-    """The data points of one serialized ``ExportMetricsServiceRequest``."""
+def decode_metrics(
+    body: bytes, temporalities: dict[str, AggregationTemporality] | None = None
+) -> list[ReceivedPoint]:
+    """The data points of one serialized ``ExportMetricsServiceRequest``; each metric's
+    aggregation temporality goes into *temporalities*, where it has one."""
     request = ExportMetricsServiceRequest()
     request.ParseFromString(body)
     points = []
@@ -495,6 +550,9 @@ def decode_metrics(body: bytes) -> list[ReceivedPoint]:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 data = getattr(metric, metric.WhichOneof("data"))
+                temporality = getattr(data, "aggregation_temporality", 0)
+                if temporalities is not None and temporality:
+                    temporalities[metric.name] = AggregationTemporality(temporality)
                 for point in data.data_points:
                     if hasattr(point, "bucket_counts"):
                         count, total = point.count, point.sum
@@ -520,6 +578,7 @@ class Collector:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.points: list[ReceivedPoint] = []
+        self.temporalities: dict[str, AggregationTemporality] = {}
         self.requests: list[str] = []
         self._changed = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -558,7 +617,7 @@ class Collector:
             if path == "/v1/traces":
                 self.spans.extend(decode(body))
             else:
-                self.points.extend(decode_metrics(body))
+                self.points.extend(decode_metrics(body, self.temporalities))
             self._changed.notify_all()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -607,14 +666,17 @@ def meter_provider() -> MeterProvider:
     return provider
 
 
-def metric_exporters(provider: MeterProvider) -> list[MetricExporter]:
-    """The exporters behind the provider's periodic readers (an OTLP one out of the wrapper
-    that checks its collector listens)."""
-    found = []
-    for reader in provider._metric_readers:
-        assert isinstance(reader, PeriodicExportingMetricReader)
-        found.append(reader._exporter)
-    return [e.exporter if isinstance(e, _configure.CollectorMetricExporter) else e for e in found]
+def metric_exporters(configured: Configured) -> list[MetricExporter]:
+    """The exporters behind the periodic readers configure() installed (an OTLP one out of
+    the wrapper that checks its collector listens), after checking they are the global
+    MeterProvider's."""
+    assert configured.meter_provider is meter_provider()
+    assert len(configured.metric_readers) == len(configured.metric_exporters)
+    assert all(isinstance(r, PeriodicExportingMetricReader) for r in configured.metric_readers)
+    return [
+        e.exporter if isinstance(e, _configure.CollectorMetricExporter) else e
+        for e in configured.metric_exporters
+    ]
 
 
 def record(value: float = 0.25, name: str = "work.duration") -> None:
@@ -633,8 +695,9 @@ def export_metric(collector: Collector) -> None:
 _RECORD = (
     "import sm_tracing\n"
     "from opentelemetry import metrics, trace\n"
-    "provider = sm_tracing.configure('metrics-test'{arguments})\n"
-    "assert isinstance(provider, trace.get_tracer_provider().__class__)\n"
+    "configured = sm_tracing.configure('metrics-test'{arguments})\n"
+    "assert configured.tracer_provider is trace.get_tracer_provider()\n"
+    "assert configured.meter_provider in (None, metrics.get_meter_provider())\n"
     "histogram = metrics.get_meter('tests').create_histogram('work.duration', unit='s')\n"
     "histogram.record(0.25, {{'route': '/invocations'}})\n"
     "histogram.record(0.75, {{'route': '/invocations'}})\n"
@@ -722,23 +785,57 @@ def test_console_prints_metrics() -> None:
     assert metric["data"]["data_points"][0]["sum"] == 1.0
 
 
-def test_returns_the_tracer_provider_and_installs_a_meter_provider() -> None:
-    """configure() still returns the TracerProvider; the MeterProvider it installed is the
-    global one, with the same resource."""
-    provider = sm_tracing.configure("both", exporter="console")
-    assert isinstance(provider, TracerProvider)
-    assert trace.get_tracer_provider() is provider
-    meters = meter_provider()
-    assert meters._sdk_config.resource is provider.resource
-    assert [type(e) for e in metric_exporters(meters)] == [ConsoleMetricExporter]
+def test_names_both_providers_it_installed() -> None:
+    """configure() returns what it set up: the global TracerProvider and MeterProvider, the
+    span exporters and the metric readers with their exporters, all typed; flushing it
+    flushes both."""
+    configured = sm_tracing.configure("both", exporter="console")
+    assert isinstance(configured, Configured)
+    assert isinstance(configured.tracer_provider, TracerProvider)
+    assert trace.get_tracer_provider() is configured.tracer_provider
+    assert configured.meter_provider is meter_provider()
+    assert [type(e) for e in configured.span_exporters] == [ConsoleSpanExporter]
+    assert [type(e) for e in metric_exporters(configured)] == [ConsoleMetricExporter]
+    assert configured.force_flush(5_000)
 
 
 def test_default_metrics_are_otlp_http_on_localhost() -> None:
     """Without arguments or variables metrics go over OTLP/HTTP beside the spans."""
-    sm_tracing.configure()
-    (exporter,) = metric_exporters(meter_provider())
+    configured = sm_tracing.configure()
+    (exporter,) = metric_exporters(configured)
     assert isinstance(exporter, OTLPMetricExporter)
-    assert exporter._endpoint == "http://localhost:4318/v1/metrics"
+    assert endpoints(configured.metric_exporters) == ["http://localhost:4318/v1/metrics"]
+
+
+@pytest.mark.parametrize(
+    ("preference", "histogram", "counter"),
+    [
+        ("", AggregationTemporality.CUMULATIVE, AggregationTemporality.CUMULATIVE),
+        ("delta", AggregationTemporality.DELTA, AggregationTemporality.DELTA),
+        ("LOWMEMORY", AggregationTemporality.DELTA, AggregationTemporality.DELTA),
+    ],
+)
+def test_metrics_temporality_follows_the_otlp_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    collector: Collector,
+    preference: str,
+    histogram: AggregationTemporality,
+    counter: AggregationTemporality,
+) -> None:
+    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE reaches the metrics sent: a
+    histogram and a counter are exported with the temporality it asks for, an up-down counter
+    stays cumulative."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+    configured = sm_tracing.configure("svc", endpoint=collector.url)
+    meter = metrics.get_meter("tests")
+    meter.create_histogram("work.duration", unit="s").record(0.25)
+    meter.create_counter("work.count").add(1)
+    meter.create_up_down_counter("work.open").add(1)
+    assert configured.force_flush(5_000)
+    collector.wait_for(has_metric("work.open"))
+    assert collector.temporalities["work.duration"] == histogram
+    assert collector.temporalities["work.count"] == counter
+    assert collector.temporalities["work.open"] == AggregationTemporality.CUMULATIVE
 
 
 @pytest.mark.parametrize(
@@ -757,11 +854,9 @@ def test_endpoint_argument_for_both_signals(
 ) -> None:
     """An endpoint without a path gets each signal's path; one ending in either signal's path
     gives the other its own; any other path is used as given."""
-    provider = sm_tracing.configure("svc", endpoint=endpoint.format(base=collector.url))
-    (span_exporter,) = exporters(provider)
-    (metric_exporter,) = metric_exporters(meter_provider())
-    assert span_exporter._endpoint == collector.url + traces
-    assert metric_exporter._endpoint == collector.url + metrics_path
+    configured = sm_tracing.configure("svc", endpoint=endpoint.format(base=collector.url))
+    assert endpoints(configured.span_exporters) == [collector.url + traces]
+    assert endpoints(configured.metric_exporters) == [collector.url + metrics_path]
     if metrics_path == "/v1/metrics":
         export_metric(collector)
 
@@ -782,9 +877,9 @@ def test_endpoint_argument_beats_the_metrics_variable(
 ) -> None:
     """An explicit endpoint wins over OTEL_EXPORTER_OTLP_METRICS_ENDPOINT."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9/v1/metrics")
-    sm_tracing.configure(endpoint=collector.url)
-    (exporter,) = metric_exporters(meter_provider())
-    assert exporter._endpoint == collector.url + "/v1/metrics"
+    configured = sm_tracing.configure(endpoint=collector.url)
+    assert endpoints(configured.metric_exporters) == [collector.url + "/v1/metrics"]
+    export_metric(collector)
 
 
 @pytest.mark.parametrize(
@@ -811,12 +906,14 @@ def test_metrics_exporter_choice(
     name given as ``exporter`` wins over it, for both signals. With none, no MeterProvider."""
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", variable)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    sm_tracing.configure(exporter=argument)
+    configured = sm_tracing.configure(exporter=argument)
     current = metrics.get_meter_provider()
     if expected is None:
         assert not isinstance(current, MeterProvider)
+        assert configured.meter_provider is None
+        assert configured.metric_readers == configured.metric_exporters == ()
     else:
-        assert [type(e) for e in metric_exporters(meter_provider())] == expected
+        assert [type(e) for e in metric_exporters(configured)] == expected
 
 
 def test_a_span_exporter_leaves_metrics_to_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -824,9 +921,10 @@ def test_a_span_exporter_leaves_metrics_to_the_variable(monkeypatch: pytest.Monk
     chooses the metrics' exporter."""
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
     memory = InMemorySpanExporter()
-    export_one(sm_tracing.configure("svc", exporter=memory))
+    configured = sm_tracing.configure("svc", exporter=memory)
+    export_one(configured)
     assert [span.name for span in memory.get_finished_spans()] == ["work"]
-    assert [type(e) for e in metric_exporters(meter_provider())] == [ConsoleMetricExporter]
+    assert [type(e) for e in metric_exporters(configured)] == [ConsoleMetricExporter]
 
 
 @pytest.mark.parametrize(
@@ -847,8 +945,9 @@ def test_metrics_over_grpc(monkeypatch: pytest.MonkeyPatch, variables: dict[str,
         assert not isinstance(trace.get_tracer_provider(), TracerProvider)
         assert not isinstance(metrics.get_meter_provider(), MeterProvider)
     else:
-        (span_exporter,) = exporters(sm_tracing.configure())
-        (metric_exporter,) = metric_exporters(meter_provider())
+        configured = sm_tracing.configure()
+        (span_exporter,) = exporters(configured)
+        (metric_exporter,) = metric_exporters(configured)
         assert isinstance(span_exporter, OTLPSpanExporter)
         assert "grpc" in type(metric_exporter).__module__
 
@@ -869,14 +968,15 @@ def test_export_interval(
     interval: float,
     warns: bool,
 ) -> None:
-    """OTEL_METRIC_EXPORT_INTERVAL sets the reader's interval; a value the reader would fail
-    on is skipped with a warning, and configure() goes on."""
+    """OTEL_METRIC_EXPORT_INTERVAL gives the reader's interval; a value the reader would fail
+    on is skipped with a warning, and configure() goes on. (The interval's effect on a running
+    process: test_metrics_are_exported_every_interval.)"""
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", value)
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        sm_tracing.configure(exporter="console")
-    (reader,) = meter_provider()._metric_readers
+        configured = sm_tracing.configure(exporter="console")
+        assert _configure._interval() == interval
+    (reader,) = configured.metric_readers
     assert isinstance(reader, PeriodicExportingMetricReader)
-    assert reader._export_interval_millis == interval
     assert ("OTEL_METRIC_EXPORT_INTERVAL" in caplog.text) is warns
 
 
@@ -889,14 +989,32 @@ def test_keeps_a_meter_provider_installed_by_someone_else(
     theirs = MeterProvider(metric_readers=[reader])
     metrics.set_meter_provider(theirs)
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        provider = sm_tracing.configure("svc", exporter="console")
+        configured = sm_tracing.configure("svc", exporter="console")
     assert metrics.get_meter_provider() is theirs
-    assert trace.get_tracer_provider() is provider
+    assert configured.meter_provider is theirs
+    assert configured.metric_readers == ()
+    assert trace.get_tracer_provider() is configured.tracer_provider
     assert caplog.text.count("already installed") == 1
     assert "a MeterProvider is already installed" in caplog.text
     record()
     (point,) = reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
     assert point.name == "work.duration"
+
+
+def test_keeps_a_meter_provider_that_is_not_the_sdks(caplog: pytest.LogCaptureFixture) -> None:
+    """A meter provider of another kind set before (the API's no-op one, say) stays: the
+    MeterProvider configure() made is shut down, none is named, and a warning says so."""
+    theirs = metrics.NoOpMeterProvider()
+    metrics.set_meter_provider(theirs)
+    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
+        configured = sm_tracing.configure("svc", exporter="console")
+    assert metrics.get_meter_provider() is theirs
+    assert configured.meter_provider is None
+    assert configured.metric_readers == configured.metric_exporters == ()
+    assert trace.get_tracer_provider() is configured.tracer_provider
+    assert "a NoOpMeterProvider is already installed; sm_tracing.configure() keeps it" in (
+        caplog.text
+    )
 
 
 def test_keeps_both_providers_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -905,8 +1023,9 @@ def test_keeps_both_providers_with_one_warning(caplog: pytest.LogCaptureFixture)
     trace.set_tracer_provider(theirs)
     metrics.set_meter_provider(MeterProvider())
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        assert sm_tracing.configure("svc") is theirs
-    assert exporters(theirs) == []
+        configured = sm_tracing.configure("svc")
+    assert configured.tracer_provider is theirs
+    assert configured.span_exporters == ()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "a TracerProvider and a MeterProvider are already installed; "
@@ -937,11 +1056,11 @@ def test_metrics_go_out_once_the_collector_is_there(caplog: pytest.LogCaptureFix
     """Metrics recorded while nothing listens are dropped with one warning for both signals;
     once a collector listens, the next export reaches it."""
     port = _free_port()
-    provider = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
+    configured = sm_tracing.configure("late", endpoint=f"http://127.0.0.1:{port}")
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
         record()
         assert meter_provider().force_flush(5_000)
-        export_one(provider, "dropped")
+        export_one(configured, "dropped")
         assert meter_provider().force_flush(5_000)
     assert caplog.text.count("nothing is listening") == 1
     assert "so spans and metrics are dropped" in caplog.text
@@ -953,16 +1072,13 @@ def test_metrics_go_out_once_the_collector_is_there(caplog: pytest.LogCaptureFix
 def test_at_exit_a_failed_span_export_drops_the_metrics(silent_collector: str) -> None:
     """Exiting, once the spans' export to a collector has failed, the metrics bound for it are
     dropped at once instead of waiting a timeout of their own."""
-    provider = sm_tracing.configure("exiting", endpoint=silent_collector)
-    (processor,) = provider._active_span_processor._span_processors
-    span_exporter = processor.span_exporter
-    (reader,) = meter_provider()._metric_readers
-    assert isinstance(reader, PeriodicExportingMetricReader)
-    metric_exporter = reader._exporter
+    configured = sm_tracing.configure("exiting", endpoint=silent_collector)
+    (span_exporter,) = configured.span_exporters
+    (metric_exporter,) = configured.metric_exporters
     assert isinstance(span_exporter, _configure.CollectorExporter)
     assert isinstance(metric_exporter, _configure.CollectorMetricExporter)
     assert metric_exporter.collector is span_exporter.collector
-    span = provider.get_tracer("tests").start_span("last")
+    span = configured.tracer_provider.get_tracer("tests").start_span("last")
     span.end()
     memory = InMemoryMetricReader()
     MeterProvider(metric_readers=[memory]).get_meter("t").create_histogram("h").record(1)
@@ -983,12 +1099,12 @@ def test_a_collector_that_takes_spans_only(caplog: pytest.LogCaptureFixture) -> 
     """A collector that answers 404 for metrics (Jaeger takes spans only) costs one warning
     from us and one from the exporter, then metrics are no longer sent; spans still go."""
     with OTLPReceiver(metrics=False) as receiver:  # /v1/traces only, 404 elsewhere, as Jaeger
-        provider = sm_tracing.configure("spans-only", endpoint=receiver.url)
+        configured = sm_tracing.configure("spans-only", endpoint=receiver.url)
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
                 record()
                 assert meter_provider().force_flush(5_000)
-        export_one(provider)
+        export_one(configured)
         receiver.wait_for(named("work"))
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("sm_tracing")]
     assert ours == [
