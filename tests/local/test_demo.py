@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from _otlp_receiver import OTLPReceiver
 
 from sm_tracing._demo import demo
 from sm_tracing._demo.receiver import ReceivedSpan
-from tests._otlp_receiver import OTLPReceiver
 
 SCRIPT = Path(sys.executable).with_name("sm-tracing")
 MINE = demo.CUSTOM_ATTRIBUTES

@@ -8,14 +8,13 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from _otlp_receiver import OTLPReceiver, named, trace_count
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, StatusCode
-
-from tests._otlp_receiver import OTLPReceiver, named, trace_count
 
 
 @pytest.fixture

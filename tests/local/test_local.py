@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pytest
+from _local_support import ModelContainer, Reply, Seen, echo, runtime_client, streaming
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError, EventStreamError
 
 from sm_tracing.local import LocalRuntime
-from tests._local_support import ModelContainer, Reply, Seen, echo, runtime_client, streaming
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 FAKE_AUTH = (

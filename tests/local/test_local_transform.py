@@ -13,10 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
-
-from sm_tracing.local import LocalRuntime, LocalTransformJob
-from tests._local_support import (
+from _local_support import (
     SERVING_APPS,
     ModelContainer,
     Reply,
@@ -25,6 +22,9 @@ from tests._local_support import (
     put,
     runtime_client,
 )
+from botocore.exceptions import ClientError
+
+from sm_tracing.local import LocalRuntime, LocalTransformJob
 
 # A container answering each request with the records it got and the environment it runs in,
 # as a WSGI app (for gunicorn) and an ASGI app (for uvicorn).

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _local_support import ModelContainer
+from _otlp_receiver import OTLPReceiver, ReceivedSpan, named
 
 import sm_tracing
 from sm_tracing.local import LocalRuntime
-from tests._local_support import ModelContainer
-from tests._otlp_receiver import OTLPReceiver, ReceivedSpan, named
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 HEADER = "x-amzn-sagemaker-custom-attributes"
