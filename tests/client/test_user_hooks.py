@@ -23,11 +23,12 @@ from _client_support import (
     signed_headers,
     traceparent_of,
 )
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 import sm_tracing
 
@@ -403,3 +404,29 @@ def test_moto_reads_the_inference_id_from_the_trace(
         response = client.invoke_endpoint_async(**call_params("invoke_endpoint_async"))
     (span,) = exporter.get_finished_spans()
     assert response["InferenceId"] == f"{span.context.trace_id:032x}"
+
+
+def test_moto_repeats_answers_for_an_endpoint_left_out(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, moto_runtime: Any
+) -> None:
+    """An endpoint left out with ``endpoints=`` gets no trace context, so moto repeats its
+    answers to it as without sm_tracing; its calls still get their spans."""
+    client = make_client()
+    moto_runtime("first", "second")
+    with instrumenting(tracer_provider=tracer_provider, endpoints=["another-endpoint"]):
+        assert _bodies(client, 2) == [b"first", b"first"]
+    assert len(exporter.get_finished_spans()) == 2
+
+
+def test_moto_has_no_response_stream(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, moto_runtime: Any
+) -> None:
+    """moto answers InvokeEndpointWithResponseStream with a 404 "Not yet implemented": the
+    error reaches the caller unchanged and the span records it."""
+    client = make_client()
+    method = "invoke_endpoint_with_response_stream"
+    with instrumenting(tracer_provider=tracer_provider), pytest.raises(ClientError) as raised:
+        getattr(client, method)(**call_params(method))
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    span = _only_span(exporter, method)
+    assert span.status.status_code is StatusCode.ERROR
