@@ -1,0 +1,188 @@
+"""sm_tracing beside the other tracers of a process: opentelemetry-instrumentation-botocore,
+ddtrace, aws-xray-sdk and sentry-sdk, put on and taken off in every order.
+
+Each scenario runs in an interpreter of its own (see ``_neighbours``), and every round of calls
+in it is held to the same rules: at most one OpenTelemetry CLIENT span per SageMaker call;
+while sm_tracing says it instruments, the call's trace context is on the wire and names that
+span, which carries the SageMaker attributes; once it says it does not, nothing of it runs; and
+the other tracer still records the call for as long as it is on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from _neighbours import OUR_SCOPE, play, play_under_ddtrace_otel
+
+ENDPOINT = "my-endpoint"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+needs_ddtrace = pytest.mark.skipif(not _installed("ddtrace"), reason="ddtrace is not installed")
+needs_xray = pytest.mark.skipif(not _installed("aws_xray_sdk"), reason="no aws-xray-sdk")
+needs_sentry = pytest.mark.skipif(not _installed("sentry_sdk"), reason="no sentry-sdk")
+
+
+def _upstream_has_aio() -> bool:
+    try:
+        import opentelemetry.instrumentation.botocore as upstream
+    except ImportError:
+        return False
+    return hasattr(upstream, "AiobotocoreInstrumentor") and _installed("aiobotocore")
+
+
+@dataclass
+class _Expected:
+    """What the steps played so far say should be true: whether sm_tracing instruments, and
+    which other tracers are on, and which of them were on before sm_tracing (under its
+    wrapper)."""
+
+    ours: bool = False
+    others: set[str] = field(default_factory=set)
+    under_ours: set[str] = field(default_factory=set)
+
+    def play(self, step: str) -> None:
+        name = step[1:]
+        if step == "+sm" and not self.ours:
+            self.ours = True
+            self.under_ours = set(self.others)
+        elif step == "-sm":
+            self.ours = False
+        elif step[0] == "+" and name != "sm":
+            self.others.add(name)
+        elif step[0] == "-" and name != "sm":
+            self.others.discard(name)
+            # ddtrace's unpatch puts back what it finds under the outermost method: with ours
+            # on top of its wrapper, that takes ours off and leaves its own.
+            if name == "ddtrace" and name in self.under_ours:
+                self.ours = False
+
+
+def check(steps: Sequence[str], records: Sequence[dict[str, Any]]) -> None:
+    """Hold every step of a played scenario to the rules in the module's docstring."""
+    expected = _Expected()
+    for index, (step, record) in enumerate(zip(steps, records, strict=True)):
+        where = f"step {index} ({step}) of {list(steps)}"
+        if step == "call":
+            assert record["instrumented"] is expected.ours, f"reported state, before {where}"
+            for call in record["calls"]:
+                _check_call(call, expected, f"{call['call']}, {where}")
+        else:
+            expected.play(step)
+            assert record["instrumented_after"] is expected.ours, f"reported state after {where}"
+
+
+def _check_call(call: dict[str, Any], expected: _Expected, where: str) -> None:
+    spans = call["spans"]
+    assert len(spans) <= 1, f"{len(spans)} CLIENT spans for one call: {spans}, {where}"
+    if expected.ours:
+        assert call["sent"] is not None, f"no trace context on the wire, {where}"
+        assert len(spans) == 1, f"the context sent names no span, {where}"
+        (span,) = spans
+        assert call["sent"] == [span["trace_id"], span["span_id"]], f"{call} {where}"
+        assert span["endpoint"] == ENDPOINT, f"the span lacks our attributes: {span}, {where}"
+    else:
+        assert "traceparent=" not in (call["custom_attributes"] or ""), where
+        assert not [span for span in spans if span["scope"] == OUR_SCOPE], where
+        # Nor do its handlers, left on a client seen before, enrich another tracer's span.
+        assert not [span for span in spans if span["endpoint"] is not None], where
+    for other in expected.others:
+        assert call["recorded_by"][other] == 1, f"{other} did not record the call, {where}"
+
+
+def _scenario(tool: str, installed: str, removed: str) -> list[str]:
+    """Both on in the *installed* order, a round of calls after each change, both off in the
+    *removed* order, and sm_tracing on and off again once both are gone."""
+    first, second = ("sm", tool) if installed == "ours-first" else (tool, "sm")
+    once, then = ("sm", tool) if removed == "ours-removed-first" else (tool, "sm")
+    return [
+        f"+{first}",
+        f"+{second}",
+        "call",
+        f"-{once}",
+        "call",
+        f"-{then}",
+        "call",
+        "+sm",
+        "call",
+        "-sm",
+        "call",
+    ]
+
+
+INSTALLED = ["ours-first", "theirs-first"]
+REMOVED = ["ours-removed-first", "theirs-removed-first"]
+
+
+@pytest.mark.parametrize("removed", REMOVED)
+@pytest.mark.parametrize("installed", INSTALLED)
+def test_beside_upstream_botocore(installed: str, removed: str) -> None:
+    """Beside opentelemetry-instrumentation-botocore (and its aiobotocore instrumentor), in
+    every order of instrument and uninstrument: one CLIENT span per call, sync and aio, named
+    by the context sent and carrying our attributes while sm_tracing is on."""
+    steps = _scenario("upstream", installed, removed)
+    check(steps, play(steps, aio=_upstream_has_aio()))
+
+
+@needs_ddtrace
+@pytest.mark.parametrize("removed", REMOVED)
+@pytest.mark.parametrize("installed", INSTALLED)
+def test_beside_ddtrace(installed: str, removed: str) -> None:
+    """Beside ddtrace's botocore integration, in every order of patch and unpatch: ddtrace
+    records each call while patched, and what sm_tracing reports is what it does, even when
+    ddtrace's unpatch takes sm_tracing's hook off with its own."""
+    steps = _scenario("ddtrace", installed, removed)
+    check(steps, play(steps))
+
+
+@needs_ddtrace
+def test_ddtrace_unpatch_that_takes_our_hook_is_reported_and_repaired() -> None:
+    """When ddtrace, patched before sm_tracing, is unpatched first and takes sm_tracing's hook
+    with it: sm_tracing stops saying it instruments, warns under its logger by the next
+    instrument() at the latest, and that instrument() puts the context back on the wire."""
+    steps = ["+ddtrace", "+sm", "call", "-ddtrace", "call", "+sm", "call"]
+    records = play(steps)
+    assert records[2]["calls"][0]["sent"] is not None
+    assert records[3]["instrumented_after"] is False
+    assert all(call["sent"] is None for call in records[4]["calls"])
+    warned = [message for record in records[3:6] for message in record["warnings"]]
+    assert [message for message in warned if message.startswith("sm_tracing")], records[3:6]
+    assert records[5]["instrumented_after"] is True
+    for call in records[6]["calls"]:
+        (span,) = call["spans"]
+        assert call["sent"] == [span["trace_id"], span["span_id"]], call
+        assert call["recorded_by"]["ddtrace"] == 1
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [pytest.param("xray", marks=needs_xray), pytest.param("sentry", marks=needs_sentry)],
+)
+@pytest.mark.parametrize("installed", INSTALLED)
+def test_beside_tracers_that_stay(tool: str, installed: str) -> None:
+    """Beside aws-xray-sdk's patch_all() and sentry-sdk's boto3 integration, which are never
+    taken off, in either order: they record every call, and sm_tracing's one span and context
+    come and go with instrument() and uninstrument()."""
+    first, second = ("sm", tool) if installed == "ours-first" else (tool, "sm")
+    steps = [f"+{first}", f"+{second}", "call", "-sm", "call", "+sm", "call"]
+    check(steps, play(steps))
+
+
+@needs_ddtrace
+def test_under_ddtrace_opentelemetry_provider() -> None:
+    """Under ddtrace's own OpenTelemetry provider, with ``ddtrace.auto``, a traced call sends
+    its context, naming a span of the caller's trace, and logs no failure."""
+    result = play_under_ddtrace_otel()
+    assert result["provider"].startswith("ddtrace")
+    trace_id, span_id = result["sent"]
+    assert trace_id == result["caller_trace_id"]
+    assert span_id in {span["span_id"] for span in result["ddtrace_spans"]}
+    assert {span["trace_id"] for span in result["ddtrace_spans"]} == {trace_id}
+    assert result["warnings"] == []
