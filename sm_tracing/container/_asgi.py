@@ -19,34 +19,35 @@ children of ours.
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeAlias
 
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._attributes import HEADER_LOWER, SAGEMAKER_HEADERS, SERVER_DURATION, TARGET_MODEL
+from sm_tracing._attributes import HEADER_LOWER, SAGEMAKER_HEADERS, TARGET_MODEL
 from sm_tracing._guard import guard
 from sm_tracing._propagation import strip_context
-from sm_tracing._telemetry import duration_histogram
 from sm_tracing.container import _websocket
 from sm_tracing.container._middleware import (
-    FASTAPI_TELEMETRY,
     MODEL_ROUTE,
+    ASGIApp,
     Exchange,
+    Message,
     Middleware,
+    Receive,
+    Scope,
+    Send,
     model_name,
     with_trace_headers,
 )
 from sm_tracing.container._primitive import Invocation
+from sm_tracing.container._private import FASTAPI_TELEMETRY, fastapi_traces_itself
 from sm_tracing.container._websocket import BIDI_PATH
 
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The ASGI types go with the middleware, for the modules that build on it.
+__all__ = ["ASGIApp", "ASGIMiddleware", "Message", "Receive", "Scope", "Send", "flush"]
+
 RawHeaders: TypeAlias = Sequence[tuple[bytes, bytes]]
 
 _HEADER = HEADER_LOWER.encode("ascii")
@@ -67,7 +68,8 @@ class ASGIMiddleware(Middleware[ASGIApp]):
     def _setup(self) -> None:
         # Only a FastAPI app with its own tracing is told to stand aside; any other app gets
         # the server's scope as it came where nothing else has to change.
-        self._quiet_fastapi = not self._inject_headers and _has_builtin_tracing(self.app)
+        quiet = not self.inject_headers and fastapi_traces_itself(self.app)
+        self._quiet: dict[str, Any] = {FASTAPI_TELEMETRY: None} if quiet else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,7 +79,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             if kind == "websocket":
                 path = scope.get("path") or ""
                 if path == BIDI_PATH or path in self._routes:
-                    return await _websocket.serve(self, path, scope, receive, send)
+                    return await _websocket.serve(self, self._quiet, path, scope, receive, send)
             return await self.app(scope, receive, send)
         path = scope.get("path") or ""
         route = self._routes.get(path)
@@ -85,31 +87,18 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if route is None:
             model = model_name(path)
             if model is None:
-                if path == "/ping" and self._quiet_fastapi:
-                    scope = {**scope, FASTAPI_TELEMETRY: None}
+                if path == "/ping" and self._quiet:
+                    scope = {**scope, **self._quiet}
                 return await self.app(scope, receive, send)
             route = MODEL_ROUTE
-        started = guard("start the container span", None, self._start, scope, path, route, model)
+        started = guard(
+            "start the container span", None, self._start, scope, path, route, model, receive, send
+        )
         if started is None:
             return await self.app(scope, receive, send)
-        scope, invocation, attributes = started
-        measured = None
-        histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
-        if histogram is not None:
-            measured = {
-                "http.request.method": attributes["http.request.method"],
-                "http.route": route,
-            }
-            invocation.measure(histogram, measured)
-        exchange = _Exchange(invocation, attributes, measured, self._echo, receive, send)
-        try:
+        scope, exchange = started
+        with exchange:
             await self.app(scope, exchange.receive, exchange.send)
-        except BaseException as exc:
-            exchange.end(exc)
-            raise
-        finally:
-            invocation.detach()
-        exchange.end(None)
 
     def _lifespan_send(self, send: Send) -> Send:
         """*send*, flushing the tracer provider before the server hears the app shut down:
@@ -123,9 +112,9 @@ class ASGIMiddleware(Middleware[ASGIApp]):
 
         return lifespan_send
 
-    def _start(
-        self, scope: Scope, path: str, route: str, model: str | None
-    ) -> tuple[Scope, Invocation, dict[str, Any]]:
+    def _start(  # noqa: PLR0917 - called on every request, where keywords cost more
+        self, scope: Scope, path: str, route: str, model: str | None, receive: Receive, send: Send
+    ) -> tuple[Scope, _Exchange]:
         method = scope.get("method") or "GET"
         # Every attribute goes on in one call, with the status: each call costs.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
@@ -149,7 +138,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         if model is not None and TARGET_MODEL not in attributes:
             attributes[TARGET_MODEL] = model
         custom_attributes = None if found is None else found[1].decode("latin-1")
-        invocation = self.begin(custom_attributes, method, route)
+        invocation, measured = self.begin(custom_attributes, method, route)
         remainder = invocation.remainder
         replaced: RawHeaders | None = None
         if duplicates:
@@ -162,8 +151,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
                 replaced[at] = (_HEADER, remainder.encode("latin-1"))
             else:
                 del replaced[at]
-        if self._inject_headers:
-            # The span's context is the current one now.
+        if self.inject_headers:
             injected = with_trace_headers(headers if replaced is None else replaced, invocation)
             if injected is not None:
                 replaced = injected
@@ -172,21 +160,9 @@ class ASGIMiddleware(Middleware[ASGIApp]):
         # A copy: the server's scope and header list stay as they came.
         if replaced is not None:
             scope = {**scope, "headers": replaced}
-        if self._quiet_fastapi:
-            scope = {**scope, FASTAPI_TELEMETRY: None}
-        return scope, invocation, attributes
-
-
-def _has_builtin_tracing(app: object) -> bool:
-    """True when *app*, or an app it wraps, is a FastAPI app with built-in telemetry."""
-    fastapi = sys.modules.get("fastapi")
-    seen: set[int] = set()
-    while fastapi is not None and app is not None and id(app) not in seen:
-        seen.add(id(app))
-        if isinstance(app, fastapi.FastAPI):
-            return hasattr(app, "_native_telemetry")
-        app = getattr(app, "app", None)
-    return False
+        if self._quiet:
+            scope = {**scope, **self._quiet}
+        return scope, _Exchange(invocation, attributes, measured, self._echo, receive, send)
 
 
 def flush(tracer_provider: TracerProvider | None) -> None:
@@ -234,7 +210,6 @@ class _Exchange(Exchange):
         self._attributes = attributes
         self._measured = measured
         self._echo = echo
-        self._ended = False
         self._receive = receive
         self._send = send
         self.send = functools.partial(self._send_start)
@@ -242,7 +217,7 @@ class _Exchange(Exchange):
     async def receive(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            self.end(None)
+            self.end()
         return message
 
     def _send_start(self, message: Message) -> Awaitable[None]:

@@ -11,7 +11,6 @@ current Flask request.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -28,11 +27,9 @@ from sm_tracing._attributes import (
     SAGEMAKER_HEADERS,
     environ_key,
 )
+from sm_tracing._guard import guard
 from sm_tracing._telemetry import set_status_code
 from sm_tracing.container._primitive import Invocation
-
-_logger = logging.getLogger(__name__)
-
 
 CustomAttributesGetter = Callable[[tuple[Any, ...], dict[str, Any]], "str | None"]
 
@@ -320,15 +317,16 @@ class FlaskCarrier:
         import flask
 
         def add_echo(response: Any) -> Any:
-            try:
-                merged = invocation.echo(response.headers.get(HEADER))
-                if merged is not None:
-                    response.headers[HEADER] = merged
-            except Exception:
-                _logger.warning("could not add the trace echo to the response", exc_info=True)
+            guard("add the trace echo to the response", None, _echo_into, response, invocation)
             return response
 
         flask.after_this_request(add_echo)
+
+
+def _echo_into(response: Any, invocation: Invocation) -> None:
+    merged = invocation.echo(response.headers.get(HEADER))
+    if merged is not None:
+        response.headers[HEADER] = merged
 
 
 def discover(
@@ -339,32 +337,40 @@ def discover(
 ) -> Carrier | None:
     """The carrier of a handler call, or None when there is none to find; :data:`IDLE` for a
     model-server context that holds no request. Never raises."""
-    try:
-        if getter is not None:
-            return ExplicitCarrier(getter(args, kwargs))
-        previous: object = None
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, (str, bytes, bytearray, int, float, list, tuple, dict)):
-                previous = arg
-                continue
-            if hasattr(arg, "get_all_request_header") and hasattr(arg, "request_processor"):
-                processors = arg.request_processor
-                if not processors:
-                    return IDLE
-                count = len(processors)
-                if batch is None:
-                    # A batch handler (TorchServe's handle(data, context)) gets a list of one
-                    # entry per request just before the context; a toolkit function gets one.
-                    batch = isinstance(previous, list) and len(previous) == count
-                if batch or count == 1:
-                    return ModelServerCarrier(arg, count)
-                return ModelServerCarrier(arg, count, shared=True)
-            if hasattr(arg, "get_batches") and hasattr(arg, "get_property"):
-                return DJLCarrier(arg)
+    return guard(
+        "find the CustomAttributes of this call", None, _discover, args, kwargs, getter, batch
+    )
+
+
+def _discover(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    getter: CustomAttributesGetter | None,
+    batch: bool | None,
+) -> Carrier | None:
+    if getter is not None:
+        return ExplicitCarrier(getter(args, kwargs))
+    previous: object = None
+    for arg in (*args, *kwargs.values()):
+        if isinstance(arg, (str, bytes, bytearray, int, float, list, tuple, dict)):
             previous = arg
-        flask = sys.modules.get("flask")
-        if flask is not None and flask.has_request_context():
-            return FlaskCarrier(flask.request.environ)
-    except Exception:
-        _logger.warning("could not find the CustomAttributes of this call", exc_info=True)
+            continue
+        if hasattr(arg, "get_all_request_header") and hasattr(arg, "request_processor"):
+            processors = arg.request_processor
+            if not processors:
+                return IDLE
+            count = len(processors)
+            if batch is None:
+                # A batch handler (TorchServe's handle(data, context)) gets a list of one
+                # entry per request just before the context; a toolkit function gets one.
+                batch = isinstance(previous, list) and len(previous) == count
+            if batch or count == 1:
+                return ModelServerCarrier(arg, count)
+            return ModelServerCarrier(arg, count, shared=True)
+        if hasattr(arg, "get_batches") and hasattr(arg, "get_property"):
+            return DJLCarrier(arg)
+        previous = arg
+    flask = sys.modules.get("flask")
+    if flask is not None and flask.has_request_context():
+        return FlaskCarrier(flask.request.environ)
     return None

@@ -25,26 +25,30 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
 
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from sm_tracing._guard import guard
 from sm_tracing._telemetry import get_tracer
-from sm_tracing.container import _model_servers as _toolkit
+from sm_tracing.container import _model_servers
 from sm_tracing.container._carriers import IDLE, Carrier, CustomAttributesGetter, discover
-from sm_tracing.container._primitive import Invocation, RemoteContext, remote_context_policy
-
-_logger = logging.getLogger(__name__)
+from sm_tracing.container._primitive import (
+    Invocation,
+    Lifecycle,
+    RemoteContext,
+    remote_context_policy,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Call:
-    """The spans of one handler call and the carrier they came from."""
+class _Call(Lifecycle):
+    """The spans of one handler call and the carrier they came from: the first request's span
+    is the one made current."""
 
     __slots__ = ("_carrier", "_invocations")
 
@@ -61,17 +65,77 @@ class _Call:
     def respond(self, result: object) -> None:
         """Echo each span into its response; never raises."""
         carrier = self._carrier
-        if carrier is None:
-            return
-        for index, invocation in enumerate(self._invocations):
-            try:
-                carrier.respond(index, invocation, result)
-            except Exception:
-                _logger.warning("could not echo the trace into the response", exc_info=True)
+        if carrier is not None:
+            for index, invocation in enumerate(self._invocations):
+                guard(
+                    "echo the trace into the response",
+                    None,
+                    carrier.respond,
+                    index,
+                    invocation,
+                    result,
+                )
 
-    def end(self, error: BaseException | None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
         for invocation in self._invocations:
             invocation.end(error)
+
+    def stepping(self) -> _Stepping:
+        """The call's ``with`` for a generator, which runs in steps: the span is current only
+        while a step runs, and the consumer that stops early (``GeneratorExit``) is no error
+        of the handler's."""
+        return _Stepping(self)
+
+
+class _Stepping:
+    __slots__ = ("_call",)
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+
+    def __enter__(self) -> _Call:
+        return self._call
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        self._call.end(None if exc_type is GeneratorExit else exc)
+        return False
+
+
+class _Steps:
+    """The handler's generator, each step run with the call's span current: ``yield from``
+    drives it as it would the generator itself, passing on what is sent and thrown in and
+    closing it when the consumer stops early."""
+
+    __slots__ = ("_call", "_generator")
+
+    def __init__(self, call: _Call, generator: Generator[Any, Any, Any]) -> None:
+        self._call = call
+        self._generator = generator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        with self._call.current():
+            return next(self._generator)
+
+    def send(self, value: Any) -> Any:
+        with self._call.current():
+            return self._generator.send(value)
+
+    def throw(self, kind: Any, value: Any = None, tb: Any = None) -> Any:
+        # yield from passes what was thrown as (type, value, traceback).
+        with self._call.current():
+            return self._generator.throw(kind if value is None else value)
+
+    def close(self) -> None:
+        with self._call.current():
+            self._generator.close()
 
 
 class _Tracing:
@@ -93,48 +157,45 @@ class _Tracing:
         self._getter = getter
         self._batch = batch
 
-    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any], attach: bool) -> _Call | None:
-        """Start the call's spans; None (and the handler runs untraced) if that fails."""
-        try:
-            # Under the model server's traced dispatch the request already has its span (or
-            # the batch has): this call is a child span, with no carrier of its own.
-            carrier: Carrier | None = None
-            values: Sequence[str | None] = (None,)
-            if not _toolkit.serving():
-                carrier = discover(args, kwargs, self._getter, self._batch)
-                if carrier is IDLE:
-                    return None  # a model server loading or probing the handler
-                if carrier is None and _toolkit.instrumented() and not _active():
-                    return None  # start-up work in a worker whose requests are traced
-                values = carrier.values() if carrier is not None else ()
-                if not values:
-                    carrier, values = None, (None,)
-            links = tuple(carrier.links()) if carrier is not None else ()
-            invocations: list[Invocation] = []
-            first = None
-            for index, value in enumerate(values):
-                invocation = Invocation(
-                    value,
-                    name=self._name,
-                    attributes=None if carrier is None else carrier.attributes(index),
-                    tracer=self._tracer,
-                    policy=self._policy,
-                    links=links if first is None else (first,),
-                )
-                invocation.start(attach=False)
-                if first is None:
-                    span_context = invocation.span.get_span_context()
-                    first = span_context if span_context.is_valid else None
-                invocations.append(invocation)
-            if carrier is not None:
-                carrier.reveal()
-        except Exception:
-            _logger.warning("could not start the container span", exc_info=True)
-            return None
-        call = _Call(carrier, invocations)
-        if attach:
-            call.attach()
-        return call
+    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
+        """Start the call's spans, not yet current; None (and the handler runs untraced) when
+        there is nothing to trace or starting fails (logged)."""
+        return guard("start the container span", None, self._begin, args, kwargs)
+
+    def _begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
+        # Under the model server's traced dispatch the request already has its span (or the
+        # batch has): this call is a child span, with no carrier of its own.
+        carrier: Carrier | None = None
+        values: Sequence[str | None] = (None,)
+        if not _model_servers.serving():
+            carrier = discover(args, kwargs, self._getter, self._batch)
+            if carrier is IDLE:
+                return None  # a model server loading or probing the handler
+            if carrier is None and _model_servers.instrumented() and not _active():
+                return None  # start-up work in a worker whose requests are traced
+            values = carrier.values() if carrier is not None else ()
+            if not values:
+                carrier, values = None, (None,)
+        links = tuple(carrier.links()) if carrier is not None else ()
+        invocations: list[Invocation] = []
+        first = None
+        for index, value in enumerate(values):
+            invocation = Invocation(
+                value,
+                name=self._name,
+                attributes=None if carrier is None else carrier.attributes(index),
+                tracer=self._tracer,
+                policy=self._policy,
+                links=links if first is None else (first,),
+            )
+            invocation.start(attach=False)
+            if first is None:
+                span_context = invocation.span.get_span_context()
+                first = span_context if span_context.is_valid else None
+            invocations.append(invocation)
+        if carrier is not None:
+            carrier.reveal()
+        return _Call(carrier, invocations)
 
 
 def _active() -> bool:
@@ -143,6 +204,18 @@ def _active() -> bool:
 
 @overload
 def trace_handler(func: F, /) -> F: ...
+
+
+@overload
+def trace_handler(
+    name: str | None = None,
+    /,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    custom_attributes: CustomAttributesGetter | None = None,
+    remote_context: RemoteContext | None = None,
+    batch: bool | None = None,
+) -> Callable[[F], F]: ...
 
 
 @overload
@@ -157,7 +230,7 @@ def trace_handler(
 
 
 def trace_handler(
-    func: F | None = None,
+    func: F | str | None = None,
     /,
     *,
     name: str | None = None,
@@ -168,36 +241,33 @@ def trace_handler(
 ) -> F | Callable[[F], F]:
     """Trace each call of a model handler as the container span of the caller's trace.
 
-    Bare (``@trace_handler``) or with keywords: ``name`` (the span's, by default the
-    function's name), ``tracer_provider``, ``custom_attributes`` (a callable ``(args, kwargs)
-    -> str | None`` returning the raw CustomAttributes, where they can't be found by
-    themselves), ``remote_context`` (``"continue"``, ``"link"`` or ``"ignore"``) and
-    ``batch`` (True: one span per request of a model-server ``context``; False: one span for
-    the first; by default a batch when the argument before the context is a list with one
-    entry per request). The handler sees CustomAttributes without our keys; its exceptions are
-    recorded and re-raised unchanged. No carrier found means a new root span, never an error.
+    Bare (``@trace_handler``), with the span's name first (``@trace_handler("predict")``) or
+    with keywords: ``name`` (the span's, by default the function's name), ``tracer_provider``,
+    ``custom_attributes`` (a callable ``(args, kwargs) -> str | None`` returning the raw
+    CustomAttributes, where they can't be found by themselves), ``remote_context``
+    (``"continue"``, ``"link"`` or ``"ignore"``) and ``batch`` (True: one span per request of
+    a model-server ``context``; False: one span for the first; by default a batch when the
+    argument before the context is a list with one entry per request). The handler sees
+    CustomAttributes without our keys; its exceptions are recorded and re-raised unchanged. No
+    carrier found means a new root span, never an error.
     """
-    if func is None:
-
-        def decorate(function: F) -> F:
-            return _wrap(
-                function,
-                name=name,
-                tracer_provider=tracer_provider,
-                getter=custom_attributes,
-                remote_context=remote_context,
-                batch=batch,
-            )
-
-        return decorate
-    return _wrap(
-        func,
+    if isinstance(func, str):
+        if name is not None and name != func:
+            raise TypeError("trace_handler takes the span's name once, not twice")
+        func, name = None, func
+    decorate = functools.partial(
+        _wrap,
         name=name,
         tracer_provider=tracer_provider,
         getter=custom_attributes,
         remote_context=remote_context,
         batch=batch,
     )
+    if func is None:
+        return decorate
+    if not callable(func):
+        raise TypeError(f"trace_handler decorates a function, not {func!r}")
+    return decorate(func)
 
 
 def _wrap(
@@ -216,14 +286,14 @@ def _wrap(
         remote_context,
         batch,
     )
-    if _toolkit.in_worker():
+    if _model_servers.in_worker():
         # The model server imports the model's module in each worker: trace its dispatch, so
         # each request has its span whichever of its functions are decorated.
         guard(
             "trace the model server's requests",
             None,
             functools.partial(
-                _toolkit.instrument_model_server,
+                _model_servers.instrument_model_server,
                 tracer_provider=tracer_provider,
                 remote_context=remote_context,
             ),
@@ -242,18 +312,12 @@ def _wrap(
 
 def _function_wrapper(func: Callable[..., Any], tracing: _Tracing) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = tracing.begin(args, kwargs, attach=True)
+        call = tracing.begin(args, kwargs)
         if call is None:
             return func(*args, **kwargs)
-        try:
+        with call:
             result = func(*args, **kwargs)
-        except BaseException as exc:
-            call.end(exc)
-            raise
-        finally:
-            call.detach()
-        call.respond(result)
-        call.end(None)
+            call.respond(result)
         return result
 
     return wrapper
@@ -261,111 +325,62 @@ def _function_wrapper(func: Callable[..., Any], tracing: _Tracing) -> Callable[.
 
 def _coroutine_wrapper(func: Callable[..., Any], tracing: _Tracing) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = tracing.begin(args, kwargs, attach=True)
+        call = tracing.begin(args, kwargs)
         if call is None:
             return await func(*args, **kwargs)
-        try:
+        with call:
             result = await func(*args, **kwargs)
-        except BaseException as exc:
-            call.end(exc)
-            raise
-        finally:
-            call.detach()
-        call.respond(result)
-        call.end(None)
+            call.respond(result)
         return result
 
     return wrapper
 
 
+# A generator's span is current only while the handler's own code runs, one step at a time:
+# between steps the consumer's context is its own. The echo goes out before the first item,
+# with the response headers.
+
+
 def _generator_wrapper(func: Callable[..., Any], tracing: _Tracing) -> Callable[..., Any]:
-    # The span is current only while the handler's own code runs, one step at a time: between
-    # steps the consumer's context is its own.
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        call = tracing.begin(args, kwargs, attach=False)
+        call = tracing.begin(args, kwargs)
         if call is None:
             return (yield from func(*args, **kwargs))
-        # The echo goes out before the first item, with the response headers.
         call.respond(None)
-        error: BaseException | None = None
-        try:
-            generator = func(*args, **kwargs)
-            sent: Any = None
-            thrown: BaseException | None = None
-            while True:
-                call.attach()
-                try:
-                    item = generator.send(sent) if thrown is None else generator.throw(thrown)
-                except StopIteration as stop:
-                    return stop.value
-                finally:
-                    call.detach()
-                thrown = None
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    # The consumer went away: not an error of the handler's.
-                    call.attach()
-                    try:
-                        generator.close()
-                    finally:
-                        call.detach()
-                    raise
-                except BaseException as exc:
-                    sent, thrown = None, exc
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            call.end(error)
+        with call.stepping():
+            return (yield from _Steps(call, func(*args, **kwargs)))
 
     return wrapper
 
 
 def _async_generator_wrapper(func: Callable[..., Any], tracing: _Tracing) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        call = tracing.begin(args, kwargs, attach=False)
+        call = tracing.begin(args, kwargs)
         if call is None:
             async for item in func(*args, **kwargs):
                 yield item
             return
         call.respond(None)
-        error: BaseException | None = None
-        try:
+        with call.stepping():
             generator = func(*args, **kwargs)
             sent: Any = None
             thrown: BaseException | None = None
             while True:
-                call.attach()
-                try:
-                    if thrown is None:
-                        item = await generator.asend(sent)
-                    else:
-                        item = await generator.athrow(thrown)
-                except StopAsyncIteration:
-                    return
-                finally:
-                    call.detach()
-                thrown = None
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    call.attach()
+                with call.current():
                     try:
+                        if thrown is None:
+                            item = await generator.asend(sent)
+                        else:
+                            item = await generator.athrow(thrown)
+                    except StopAsyncIteration:
+                        return
+                try:
+                    sent, thrown = (yield item), None
+                except GeneratorExit:
+                    with call.current():
                         await generator.aclose()
-                    finally:
-                        call.detach()
                     raise
-                except BaseException as exc:
+                except BaseException as exc:  # thrown in by the consumer: the handler's to see
                     sent, thrown = None, exc
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            call.end(error)
 
     return wrapper

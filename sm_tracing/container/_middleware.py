@@ -1,24 +1,26 @@
-"""What the WSGI and ASGI middlewares share: their options, the routes they trace, the trace
-echo written into a response's header list, and the propagator's request headers."""
+"""What the WSGI and ASGI middlewares share: their options, the routes they trace, one request's
+lifecycle from its response status to its end, the trace echo written into a response's header
+list, and the propagator's request headers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
-from sm_tracing._attributes import ERROR_TYPE, HEADER, HEADER_LOWER, STATUS_CODE
+from sm_tracing._attributes import ERROR_TYPE, HEADER, HEADER_LOWER, SERVER_DURATION, STATUS_CODE
 from sm_tracing._codec import format_echo
 from sm_tracing._guard import guard
 from sm_tracing._propagation import echo_value
-from sm_tracing._telemetry import get_tracer
+from sm_tracing._telemetry import duration_histogram, get_tracer
 from sm_tracing.container._primitive import (
     Invocation,
+    Lifecycle,
     RemoteContext,
     inject_headers_option,
     remote_context_policy,
@@ -27,9 +29,12 @@ from sm_tracing.container._primitive import (
 _logger = logging.getLogger(__name__)
 
 App = TypeVar("App")
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 MODEL_ROUTE = "/models/{name}/invoke"
-# FastAPI skips its own request telemetry for a scope that already has this key.
-FASTAPI_TELEMETRY = "fastapi.telemetry"
 _HEADER_BYTES = HEADER_LOWER.encode("ascii")
 _HEADER_LENGTH = len(HEADER)
 _ERROR = Status(StatusCode.ERROR)
@@ -87,7 +92,7 @@ class Middleware(Generic[App]):
         self._tracer = get_tracer(tracer_provider)
         self._policy = remote_context_policy(remote_context)
         self._routes = traced_routes(trace_ping, paths)
-        self._inject_headers = inject_headers_option(inject_headers)
+        self.inject_headers = inject_headers_option(inject_headers)
         self._echo = echo
         self._name = name
         self._meter_provider = meter_provider
@@ -98,34 +103,47 @@ class Middleware(Generic[App]):
 
     def begin(
         self, carrier: str | None, method: str, route: str, *, query: bool = False
-    ) -> Invocation:
+    ) -> tuple[Invocation, dict[str, Any] | None]:
         """Begin the invocation of a request of *method* on *route* from its *carrier*
-        (CustomAttributes, or with *query* a WebSocket query string), made current: the one
-        way every request of the middlewares starts. Raises what fails: the caller guards."""
+        (CustomAttributes, or with *query* a WebSocket query string, whose session is not
+        measured): the one way every request of the middlewares starts. With it, the metric's
+        attributes when the request's duration is measured. Raises what fails: the caller
+        guards."""
+        # Before the span starts: what fails here leaves nothing to end.
+        histogram = None if query else duration_histogram(SERVER_DURATION, self._meter_provider)
         # Positional: a call with keywords costs more, on every request.
         invocation = Invocation(
             carrier, self._tracer, self._policy, self._name or f"{method} {route}", query
         )
         invocation.begin()
-        return invocation
+        measured: dict[str, Any] | None = None
+        if histogram is not None:
+            measured = {"http.request.method": method, "http.route": route}
+            invocation.measure(histogram, measured)
+        return invocation, measured
 
 
-class Exchange:
+class Exchange(Lifecycle):
     """What one traced request's response records, under either middleware: its status on the
     span (and the metric), the echo in its headers, and the span's end, once.
 
     Each middleware's subclass sets these fields in its own constructor, which runs on every
     request (a chained constructor would be one call more): ``_invocation``; ``_attributes``,
     the span's, set with the status in one call; ``_measured``, the metric's attributes, None
-    when no duration is measured; ``_echo``, whether to echo; ``_ended``, False."""
+    when no duration is measured; ``_echo``, whether to echo."""
 
-    __slots__ = ("_attributes", "_echo", "_ended", "_invocation", "_measured")
+    __slots__ = ("_attributes", "_echo", "_invocation", "_measured")
 
     _invocation: Invocation
     _attributes: dict[str, Any]
     _measured: dict[str, Any] | None
     _echo: bool
-    _ended: bool
+
+    def attach(self) -> None:
+        self._invocation.attach()
+
+    def detach(self) -> None:
+        self._invocation.detach()
 
     def respond(
         self, status: Any, headers: Sequence[tuple[Any, Any]], binary: bool
@@ -150,15 +168,15 @@ class Exchange:
                 measured[ERROR_TYPE] = str(code)
         return with_echo(headers, invocation, binary) if self._echo else None
 
-    def end(self, error: BaseException | None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
         """End the span once, with *error* recorded when given; the request's attributes are
         recorded where no response status was."""
-        if not self._ended:
-            self._ended = True
+        invocation = self._invocation
+        if not invocation.ended:
             attributes = self._attributes
             if STATUS_CODE not in attributes:
-                guard("record the request", None, self._invocation.span.set_attributes, attributes)
-            self._invocation.end(error)
+                guard("record the request", None, invocation.span.set_attributes, attributes)
+            invocation.end(error)
 
 
 def with_echo(
@@ -212,7 +230,11 @@ def _fields(propagator: TextMapPropagator) -> frozenset[str]:
     return fields
 
 
-def _trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str]] | None:
+def trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str]] | None:
+    """The request headers (lower-cased names) the configured propagator writes for
+    *invocation*'s span, and every header name to take out of the request before adding them
+    (its fields and what it wrote). None when the span context is invalid or nothing is
+    written. Raises what the propagator raises: the caller guards."""
     if not invocation.span.get_span_context().is_valid:
         return None
     propagator = get_global_textmap()
@@ -223,22 +245,24 @@ def _trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[st
     return written, _fields(propagator) | frozenset(written)
 
 
-def trace_headers(invocation: Invocation) -> tuple[dict[str, str], frozenset[str]] | None:
-    """The request headers (lower-cased names) the configured propagator writes for
-    *invocation*'s span, and every header name to take out of the request before adding them
-    (its fields and what it wrote). None when the span context is invalid, nothing is written,
-    or the propagator fails (logged). Never raises."""
-    return guard(
-        "write the trace context into the request headers", None, _trace_headers, invocation
-    )
-
-
 def with_trace_headers(
     headers: Iterable[tuple[bytes, bytes]], invocation: Invocation
 ) -> list[tuple[bytes, bytes]] | None:
     """A new list of request *headers* carrying *invocation*'s context as the configured
     propagator writes it, in place of those of its fields they had; None (and the failure
     logged) when there is nothing to write or it can't be written. Never raises."""
+    return guard(
+        "write the trace context into the request headers",
+        None,
+        _with_trace_headers,
+        headers,
+        invocation,
+    )
+
+
+def _with_trace_headers(
+    headers: Iterable[tuple[bytes, bytes]], invocation: Invocation
+) -> list[tuple[bytes, bytes]] | None:
     found = trace_headers(invocation)
     if found is None:
         return None

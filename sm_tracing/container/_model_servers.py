@@ -22,22 +22,27 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
+from opentelemetry.trace import SpanContext, TracerProvider
 
 from sm_tracing import _propagation
 from sm_tracing._attributes import HEADER_LOWER
-from sm_tracing._common import attach_context, detach_context, unwrap
 from sm_tracing._guard import guard
-from sm_tracing._telemetry import end_span, get_tracer, set_status_code
+from sm_tracing._patching import Patch, patch, unpatch, when_imported
+from sm_tracing._telemetry import get_tracer, set_status_code
+from sm_tracing.container import _private
 from sm_tracing.container._carriers import answer, find_header, sagemaker_attributes
-from sm_tracing.container._primitive import Invocation, RemoteContext, remote_context_policy
+from sm_tracing.container._primitive import (
+    Invocation,
+    Lifecycle,
+    RemoteContext,
+    remote_context_policy,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ BATCH_SPAN = "batch"
 # The model servers' services: each calls the model's entry point from ``predict``.
 _SERVICES = ("mms.service", "ts.service")
 _TRANSFORMER = "sagemaker_inference.transformer"
+# The key of our post-import callbacks.
+_KEY = __name__
 _LOCK = threading.RLock()
 # The hook in force: none, or the one instrument_model_server() installed.
 _installed: list[_Hook] = []
@@ -74,37 +81,22 @@ def callers(values: Sequence[str | None]) -> list[SpanContext]:
     return found
 
 
-def start_batch_span(tracer: trace.Tracer, name: str, links: Sequence[SpanContext]) -> Span:
-    """A new root for the work of a batch, linked to *links* (its callers). Never raises."""
-    span: Span | None = guard(
-        "start the batch span",
-        None,
-        functools.partial(
-            tracer.start_span,
-            name,
-            context=otel_context.Context(),
-            kind=SpanKind.INTERNAL,
-            links=[Link(link) for link in links] or None,
-        ),
-    )
-    return trace.INVALID_SPAN if span is None else span
+class _Batch(Lifecycle):
+    """The spans of the requests one ``predict`` call serves, and the batch span over them.
+    While current, the batch is the one this context serves: the first request's span is
+    current, or the batch span for a batch of several."""
 
+    __slots__ = ("_context", "_current", "_invocations", "_next", "_serving", "_shared")
 
-class _Batch:
-    """The spans of the requests one ``predict`` call serves, and the batch span over them."""
-
-    __slots__ = ("_context", "_current", "_invocations", "_next", "_shared", "_token")
-
-    def __init__(self, context: Any, invocations: list[Invocation], shared: Span | None) -> None:
+    def __init__(
+        self, context: Any, invocations: list[Invocation], shared: Invocation | None
+    ) -> None:
         self._context = context
         self._invocations = invocations
         self._shared = shared
+        self._current = invocations[0] if shared is None else shared
         self._next = 0
-        self._token: object | None = None
-        if shared is None:
-            self._current = invocations[0].context
-        else:
-            self._current = trace.set_span_in_context(shared, otel_context.Context())
+        self._serving: Token[_Batch | None] | None = None
 
     @classmethod
     def begin(cls, hook: _Hook, data: Any, context: Any) -> _Batch | None:
@@ -121,11 +113,17 @@ class _Batch:
         links: tuple[SpanContext, ...] = ()
         if len(headers) > 1:
             values = [value for _, value in found]
-            shared = start_batch_span(
-                hook.tracer, BATCH_SPAN, () if hook.policy == "ignore" else callers(values)
+            shared = Invocation(
+                None,
+                hook.tracer,
+                "ignore",
+                BATCH_SPAN,
+                links=() if hook.policy == "ignore" else callers(values),
+                root=True,
             )
-            if shared.get_span_context().is_valid:
-                links = (shared.get_span_context(),)
+            span_context = shared.start(attach=False).get_span_context()
+            if span_context.is_valid:
+                links = (span_context,)
         invocations = []
         for each, (key, value) in zip(headers, found, strict=True):
             invocation = Invocation(
@@ -142,13 +140,14 @@ class _Batch:
         return cls(context, invocations, shared)
 
     def attach(self) -> None:
-        if self._current is not None:
-            self._token = attach_context(self._current)
+        self._serving = _serving.set(self)
+        self._current.attach()
 
     def detach(self) -> None:
-        token, self._token = self._token, None
+        self._current.detach()
+        token, self._serving = self._serving, None
         if token is not None:
-            detach_context(token)  # type: ignore[arg-type]
+            _serving.reset(token)
 
     def run_item(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run the next item of the batch under its own request's span."""
@@ -156,14 +155,15 @@ class _Batch:
         self._next += 1
         if self._shared is None or index >= len(self._invocations):
             return function(*args, **kwargs)
-        token = attach_context(self._invocations[index].context)  # type: ignore[arg-type]
-        try:
+        with self._invocations[index].current():
             return function(*args, **kwargs)
-        finally:
-            detach_context(token)
 
     def respond(self, result: object) -> None:
-        """Record each request's status and echo its span into its own response."""
+        """Record each request's status and echo its span into its own response; never
+        raises."""
+        guard("echo the trace into the responses", None, self._respond, result)
+
+    def _respond(self, result: object) -> None:
         context = self._context
         count = len(self._invocations)
         # The server answers 503 to every request when the entry point's answer doesn't
@@ -176,6 +176,7 @@ class _Batch:
 
     def end(self, error: BaseException | None = None) -> None:
         if error is not None:
+            # The status the model server answers the entry point's failure with.
             code = getattr(error, "error_code", None)
             if not isinstance(code, int):
                 code = 507 if isinstance(error, MemoryError) else 503
@@ -184,19 +185,18 @@ class _Batch:
         for invocation in self._invocations:
             invocation.end(error)
         if self._shared is not None:
-            end_span(self._shared, error)
+            self._shared.end(error)
 
 
 class _Hook:
-    """What one ``instrument_model_server()`` decided; disabled by uninstrumenting, since
-    import hooks can't be taken back."""
+    """What one ``instrument_model_server()`` decided, and the patches it put in place."""
 
-    __slots__ = ("enabled", "policy", "tracer")
+    __slots__ = ("patches", "policy", "tracer")
 
     def __init__(self, tracer: trace.Tracer, policy: RemoteContext) -> None:
         self.tracer = tracer
         self.policy = policy
-        self.enabled = True
+        self.patches: list[Patch] = []
 
     def predict(
         self,
@@ -206,36 +206,28 @@ class _Hook:
         kwargs: dict[str, Any],
     ) -> Any:
         """``Service.predict``: the entry point is traced for the length of this call."""
-        entry = getattr(instance, "_entry_point", None) if self.enabled else None
-        if entry is None:
-            return wrapped(*args, **kwargs)
-        try:
-            instance._entry_point = functools.partial(self.dispatch, entry)
-        except Exception:
-            _logger.warning("could not trace the model's entry point", exc_info=True)
+        entry = _private.entry_point(instance)
+        if entry is None or not guard(
+            "trace the model's entry point",
+            False,
+            _private.set_entry_point,
+            instance,
+            functools.partial(self.dispatch, entry),
+        ):
             return wrapped(*args, **kwargs)
         try:
             return wrapped(*args, **kwargs)
         finally:
-            instance._entry_point = entry
+            _private.set_entry_point(instance, entry)
 
     def dispatch(self, entry: Callable[..., Any], data: Any, context: Any) -> Any:
         """The model's entry point called for a batch, with a span per request."""
         batch = guard("start the request spans", None, _Batch.begin, self, data, context)
         if batch is None:
             return entry(data, context)
-        token = _serving.set(batch)
-        batch.attach()
-        try:
+        with batch:
             result = entry(data, context)
-        except BaseException as exc:
-            batch.end(exc)
-            raise
-        finally:
-            batch.detach()
-            _serving.reset(token)
-        guard("echo the trace into the responses", None, batch.respond, result)
-        batch.end()
+            batch.respond(result)
         return result
 
     def run_handler_function(
@@ -245,26 +237,24 @@ class _Hook:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """``Transformer._run_handler_function``: its transform function is called once per
-        item of the batch, in order, so each call is the next request's."""
+        """The toolkit ``Transformer``'s dispatch of the user's functions: its transform
+        function is called once per item of the batch, in order, so each call is the next
+        request's."""
         batch = _serving.get()
-        if batch is None or not args or args[0] != getattr(instance, "_transform_fn", None):
+        if batch is None or not args or args[0] != _private.transform_function(instance):
             return wrapped(*args, **kwargs)
         return batch.run_item(wrapped, *args, **kwargs)
 
+    def patch_service(self, module: ModuleType) -> None:
+        with _LOCK:
+            if _installed and _installed[-1] is self and "predict" in module.Service.__dict__:
+                self.patches.append(patch(module.Service, "predict", self.predict))
 
-def _wrap_service(hook: _Hook, module: Any) -> None:
-    with _LOCK:
-        if hook.enabled:
-            wrapt.wrap_function_wrapper(module, "Service.predict", hook.predict)
-
-
-def _wrap_transformer(hook: _Hook, module: Any) -> None:
-    with _LOCK:
-        if hook.enabled and hasattr(module.Transformer, "_run_handler_function"):
-            wrapt.wrap_function_wrapper(
-                module, "Transformer._run_handler_function", hook.run_handler_function
-            )
+    def patch_transformer(self, module: ModuleType) -> None:
+        with _LOCK:
+            name = _private.transformer_dispatch(module.Transformer)
+            if _installed and _installed[-1] is self and name is not None:
+                self.patches.append(patch(module.Transformer, name, self.run_handler_function))
 
 
 def instrument_model_server(
@@ -295,8 +285,8 @@ def instrument_model_server(
         hook = _Hook(get_tracer(tracer_provider), remote_context_policy(remote_context))
         _installed.append(hook)
         for name in _SERVICES:
-            wrapt.register_post_import_hook(functools.partial(_wrap_service, hook), name)
-        wrapt.register_post_import_hook(functools.partial(_wrap_transformer, hook), _TRANSFORMER)
+            when_imported(name, _KEY, hook.patch_service)
+        when_imported(_TRANSFORMER, _KEY, hook.patch_transformer)
 
 
 def uninstrument_model_server() -> None:
@@ -305,14 +295,11 @@ def uninstrument_model_server() -> None:
         if not _installed:
             return
         hook = _installed.pop()
-        hook.enabled = False
-        for name in _SERVICES:
-            module = sys.modules.get(name)
-            if module is not None:
-                unwrap(module.Service, "predict", hook.predict)
-        module = sys.modules.get(_TRANSFORMER)
-        if module is not None:
-            unwrap(module.Transformer, "_run_handler_function", hook.run_handler_function)
+        for name in (*_SERVICES, _TRANSFORMER):
+            when_imported(name, _KEY, None)
+        for handle in hook.patches:
+            unpatch(handle)
+        hook.patches.clear()
 
 
 def instrumented() -> bool:

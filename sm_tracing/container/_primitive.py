@@ -10,19 +10,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from contextvars import Token
 from time import perf_counter_ns
 from types import TracebackType
 from typing import Literal
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context, get_current
+from opentelemetry.context import attach as attach_context
+from opentelemetry.context import detach as detach_context
 from opentelemetry.metrics import Histogram, MeterProvider
-from opentelemetry.trace import Link, Span, SpanContext, TracerProvider
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
 from sm_tracing._attributes import ERROR_TYPE, INVOCATION_DURATION
-from sm_tracing._common import INTERNAL, SERVER, attach_context, current_context, detach_context
 from sm_tracing._guard import guard
 from sm_tracing._propagation import carried
 from sm_tracing._telemetry import duration_histogram, end_span, error_type, get_tracer
@@ -32,6 +34,7 @@ _logger = logging.getLogger(__name__)
 RemoteContext = Literal["continue", "link", "ignore"]
 REMOTE_CONTEXT_ENV = "SM_TRACING_REMOTE_CONTEXT"
 _POLICIES: tuple[RemoteContext, ...] = ("continue", "link", "ignore")
+SERVER, INTERNAL = SpanKind.SERVER, SpanKind.INTERNAL
 
 
 def remote_context_policy(remote_context: str | None = None) -> RemoteContext:
@@ -75,19 +78,81 @@ def inject_headers_option(inject_headers: bool | None = None) -> bool:
     return False
 
 
-class Invocation:
+class Lifecycle:
+    """The spans of one call as an adapter holds them. ``with`` it around the code that serves
+    the call: the spans are current inside; on the way out they end, with the exception recorded
+    when the code raised one, and what was current before is current again. An adapter whose
+    response outlives the block ends them later, through ``end``, which ends them once."""
+
+    __slots__ = ()
+
+    def attach(self) -> None:
+        """Make the spans current."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Make current again what was current before ``attach()``; safe to call twice."""
+        raise NotImplementedError
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the spans, once, with *error* recorded when given. Never raises."""
+        raise NotImplementedError
+
+    def current(self) -> Current:
+        """A ``with`` that makes the spans current inside, and ends nothing."""
+        return Current(self)
+
+    def __enter__(self) -> object:
+        self.attach()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        try:
+            self.end(exc)
+        finally:
+            self.detach()
+        return False
+
+
+class Current:
+    """``Lifecycle.current()``."""
+
+    __slots__ = ("_lifecycle",)
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def __enter__(self) -> None:
+        self._lifecycle.attach()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        self._lifecycle.detach()
+        return False
+
+
+class Invocation(Lifecycle):
     """One traced invocation in a container: the one primitive under every adapter.
 
     Built from the request's raw CustomAttributes, read once when it starts: ``remainder`` is
     then the value the application should see (our keys removed; the very same string when
     there were none; ``""`` when nothing of the caller's is left). ``start()`` starts the span
     (SERVER where no span is active, INTERNAL under one) with the caller's context as its
-    parent under ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``,
-    and makes it current; ``detach()`` restores the context that was current before; ``end()``
-    ends the span, recording an error if one is given. Adapters whose response outlives the
-    handler (streamed bodies) detach when the handler returns and end when the last chunk is
-    sent. As a context manager it does all three. *links* are further spans to link (the
-    callers of a batch whose items can't be told apart). With *query*, the carrier is a
+    parent under ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``;
+    ``attach()`` makes it current and ``detach()`` restores the context that was current
+    before; ``end()`` ends the span, once, recording an error if one is given. As a context
+    manager it does all of them. *links* are further spans to link (the callers of a batch
+    whose items can't be told apart); a *root* reads no carrier and starts a new trace of its
+    own (the work of a batch that serves many callers). With *query*, the carrier is a
     WebSocket query string rather than CustomAttributes. A request that brings no context of
     ours takes the one in the environment (``TRACEPARENT`` ...: a batch transform job's), if
     any. Bad input never raises: it gives a new root.
@@ -103,8 +168,10 @@ class Invocation:
         "_name",
         "_policy",
         "_query",
+        "_root",
         "_token",
         "_tracer",
+        "ended",
         "remainder",
         "span",
     )
@@ -119,6 +186,7 @@ class Invocation:
         *,
         attributes: Mapping[str, AttributeValue] | None = None,
         links: Sequence[SpanContext] = (),
+        root: bool = False,
     ) -> None:
         self._custom_attributes = custom_attributes
         self._query = query
@@ -130,33 +198,35 @@ class Invocation:
         self._tracer = tracer
         self._policy = policy
         self._links = links
-        self._token: object | None = None
-        self._context: otel_context.Context | None = None
+        self._root = root
+        self.ended = False
+        self._token: Token[Context] | None = None
+        self._context: Context | None = None
         self.span: Span = trace.INVALID_SPAN
 
     def start(self, *, attach: bool = True) -> Span:
-        """Read the carrier (setting ``remainder``), start the span and, unless *attach* is
-        false, make it current; never raises for bad input."""
-        span = guard("start the container span", None, self.begin, attach)
+        """Read the carrier (setting ``remainder``) and start the span, made current with
+        *attach*; never raises: when the span can't be started the call goes on untraced."""
+        span = guard("start the container span", None, self.begin)
         if span is None:
             self.span = span = trace.INVALID_SPAN
-            self._context = current = current_context()
-            if attach and self._token is None:
-                self._token = attach_context(current)
+            self._context = get_current()
+        if attach:
+            self.attach()
         return span
 
-    def begin(self, attach: bool = True) -> Span:
+    def begin(self) -> Span:
         """``start()`` for an adapter that guards its own entry point: raises what fails."""
         self._began = perf_counter_ns()
-        current = current_context()
-        active_span = trace.get_current_span(current)
-        # No span current is the common case: the API's stand-in, whose context is invalid.
-        if active_span is trace.INVALID_SPAN:
-            active, under_span = trace.INVALID_SPAN_CONTEXT, False
+        current = get_current()
+        if self._root:
+            parent: Context | None = Context()
+            kind, active, under_span = INTERNAL, trace.INVALID_SPAN_CONTEXT, False
         else:
-            active = active_span.get_span_context()
+            parent = current
+            active = trace.get_current_span(current).get_span_context()
             under_span = active.is_valid
-        parent = current
+            kind = INTERNAL if under_span else SERVER
         links = [Link(link) for link in self._links] if self._links else None
         policy = self._policy
         remote = None
@@ -164,7 +234,7 @@ class Invocation:
         base = current if policy == "continue" else None
         if raw:
             self.remainder, remote = carried(raw, base, policy != "ignore", self._query)
-        if remote is None and policy != "ignore":
+        if remote is None and policy != "ignore" and not self._root:
             # No carrier: a batch transform job's records find the job's context in the
             # environment its containers were started with.
             remote = _propagation.environment_context(base)
@@ -183,53 +253,40 @@ class Invocation:
                     # Under a local span of the same trace (our middleware, say) we are its
                     # child; otherwise the caller's span is the parent, which joins the trace.
                     parent = remote
-        # Positional: a call with keywords costs more, on every request.
-        span = self._tracer.start_span(
-            self._name, parent, INTERNAL if under_span else SERVER, None, links
-        )
+        span = self._tracer.start_span(self._name, parent, kind, None, links)
         if self._attributes:
             # Set after the start, not passed to it: the SDK's sampler wraps what it is given
             # in a mapping proxy whose Mapping check misses the ABC cache on every span.
             span.set_attributes(self._attributes)
-        self._context = context = trace.set_span_in_context(span, parent)
+        self._context = trace.set_span_in_context(span, parent)
         self.span = span
-        if attach:
-            self._token = attach_context(context)
         return span
 
     @property
-    def context(self) -> otel_context.Context | None:
+    def context(self) -> Context | None:
         """The context that makes the span current, once started."""
         return self._context
 
     def attach(self) -> None:
-        """Make the span current (again), after ``start(attach=False)`` or ``detach()``."""
+        """Make the span current (again), once started."""
         if self._token is None and self._context is not None:
             self._token = attach_context(self._context)
 
     def detach(self) -> None:
-        """Make current again what was current before ``start()``; safe to call twice."""
+        """Make current again what was current before ``attach()``; safe to call twice."""
         token, self._token = self._token, None
         if token is not None:
-            detach_context(token)  # type: ignore[arg-type]
+            detach_context(token)
 
     def end(self, error: BaseException | None = None) -> None:
-        """End the span, with ERROR status and the exception's type recorded when *error* is
-        given. Never raises: a span processor that fails on end costs a log line."""
-        if self._measure is None and error is None:
-            guard("end the container span", None, self.span.end)
-        else:
-            self._end(error)
-
-    def measure(self, histogram: Histogram, attributes: dict[str, AttributeValue]) -> None:
-        """Record the invocation's duration, in seconds, into *histogram* when it ends, with
-        *attributes* (bounded ones: no ids) and the error's type when there is one."""
-        self._measure = (histogram, attributes)
-
-    def _end(self, error: BaseException | None) -> None:
+        """End the span, once, with ERROR status and the exception's type recorded when
+        *error* is given, and its duration measured. Never raises: a span processor that fails
+        on end costs a log line."""
+        if self.ended:
+            return
+        self.ended = True
         measure = self._measure
         if measure is not None:
-            self._measure = None
             histogram, attributes = measure
             if error is not None:
                 attributes[ERROR_TYPE] = error_type(error)
@@ -241,6 +298,11 @@ class Invocation:
                 attributes,
             )
         end_span(self.span, error)
+
+    def measure(self, histogram: Histogram, attributes: dict[str, AttributeValue]) -> None:
+        """Record the invocation's duration, in seconds, into *histogram* when it ends, with
+        *attributes* (bounded ones: no ids) and the error's type when there is one."""
+        self._measure = (histogram, attributes)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
@@ -259,19 +321,7 @@ class Invocation:
         return (perf_counter_ns() - self._began) // 1000
 
     def __enter__(self) -> Span:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        try:
-            self.end(exc)
-        finally:
-            self.detach()
-        return False
+        return self.start(attach=True)
 
 
 def continue_trace(

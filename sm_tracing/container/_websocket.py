@@ -9,23 +9,21 @@ spanned one by one. The app sees the query string without our keys.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
-
-from opentelemetry.trace import Span
+from collections.abc import Awaitable, Mapping
+from typing import Any
 
 from sm_tracing._attributes import SAGEMAKER_HEADERS
 from sm_tracing._guard import guard
-from sm_tracing.container._middleware import FASTAPI_TELEMETRY, with_trace_headers
-from sm_tracing.container._primitive import Invocation
-
-if TYPE_CHECKING:
-    from sm_tracing.container._asgi import ASGIMiddleware
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from sm_tracing.container._middleware import (
+    ASGIApp,
+    Message,
+    Middleware,
+    Receive,
+    Scope,
+    Send,
+    with_trace_headers,
+)
+from sm_tracing.container._primitive import Invocation, Lifecycle
 
 BIDI_PATH = "/invocations-bidirectional-stream"
 RECEIVED = "aws.sagemaker.stream.messages_received"
@@ -34,28 +32,30 @@ CLOSE_CODE = "websocket.close_code"
 _HEADERS = {name.encode("ascii"): attribute for name, attribute in SAGEMAKER_HEADERS}
 
 
-async def serve(
-    middleware: ASGIMiddleware, route: str, scope: Scope, receive: Receive, send: Send
+async def serve(  # noqa: PLR0917 - the ASGI call's own arguments, passed on
+    middleware: Middleware[ASGIApp],
+    extra: Mapping[str, Any],
+    route: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> None:
-    """Run one WebSocket session of *middleware*'s app as the span of *route*."""
-    started = guard("start the session span", None, _start, middleware, route, scope)
+    """Run one WebSocket session of *middleware*'s app as the span of *route*, the app's scope
+    given the *extra* entries."""
+    started = guard("start the session span", None, _start, middleware, extra, route, scope)
     if started is None:
         return await middleware.app(scope, receive, send)
     scope, invocation = started
     session = _Session(invocation, receive, send)
-    try:
+    with session:
         await middleware.app(scope, session.receive, session.send)
-    except BaseException as exc:
-        session.end(exc)
-        raise
-    finally:
-        invocation.detach()
-    session.end(None)
 
 
-def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope, Invocation]:
+def _start(
+    middleware: Middleware[ASGIApp], extra: Mapping[str, Any], route: str, scope: Scope
+) -> tuple[Scope, Invocation]:
     attributes: dict[str, Any] = {"url.path": scope.get("path") or route}
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = dict(extra)
     headers = scope.get("headers") or ()
     if type(headers) is not list and not isinstance(headers, tuple):
         # Any iterable will do in ASGI: read once, here, and the app gets what was read.
@@ -65,35 +65,37 @@ def _start(middleware: ASGIMiddleware, route: str, scope: Scope) -> tuple[Scope,
         if attribute is not None:
             attributes[attribute] = value.decode("latin-1")
     query = (scope.get("query_string") or b"").decode("latin-1")
-    invocation = middleware.begin(query or None, "WS", route, query=True)
+    invocation, _ = middleware.begin(query or None, "WS", route, query=True)
     if invocation.span.is_recording():
         invocation.span.set_attributes(attributes)
     if query and invocation.remainder is not query:
         changes["query_string"] = (invocation.remainder or "").encode("latin-1")
-    if middleware._inject_headers:
+    if middleware.inject_headers:
         injected = with_trace_headers(headers, invocation)
         if injected is not None:
             changes["headers"] = injected
-    if middleware._quiet_fastapi:
-        # FastAPI's own session span would start a trace of its own: ours is the session's.
-        changes[FASTAPI_TELEMETRY] = None
     # A copy: the server's scope stays as it came.
     return ({**scope, **changes} if changes else scope), invocation
 
 
-class _Session:
+class _Session(Lifecycle):
     """The messages of one session: counted each way; the span ends at a close, a disconnect,
     or the app's return or exception, whichever is first."""
 
-    __slots__ = ("_ended", "_invocation", "_receive", "_send", "received", "sent")
+    __slots__ = ("_invocation", "_receive", "_send", "received", "sent")
 
     def __init__(self, invocation: Invocation, receive: Receive, send: Send) -> None:
         self._invocation = invocation
         self._receive = receive
         self._send = send
-        self._ended = False
         self.received = 0
         self.sent = 0
+
+    def attach(self) -> None:
+        self._invocation.attach()
+
+    def detach(self) -> None:
+        self._invocation.detach()
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -119,14 +121,13 @@ class _Session:
         finally:
             self.end(None, message.get("code", 1000))
 
-    def end(self, error: BaseException | None, code: object = None) -> None:
+    def end(self, error: BaseException | None = None, code: object = None) -> None:
         """End the span once, with the counts, the close code and *error* when given."""
-        if self._ended:
+        invocation = self._invocation
+        if invocation.ended:
             return
-        self._ended = True
-        span: Span = self._invocation.span
         attributes: dict[str, Any] = {RECEIVED: self.received, SENT: self.sent}
         if isinstance(code, int):
             attributes[CLOSE_CODE] = code
-        guard("record the session", None, span.set_attributes, attributes)
-        self._invocation.end(error)
+        guard("record the session", None, invocation.span.set_attributes, attributes)
+        invocation.end(error)

@@ -17,20 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from sm_tracing._attributes import (
     HEADER,
     INFERENCE_ID,
     SAGEMAKER_ENVIRON_KEYS,
-    SERVER_DURATION,
     SESSION_ID,
     TARGET_MODEL,
     environ_key,
 )
-from sm_tracing._common import attach_context, detach_context
 from sm_tracing._guard import guard
-from sm_tracing._telemetry import duration_histogram
 from sm_tracing.container._middleware import (
     MODEL_ROUTE,
     Exchange,
@@ -49,6 +46,7 @@ WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 _KEY = environ_key(HEADER)
 # The environ keys of the SageMaker headers recorded on the span, in their table's order.
 (_INFERENCE_ID, _), (_TARGET_MODEL, _), (_SESSION_ID, _) = SAGEMAKER_ENVIRON_KEYS
+_END: Any = object()
 
 
 class WSGIMiddleware(Middleware[WSGIApp]):
@@ -69,24 +67,20 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         method = environ.get("REQUEST_METHOD") or "GET"
         # Every attribute goes on in one call, with the status: each call costs.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
-        invocation = guard(
-            "start the container span", None, self._start, environ, attributes, route, model
+        response = guard(
+            "start the container span",
+            None,
+            self._start,
+            environ,
+            attributes,
+            route,
+            model,
+            start_response,
         )
-        if invocation is None:
+        if response is None:
             return self.app(environ, start_response)
-        measured: dict[str, Any] | None = None
-        histogram = duration_histogram(SERVER_DURATION, self._meter_provider)
-        if histogram is not None:
-            measured = {"http.request.method": method, "http.route": route}
-            invocation.measure(histogram, measured)
-        response = _Response(invocation, attributes, measured, self._echo, start_response)
-        try:
+        with response:
             body = self.app(environ, response.start_response)
-        except BaseException as exc:
-            response.end(exc)
-            raise
-        finally:
-            invocation.detach()
         if type(body) is list:
             # Already materialised: nothing of the app's runs after this.
             response.whole()
@@ -95,8 +89,13 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         return response
 
     def _start(
-        self, environ: Environ, attributes: dict[str, Any], route: str, model: str | None
-    ) -> Invocation:
+        self,
+        environ: Environ,
+        attributes: dict[str, Any],
+        route: str,
+        model: str | None,
+        start_response: StartResponse,
+    ) -> _Response:
         get = environ.get
         value = get(_INFERENCE_ID)
         if value is not None:
@@ -108,22 +107,26 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         if value is not None:
             attributes[SESSION_ID] = value
         raw = get(_KEY)
-        invocation = self.begin(raw, attributes["http.request.method"], route)
+        invocation, measured = self.begin(raw, attributes["http.request.method"], route)
         remainder = invocation.remainder
         if remainder is not raw:
             if remainder:
                 environ[_KEY] = remainder
             else:
                 del environ[_KEY]
-        if self._inject_headers:
+        if self.inject_headers:
             inject_environ(environ, invocation)
-        return invocation
+        return _Response(invocation, attributes, measured, self._echo, start_response)
 
 
 def inject_environ(environ: Environ, invocation: Invocation) -> None:
     """Write *invocation*'s context into *environ* as the request headers the configured
     propagator reads (``HTTP_TRACEPARENT`` ...), replacing those of its fields the request had.
-    Never raises: on failure the environ is left as it was."""
+    Never raises: on failure (logged) the environ is left as it was."""
+    guard("write the trace context into the request headers", None, _inject, environ, invocation)
+
+
+def _inject(environ: Environ, invocation: Invocation) -> None:
     found = trace_headers(invocation)
     if found is None:
         return
@@ -141,7 +144,9 @@ class _Response(Exchange):
     chunk: when it is ready, or the app writes, or the body turns out empty (WSGI servers send
     the headers no sooner either), so the container's time the echo carries is its time to
     first byte, streamed or not. The body is passed through, current while the app produces
-    it; the span ends when it is exhausted or closed.
+    it; the span ends when it is exhausted or closed, or when the app fails, whichever is
+    first. Under ``with``, the span is current, and ends only if the block fails: the app's
+    call, or one step of its body.
     """
 
     __slots__ = ("_iterator", "_pending", "_start_response", "_write", "body")
@@ -159,13 +164,25 @@ class _Response(Exchange):
         self._attributes = attributes
         self._measured = measured
         self._echo = echo
-        self._ended = False
         self._start_response = start_response
         self._pending: tuple[str, Headers, ExcInfo | None] | None = None
         self._write: Callable[[bytes], object] | None = None
         # Set when the app's body is not a list: the server then iterates this response.
         self.body: Iterable[bytes]
         self._iterator: Iterator[bytes]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        try:
+            if exc is not None:
+                self.end(exc)
+        finally:
+            self.detach()
+        return False
 
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
@@ -199,8 +216,10 @@ class _Response(Exchange):
 
     def whole(self) -> None:
         """The app's body is a list, ready: the headers go, and the span ends."""
-        self.hand_on()
-        self.end(None)
+        try:
+            self.hand_on()
+        finally:
+            self.end()
 
     def __iter__(self) -> Iterator[bytes]:
         self._iterator = iter(self.body)
@@ -208,38 +227,21 @@ class _Response(Exchange):
 
     def __next__(self) -> bytes:
         # The span is current while the app's body produces a chunk, not while it is sent.
-        token = attach_context(self._invocation.context)  # type: ignore[arg-type]
-        try:
-            chunk = next(self._iterator)
-            if self._write is None:
+        with self:
+            chunk = next(self._iterator, _END)
+            if chunk is not _END and self._write is None:
                 # Even an empty chunk: gunicorn sends the headers with whatever comes first.
                 self.hand_on()
-            return chunk
-        except StopIteration:
-            if self._write is None:
-                self.hand_on()  # an empty body: the headers go alone
-            self.end(None)
-            raise
-        except BaseException as exc:
-            self.end(exc)
-            raise
-        finally:
-            detach_context(token)
+        if chunk is _END:
+            self.whole()  # an empty body sends the headers alone
+            raise StopIteration
+        return chunk
 
     def close(self) -> None:
         """Close the app's body (WSGI servers call this when done or when the client went
         away) and end the span."""
-        error: BaseException | None = None
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                token = attach_context(self._invocation.context)  # type: ignore[arg-type]
-                try:
-                    close()
-                finally:
-                    detach_context(token)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.end(error)
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            with self:
+                close()
+        self.end()
