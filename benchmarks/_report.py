@@ -90,6 +90,8 @@ LABELS = {
     "client-ours": "ours: sm_tracing.instrument",
     "client-ours-metrics": "ours + MeterProvider",
     "client-ours-record": "ours + one SDK Histogram.record",
+    "client-openllmetry": "peer: OpenLLMetry sagemaker",
+    "client-xray": "peer: X-Ray SDK botocore patch",
     "echo-bare": "bare botocore call",
     "echo-upstream": "upstream: otel botocore",
     "echo-ours": "ours: sm_tracing.instrument",
@@ -184,6 +186,9 @@ GROUPS = (
             "client-ours",
             "client-ours-metrics",
             "client-ours-record",
+            # What a user would pick instead, each with its defaults.
+            "client-openllmetry",
+            "client-xray",
         ),
         targets=(
             Target("ours / floor + attributes", "client-ours", "client-floor-attributes", 1.1),
@@ -203,6 +208,9 @@ GROUPS = (
             # Likewise the SDK charges for each measurement: these separate that from ours.
             Comparison(_METRICS_NOTE, "client-ours-metrics", "client-ours"),
             Comparison("ours + SDK record / ours", "client-ours-record", "client-ours"),
+            # The peers: what ours adds over what each adds.
+            Comparison("ours / OpenLLMetry", "client-ours", "client-openllmetry"),
+            Comparison("ours / X-Ray SDK", "client-ours", "client-xray"),
         ),
         counts=(40, 200),
         quick_counts=(5, 15),

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from benchmarks import _client_scenarios as client
 from benchmarks import _codec_scenarios as codec
 from benchmarks import _container_scenarios as container
+from benchmarks import _peer_scenarios as peers
 from benchmarks._base import PROCESSOR, Scenario, ScenarioError
 
 __all__ = ["BUILDERS", "PROCESSOR", "Scenario", "ScenarioError", "build", "prepare", "unavailable"]
@@ -22,6 +23,8 @@ BUILDERS: dict[str, Callable[[], Scenario]] = {
     "client-ours": client.client_ours,
     "client-ours-metrics": client.client_ours_metrics,
     "client-ours-record": client.client_ours_record,
+    "client-openllmetry": peers.client_openllmetry,
+    "client-xray": peers.client_xray,
     "echo-bare": client.echo_bare,
     "echo-upstream": client.echo_upstream,
     "echo-ours": client.echo_ours,
@@ -57,7 +60,18 @@ _MODULES = {
     "echo-upstream": "opentelemetry.instrumentation.botocore",
     "wsgi-upstream": "opentelemetry.instrumentation.wsgi",
     "asgi-upstream": "opentelemetry.instrumentation.asgi",
+    **peers.MODULES,
 }
+# The extra of sm-tracing that brings each of those modules.
+_EXTRAS = {
+    "opentelemetry.instrumentation.botocore": "test",
+    "opentelemetry.instrumentation.wsgi": "test",
+    "opentelemetry.instrumentation.asgi": "test",
+    **{module: peers.EXTRA for module in peers.MODULES.values()},
+}
+# Configurations that change a process for good (the X-Ray SDK has no unpatch): built only in
+# a process of their own, never beside another configuration.
+ISOLATED = frozenset(peers.MODULES)
 # The entry point whose ``meter_provider=`` a metrics configuration passes.
 _METERED = {
     "client-ours-metrics": "instrument",
@@ -81,7 +95,7 @@ def unavailable(config: str) -> str | None:
     """Why *config* cannot run with what is installed, or None when it can."""
     module = _MODULES.get(config)
     if module is not None and importlib.util.find_spec(module) is None:
-        return f"not available: {module} is not installed"
+        return f"not available: pip install 'sm-tracing[{_EXTRAS[module]}]' ({module} is missing)"
     entry_point = _METERED.get(config)
     if entry_point is not None:
         target = getattr(importlib.import_module("sm_tracing"), entry_point)

@@ -51,8 +51,9 @@ def scenario_env() -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        # A propagator, sampler or exporter chosen in the shell would change what is measured.
-        if not key.startswith(("OTEL_", "SM_TRACING_", "AWS_"))
+        # A propagator, sampler or exporter chosen in the shell would change what is measured,
+        # as would OpenLLMetry's settings (TRACELOOP_*): every tool runs with its defaults.
+        if not key.startswith(("OTEL_", "SM_TRACING_", "AWS_", "TRACELOOP_"))
     }
     env.update(
         PYTHONHASHSEED="0",

@@ -7,6 +7,7 @@ No timing is asserted here; ``python benchmarks/run.py`` measures.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def _small(config: str) -> int:
     return GROUP_OF[config].quick_counts[0]
 
 
-@pytest.mark.parametrize("config", _available(sorted(_scenarios.BUILDERS)))
+@pytest.mark.parametrize(
+    "config", _available(sorted(set(_scenarios.BUILDERS) - _scenarios.ISOLATED))
+)
 def test_scenario_runs_and_does_its_work(config: str) -> None:
     """Each configuration runs a few units and its own check confirms it did its work."""
     scenario = _scenarios.build(config)
@@ -235,6 +238,62 @@ def test_metrics_configurations_follow_the_signature(
     assert "meter_provider" in (_scenarios.unavailable(config) or "")
     monkeypatch.setattr(sm_tracing, entry_point, with_it)
     assert _scenarios.unavailable(config) is None
+
+
+@pytest.mark.parametrize("config", _available(sorted(_scenarios.ISOLATED)))
+def test_peer_runs_and_does_its_work_in_a_process_of_its_own(tmp_path: Path, config: str) -> None:
+    """A peer (OpenLLMetry, the X-Ray SDK), which cannot be undone in a process, runs in a
+    child of its own, and its check finds every call traced, past the point where X-Ray
+    streams its subsegments out."""
+    runs = [{"config": config, "counts": [0, 45], "warmup": 5}]
+    [result] = _plan(tmp_path, "wall", runs)
+    assert "error" not in result, result
+    assert result["config"] == config
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("client-upstream", "test"),
+        ("wsgi-upstream", "test"),
+        ("client-openllmetry", "bench-peers"),
+        ("client-xray", "bench-peers"),
+    ],
+)
+def test_a_missing_tool_names_the_extra_that_brings_it(
+    monkeypatch: pytest.MonkeyPatch, config: str, extra: str
+) -> None:
+    """A row whose tool is not installed says which extra of sm-tracing installs it, in the
+    table and in the target that needs it."""
+    module = _scenarios._MODULES[config]
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == module else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    reason = _scenarios.unavailable(config)
+    assert reason == f"not available: pip install 'sm-tracing[{extra}]' ({module} is missing)"
+    table = _report.group_table(GROUP_OF[config], _report.Results(), None, None, {config: reason})
+    row = next(line for line in table.splitlines() if _report.LABELS[config] in line)
+    assert row.endswith(f"pip install 'sm-tracing[{extra}]' ({module} is missing)")
+
+
+def test_the_client_group_compares_ours_with_each_peer() -> None:
+    """The client group measures OpenLLMetry and the X-Ray SDK beside ours, and prints what ours
+    adds over what each adds."""
+    group = GROUP_OF["client-ours"]
+    assert {"client-openllmetry", "client-xray"} <= set(group.configs)
+    compared = {(c.ours, c.versus) for c in group.comparisons}
+    assert {("client-ours", "client-openllmetry"), ("client-ours", "client-xray")} <= compared
+    costs = {"client-bare": 100.0, "client-ours": 300.0, "client-openllmetry": 500.0}
+    costs["client-xray"] = 200.0
+    results = _report.Results(instructions=costs)
+    table = _report.group_table(group, results, (5, 15), None)
+    lines = table.splitlines()
+    assert any(line.split()[:4] == ["ours", "/", "OpenLLMetry,", "added"] for line in lines)
+    assert next(line for line in lines if "ours / OpenLLMetry" in line).split()[4] == "0.50"
+    assert next(line for line in lines if "ours / X-Ray SDK" in line).split()[5] == "2.00"
 
 
 def test_groups_name_known_configurations() -> None:
@@ -604,11 +663,14 @@ def test_table_shows_where_the_cost_comes_from() -> None:
     }
     table = _table(_report.Results(instructions=costs))
     rows = [line for line in table.splitlines() if "information" in line and "/" in line]
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert "ours / floor, added" in rows[0] and "2.00 " in rows[0]  # 300k / 150k
     assert "floor + attributes / floor" in rows[1] and "1.33 " in rows[1]  # 200k / 150k
     assert "ours + metrics / ours, added" in rows[2] and "1.30 " in rows[2]  # 390k / 300k
     assert "ours + SDK record / ours" in rows[3] and "1.25 " in rows[3]  # 375k / 300k
+    # The peers were not measured here: their ratios say so.
+    assert "ours / OpenLLMetry, added" in rows[4] and " - " in rows[4]
+    assert "ours / X-Ray SDK, added" in rows[5] and " - " in rows[5]
     assert not any(verdict in row for row in rows for verdict in (_report.MET, _report.NOT_MET))
 
 
