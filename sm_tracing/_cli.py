@@ -1,99 +1,53 @@
-"""The ``sm-tracing`` command."""
+"""The ``sm-tracing`` command: each subcommand is a module whose ``main(argv)`` runs it."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import importlib
 import sys
 from collections.abc import Sequence
 
 from sm_tracing.version import __version__
 
-_DEMO_HELP = """\
-See one trace from a boto3 client into a model container, with no AWS account, no Docker and
-no network. The demo starts an example model container (a Flask app behind
-sm_tracing.WSGIMiddleware, under gunicorn), a local SageMaker runtime in front of it, and an
-instrumented boto3 client; it makes a plain, a streamed and an asynchronous invocation and
-prints each trace as a tree: client and container spans, with durations. Beside each tree,
-where the call's time went, as its client span records it: the container's time, SageMaker's
-share (the wait for the response's headers less the container's time) and, for the stream, its
-time to first chunk, its chunks and the mean time per chunk.
-
-With Python 3.12 or later and the bidi extra (pip install 'sm-tracing[demo,bidi]'), it also
-opens a bidirectional stream (InvokeEndpointWithBidirectionalStream) through a local HTTP/2
-runtime to a WebSocket container (sm_tracing.ASGIMiddleware, under uvicorn).
-
-The async invocation becomes a trace of its own in the container, linked to the client's
-span: nobody waits for an async request, so it is not a child of the call that queued it.
-
-With --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) every span is also exported there
-over OTLP/HTTP, and each trace's Jaeger link is printed. To see them in Jaeger:
-
-  docker run --rm -p 16686:16686 -p 4318:4318 jaegertracing/all-in-one
-  sm-tracing demo --otlp-endpoint http://localhost:4318
-
-Needs the demo extra: pip install 'sm-tracing[demo]'. Exits 0 when every trace joined
-(and, with --otlp-endpoint, was exported), 1 otherwise.
-"""
+# Subcommand -> (the module whose main(argv) runs it, its line in ``sm-tracing --help``).
+# Imported only when run, so each command's dependencies stay its own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "sm_tracing._demo.command",
+        "run a traced invocation end to end on this machine and print the traces",
+    ),
+    "local": (
+        "sm_tracing.local._command",
+        "serve the SageMaker Runtime API on a port, in front of a model container you started",
+    ),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sm-tracing",
         description="OpenTelemetry tracing through Amazon SageMaker endpoints.",
+        epilog="sm-tracing COMMAND --help says what a command does and takes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="run a traced invocation end to end on this machine and print the traces",
-        description=_DEMO_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument(
-        "--otlp-endpoint",
-        metavar="URL",
-        default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        help="also export every span to this OTLP/HTTP endpoint, such as Jaeger's "
-        "http://localhost:4318 (default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, else none)",
-    )
-    demo.add_argument(
-        "--jaeger-url",
-        metavar="URL",
-        default="http://localhost:16686",
-        help="the Jaeger UI that trace links point to (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=float,
-        default=25.0,
-        help="give up after this long (default: %(default)s)",
-    )
-    demo.add_argument("-v", "--verbose", action="store_true", help="log what sm_tracing does")
+    for name, (_, summary) in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sm-tracing`` with *argv* (default: the command line); the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        module, _ = COMMANDS[args[0]]
+        command = importlib.import_module(module)
+        return int(command.main(args[1:]))
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command != "demo":
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose:
-        logging.getLogger("sm_tracing").setLevel(logging.DEBUG)
-    from sm_tracing._demo.demo import run
-
-    return run(
-        out=sys.stdout,
-        otlp_endpoint=args.otlp_endpoint or None,
-        jaeger_url=args.jaeger_url,
-        timeout=args.timeout,
-    )
+    # Here only for --help, --version, or to refuse an unknown command (argparse exits).
+    parser.parse_args(args)
+    parser.print_help()
+    return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from sm_tracing._hints import install_hint
 from sm_tracing.container._asgi import ASGIMiddleware, Receive, Scope, Send
 from sm_tracing.container._websocket import BIDI_PATH
 from sm_tracing.container._wsgi import WSGIMiddleware
@@ -48,7 +49,7 @@ def create_app() -> Flask:
     try:
         from flask import Flask, Response, request
     except ImportError as exc:
-        raise ImportError("the demo container needs Flask: pip install 'sm-tracing[demo]'") from exc
+        raise ImportError(f"the demo container needs Flask: {install_hint('demo')}") from exc
     from opentelemetry import trace
 
     import sm_tracing

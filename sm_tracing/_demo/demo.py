@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
+from sm_tracing._hints import install_hint
+
 if TYPE_CHECKING:
     # Imported when the demo runs: the receiver needs the OTLP exporter's protobufs, which
     # may be missing, and the demo must say so rather than fail to import.
@@ -62,7 +64,7 @@ _REQUIRED = (
     ("gunicorn", "gunicorn"),
     ("opentelemetry.exporter.otlp.proto.http", "opentelemetry-exporter-otlp-proto-http"),
 )
-_INSTALL_HINT = "pip install 'sm-tracing[demo]'"
+_INSTALL_HINT = install_hint("demo")
 # The bidirectional run: the HTTP/2 SDK (the bidi extra), and what the local runtime and the
 # WebSocket container need (the demo extra, from Python 3.12).
 _BIDI_REQUIRED = (
@@ -74,12 +76,21 @@ _BIDI_REQUIRED = (
 )
 BIDI_NEEDS = (
     "the bidirectional run (InvokeEndpointWithBidirectionalStream) needs Python 3.12 or later"
-    " and pip install 'sm-tracing[demo,bidi]'"
+    f" and {install_hint('demo', 'bidi')}"
 )
 
 
 class DemoError(Exception):
     """The demo could not run; the message says why."""
+
+
+class OutOfTime(DemoError):
+    """Something the demo waits for did not happen before its deadline."""
+
+    def __init__(self, what: str, detail: str = "") -> None:
+        super().__init__(f"{what} in time{detail}")
+        self.what = what
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,14 @@ def run(
                     f"could not export to {forward}: {receiver.forward_errors[-1]}"
                     " (is Jaeger or a Collector listening there?)"
                 )
+    except OutOfTime as exc:
+        # Named as the command line sets it, so the way to give it longer is plain.
+        print(
+            f"sm-tracing demo failed: {exc.what} within --timeout {timeout:g} seconds"
+            f" (a larger --timeout gives it longer){exc.detail}",
+            file=sys.stderr,
+        )
+        return 1
     except DemoError as exc:
         print(f"sm-tracing demo failed: {exc}", file=sys.stderr)
         return 1
@@ -270,7 +289,7 @@ def _invoke_all(
             bidi_runtime = stack.enter_context(LocalBidiRuntime(containers[2].ws_url))
             _converse(bidi_runtime, max(0.1, deadline - time.monotonic()))
         if not runtime.wait_async(max(0.1, deadline - time.monotonic())):
-            raise DemoError("the async invocation did not finish in time")
+            raise OutOfTime("the async invocation did not finish")
         for container in containers:
             for inference_id, value in container.received().items():
                 if inference_id in by_id:
@@ -496,7 +515,7 @@ def _show_hops(scenario: Scenario, carried: Carried, out: TextIO) -> list[str]:
 def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[str]:
     """Print where the time of one invocation went, as its client span's attributes say (the
     figures Jaeger shows); the problems: a synchronous call's span without them."""
-    from sm_tracing.client._hook import CONTAINER_DURATION, OVERHEAD
+    from sm_tracing._attributes import CONTAINER_DURATION, OVERHEAD
     from sm_tracing.client._streams import CHUNKS, OUTCOME, TIME_PER_CHUNK, TIME_TO_FIRST_CHUNK
 
     attributes = client.attributes
@@ -606,7 +625,7 @@ class _Progress:
 
 def wait_ready(containers: list[_Container], deadline: float, progress: _Progress) -> None:
     """Return once every container's ``/ping`` answers 200, saying when each is ready;
-    DemoError if one exits or time runs out."""
+    DemoError if one exits, OutOfTime if time runs out."""
     started = time.monotonic()
     pending = list(containers)
     while pending:
@@ -618,8 +637,8 @@ def wait_ready(containers: list[_Container], deadline: float, progress: _Progres
             return
         if time.monotonic() >= deadline:
             container = pending[0]
-            raise DemoError(
-                f"the {container.name} container did not start in time:\n{container.log_tail()}"
+            raise OutOfTime(
+                f"the {container.name} container did not start", f":\n{container.log_tail()}"
             )
         progress.waiting("  waiting for them to answer /ping:", time.monotonic() - started)
         time.sleep(0.05)

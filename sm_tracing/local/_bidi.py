@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sm_tracing import _querystring
+from sm_tracing._hints import install_hint
 from sm_tracing.local._eventstream import (
     CONTENT_TYPE,
     encode_headers,
@@ -195,7 +196,7 @@ class LocalBidiRuntime:
             import trustme
         except ImportError as error:  # pragma: no cover - the test extra has it
             raise ImportError(
-                "LocalBidiRuntime needs trustme, h2 and websockets: pip install 'sm-tracing[test]'"
+                f"LocalBidiRuntime needs trustme, h2 and websockets: {install_hint('test')}"
             ) from error
         authority = trustme.CA()
         certificate = authority.issue_cert(self._host, "127.0.0.1", "localhost")
@@ -617,7 +618,7 @@ def _trusting_transport(ca_file: str) -> Any:
     except ImportError as error:
         raise ImportError(
             "a bidirectional stream needs aws-sdk-sagemaker-runtime-http2 with its CRT "
-            "transport: pip install 'sm-tracing[bidi]'"
+            f"transport: {install_hint('bidi')}"
         ) from error
 
     class _TrustingCRTClient(AWSCRTHTTPClient):  # type: ignore[misc]

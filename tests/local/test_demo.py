@@ -187,7 +187,8 @@ def test_demo_says_what_the_bidirectional_run_needs(
     needs = [line for line in result.stdout.splitlines() if "bidirectional" in line]
     assert needs == [
         "Skipped: the bidirectional run (InvokeEndpointWithBidirectionalStream) needs Python 3.12"
-        " or later and pip install 'sm-tracing[demo,bidi]'."
+        " or later and pip install 'sm-tracing[demo,bidi]'"
+        " (from a clone: pip install -e '.[demo,bidi]')."
     ]
 
 
