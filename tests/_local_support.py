@@ -1,5 +1,5 @@
-"""A tiny model container on a loopback thread, plain boto3 clients, and a launcher of container
-processes for transform jobs, for LocalRuntime tests.
+"""A tiny model container on a loopback thread, plain boto3 clients, a launcher of container
+processes for transform jobs, for LocalRuntime tests; and ``sm-tracing local`` run as a process.
 
 The container is an ``http.server`` speaking HTTP/1.1 with keep-alive, like the serving stacks
 behind SageMaker: a fixed-size answer gets a Content-Length, an iterable one is sent chunked,
@@ -11,8 +11,15 @@ handler the test installs.
 from __future__ import annotations
 
 import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -255,3 +262,119 @@ def streaming(parts: list[bytes], gate: threading.Event | None = None) -> Handle
         )
 
     return handler
+
+
+# The console script installed beside this interpreter, as a user runs it.
+SM_TRACING = Path(sys.executable).with_name("sm-tracing")
+
+
+def clean_environment(**more: str) -> dict[str, str]:
+    """This environment without AWS or OpenTelemetry settings, as on a fresh machine (AWS
+    configuration files pointed away), plus *more*."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "OTEL_", "SM_TRACING_"))
+    }
+    env.update(
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(more)
+    return env
+
+
+class LocalCommand:
+    """``sm-tracing local`` (or *argv*, a command line that runs it) in a process of its own,
+    its output read as it comes: ``banner`` is what it prints before the first call, ``exports``
+    the variables its ``export`` lines set, ``line(...)`` waits for a line of a call."""
+
+    def __init__(
+        self, *args: str, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        command = [str(SM_TRACING), "local", *args] if argv is None else list(argv)
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=dict(clean_environment() if env is None else env),
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.banner = self._until(lambda line: line.endswith("Ctrl-C stops."), 30.0)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _until(self, wanted: Callable[[str], bool], timeout: float) -> list[str]:
+        """The lines read up to the first *wanted* one, included."""
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"waited {timeout} s in vain; got {seen}") from None
+            if line is None:
+                raise AssertionError(f"it ended ({self.process.wait()}): {seen}\n{self.stderr()}")
+            self.lines.append(line)
+            seen.append(line)
+            if wanted(line):
+                return seen
+
+    def line(self, *parts: str, timeout: float = 30.0) -> str:
+        """The next line that holds every one of *parts*."""
+        return self._until(lambda line: all(part in line for part in parts), timeout)[-1]
+
+    @property
+    def exports(self) -> dict[str, str]:
+        """The variables the banner's ``export`` lines set."""
+        found = {}
+        for line in self.banner:
+            if line.startswith("export "):
+                name, _, value = shlex.split(line)[1].partition("=")
+                found[name] = value
+        return found
+
+    @property
+    def url(self) -> str:
+        return self.exports["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"]
+
+    def stderr(self) -> str:
+        """What it wrote on stderr; only once it has ended."""
+        assert self.process.stderr is not None
+        return self.process.stderr.read() if self.process.poll() is not None else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send *sig* and wait for it to end (killed if it does not); its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return self.process.returncode
+
+    def __enter__(self) -> LocalCommand:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

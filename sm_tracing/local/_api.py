@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
 from sm_tracing.local import _eventstream
+from sm_tracing.local._calls import OPERATIONS, Call
 from sm_tracing.local._pool import ContainerPool, cut
 from sm_tracing.local._storage import safe_name
 from sm_tracing.local._transform import ApiError
@@ -202,6 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
     # Idle keep-alive connections are dropped after this long, so none is held forever.
     timeout = 120
     server: Server
+    # The current call's answer, for its report: status, error code, the container's
+    # CustomAttributes.
+    _status = 0
+    _error_code: str | None = None
+    _answered: str | None = None
 
     def do_POST(self) -> None:
         self.request_id = str(uuid.uuid4())
@@ -213,6 +220,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._drain_or_close()
             self._error(404, "UnknownOperationException", "Unknown operation")
             return
+        if match is None or self.server.runtime._observer is None:
+            self._serve(match)
+            return
+        # What the call's report needs, filled in as the answer goes out.
+        self._status = 0
+        self._error_code = None
+        self._answered = None
+        started = time.perf_counter()
+        try:
+            self._serve(match)
+        finally:
+            # An async call accepted is reported by its job, once the container has answered.
+            if self._status != 202:
+                self._report(match, time.perf_counter() - started)
+
+    def _report(self, match: re.Match[str], seconds: float) -> None:
+        call = Call(
+            operation=OPERATIONS[match.group(2)],
+            endpoint=unquote(match.group(1)),
+            status=self._status,
+            seconds=seconds,
+            sent=self.headers.get(_CUSTOM_ATTRIBUTES),
+            answered=self._answered,
+            error=self._error_code,
+        )
+        self.server.runtime._observe(call)
+
+    def _serve(self, match: re.Match[str] | None) -> None:
+        """Answer a runtime API call (*match*: its route) or, without one, a control call."""
+        target = self.headers.get("X-Amz-Target", "")
         authorization = self.headers.get("Authorization", "")
         if not authorization.startswith("AWS4-HMAC-SHA256 "):
             self._drain_or_close()
@@ -247,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif operation == "invocations-response-stream":
             self._invoke_stream(endpoint, pool, body)
         else:
-            self._invoke_async(pool, body)
+            self._invoke_async(endpoint, pool, body)
 
     def _control(self, operation: str, body: bytes) -> None:
         """The ``sagemaker`` (control plane) operations of batch transform, in its JSON
@@ -326,6 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         Returns whether the container's body was read to its end.
         """
+        self._status = 200
         self.send_response(200)
         content_type = response.getheader("Content-Type")
         if content_type:
@@ -391,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
         count = f"{len(broken)} validation error{'s' if len(broken) > 1 else ''}"
         return f"{count} detected: {'; '.join(broken)}"
 
-    def _invoke_async(self, pool: ContainerPool, body: bytes) -> None:
+    def _invoke_async(self, endpoint: str, pool: ContainerPool, body: bytes) -> None:
         runtime = self.server.runtime
         inference_id = self.headers.get(_INFERENCE_ID) or str(uuid.uuid4())
         name = self.headers.get(_FILENAME) or f"{inference_id}.out"
@@ -428,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not any(header == _INFERENCE_ID for header, _ in headers):
             headers.append((_INFERENCE_ID, inference_id))
         queued = runtime._queue_async(
-            pool, inference_id, headers, source, folders=names, filename=name
+            endpoint, pool, inference_id, headers, source, folders=names, filename=name
         )
         if queued is None:
             self._error(503, "ServiceUnavailable", "Too many async invocations are queued.")
@@ -463,6 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
             value = response.getheader(name)
             if value is not None:
                 headers.append((name, value))
+        self._answered = response.getheader(_CUSTOM_ATTRIBUTES)
         return headers
 
     def _read_body(self) -> bytes | None:
@@ -495,6 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _answer(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+        self._status = status
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -506,6 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str, **members: object) -> None:
+        self._error_code = code
         body = {"__type": code, "Message": message, **members}
         headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", code)]
         self._answer(status, json.dumps(body).encode(), headers)

@@ -8,17 +8,20 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 from sm_tracing.local._api import Server
+from sm_tracing.local._calls import Call, Observer
 from sm_tracing.local._pool import ContainerPool
 from sm_tracing.local._storage import Location, local_path, location, write
 from sm_tracing.local._transform import Launcher, LocalTransformJob, TransformJobs
 
 _logger = logging.getLogger(__name__)
+_CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
 class LocalRuntime:
@@ -84,6 +87,8 @@ class LocalRuntime:
         self._owned_dir: str | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # Told of every invocation (``sm-tracing local`` prints them); None: nobody listens.
+        self._observer: Observer | None = None
         self._transforms = TransformJobs(
             s3_root=self._s3_root,
             launcher=transform_container,
@@ -214,6 +219,16 @@ class LocalRuntime:
             return self._default
         return self._pools.get(endpoint)
 
+    def _observe(self, call: Call) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            observer(call)
+        except Exception:
+            # A report that fails must not fail the call it reports.
+            _logger.warning("reporting an invocation failed", exc_info=True)
+
     def _location(self, where: str | os.PathLike[str]) -> Location:
         return location(where, self._s3_root)
 
@@ -223,6 +238,7 @@ class LocalRuntime:
 
     def _queue_async(
         self,
+        endpoint: str,
         pool: ContainerPool,
         inference_id: str,
         headers: list[tuple[str, str]],
@@ -236,7 +252,9 @@ class LocalRuntime:
         assert self._output is not None and self._failure is not None
         output_uri, output_path = self._output.child(*folders, filename)
         failure_uri, failure_path = self._failure.child(*folders, f"{inference_id}-error.out")
-        job = _AsyncJob(pool, inference_id, headers, source, output_path, failure_path)
+        job = _AsyncJob(
+            endpoint, pool, inference_id, headers, source, output_path, failure_path, self._observe
+        )
         if not self._submit(job):
             return None
         return output_uri, failure_uri
@@ -272,22 +290,45 @@ class LocalRuntime:
 
 @dataclass(frozen=True)
 class _AsyncJob:
+    endpoint: str
     pool: ContainerPool
     inference_id: str
     headers: list[tuple[str, str]]
     body: bytes | Path
     output: Path
     failure: Path
+    observe: Observer
 
     def run(self) -> None:
+        started = time.perf_counter()
+        status, answered, error, written = self._run()
+        sent = next((value for name, value in self.headers if name == _CUSTOM_ATTRIBUTES), None)
+        call = Call(
+            operation="InvokeEndpointAsync",
+            endpoint=self.endpoint,
+            status=status,
+            seconds=time.perf_counter() - started,
+            sent=sent,
+            answered=answered,
+            error=error,
+            output=str(written),
+        )
+        self.observe(call)
+
+    def _run(self) -> tuple[int, str | None, str | None, Path]:
+        """Call the container and write its answer: its status (0: none), its CustomAttributes,
+        what went wrong, the file written."""
         try:
             body = self.body if isinstance(self.body, bytes) else self.body.read_bytes()
         except OSError as exc:
             write(self.failure, f"Could not read the input: {exc}".encode())
-            return
+            return 0, None, "the input could not be read", self.failure
         try:
             response, data = self.pool.call("/invocations", self.headers, body)
         except (OSError, HTTPException) as exc:
             write(self.failure, f"The model container did not answer: {exc}".encode())
-            return
-        write(self.output if response.status < 400 else self.failure, data)
+            return 0, None, "the model container did not answer", self.failure
+        written = self.output if response.status < 400 else self.failure
+        write(written, data)
+        error = None if response.status < 400 else "ModelError"
+        return response.status, response.getheader(_CUSTOM_ATTRIBUTES), error, written
