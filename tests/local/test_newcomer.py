@@ -19,16 +19,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _local_support import ModelContainer
+from _local_support import LocalCommand, ModelContainer
 from _otlp_receiver import OTLPReceiver, ReceivedSpan, named
 
 import sm_tracing
-from sm_tracing.local import LocalRuntime
+from sm_tracing.local import LocalRuntime, _command
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -250,16 +250,19 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def serve(app_dir: Path, stack: str, env: Mapping[str, str]) -> Server:
-    """Serve ``app_dir/app.py`` as the README says, on a loopback socket bound here."""
+def serve(
+    app_dir: Path, stack: str, env: Mapping[str, str], args: Sequence[str] = ("app:app",)
+) -> Server:
+    """Serve ``app_dir/app.py`` as the README says (*args* after the address), on a loopback
+    socket bound here."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     fd = listener.fileno()
     if stack == "gunicorn":
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "app:app"]
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", *args]
     else:
-        command = [sys.executable, "-m", "uvicorn", "--fd", str(fd), "app:app"]
+        command = [sys.executable, "-m", "uvicorn", "--fd", str(fd), *args]
     log = app_dir / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -319,6 +322,71 @@ def test_container_and_local_runtime_snippets(
     assert container.trace_id == client.trace_id
     assert container.parent_id == client.span_id
     assert "nothing is listening" not in server.output()
+
+
+# -- without an AWS account: sm-tracing local -------------------------------------------------
+
+NO_AWS = "Without an AWS account"
+
+
+def shown_line(text: str) -> re.Pattern[str]:
+    """The README's example of a call's line as a pattern: its time, duration and ids are
+    placeholders; the ids are captured, in order."""
+    pattern = re.escape(text.strip())
+    for shown, wanted in (
+        (r"12:00:00", r"\d\d:\d\d:\d\d"),
+        (r"4\.2\ ms", r"[0-9.]+\ ms"),
+        (r"<trace\-id>", r"([0-9a-f]{32})"),
+        (r"<span\-id>", r"([0-9a-f]{16})"),
+        (r"<container\-span\-id>", r"([0-9a-f]{16})"),
+        (r"<microseconds>", r"\d+"),
+    ):
+        assert shown in pattern, f"{shown} is not in the README's line"
+        pattern = pattern.replace(shown, wanted)
+    return re.compile(pattern)
+
+
+def test_no_aws_snippets(tmp_path: Path, receiver: OTLPReceiver) -> None:
+    """The README's run without AWS, as written (ports aside): its container and
+    ``sm-tracing local`` commands start them, its ``export`` lines are what ``sm-tracing local``
+    prints, the client snippet then runs unchanged, the line printed for the call has the
+    README's shape, and the client and container spans form one trace."""
+    shells = [b.text for b in blocks() if b.heading == NO_AWS and b.language == "sh"]
+    assert len(shells) == 2, f"README.md has {len(shells)} sh blocks under {NO_AWS!r}, not 2"
+    start, second_shell = shells
+    (shown,) = [b.text for b in blocks() if b.heading == NO_AWS and b.language == "text"]
+    commands = [shlex.split(line) for line in start.splitlines() if line.strip()]
+    assert [argv[0] for argv in commands] == ["gunicorn", "sm-tracing"]
+    (tmp_path / "app.py").write_text(snippet("Continue the trace in the container", index=0))
+    (tmp_path / "client.py").write_text(snippet("Instrument the client"))
+    env = user_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
+
+    # The container, on a socket bound here rather than the README's port 8080.
+    gunicorn = commands[0]
+    assert gunicorn[-1] == "&" and gunicorn[1:3] == ["--bind", "127.0.0.1:8080"], gunicorn
+    server = serve(tmp_path, "gunicorn", env, args=gunicorn[3:-1])
+    try:
+        # sm-tracing local as the README starts it, in front of that container, on a free port.
+        argv = [word.replace("http://127.0.0.1:8080", server.url) for word in commands[1]]
+        assert argv != commands[1], "the README's sm-tracing local names another container"
+        with LocalCommand(argv=[str(BIN / argv[0]), *argv[1:], "--port", "0"], env=env) as local:
+            readme_url = f"http://127.0.0.1:{_command.DEFAULT_PORT}"
+            lines = second_shell.strip().splitlines()
+            assert lines[-1] == "python client.py"
+            printed = [line for line in local.banner if line.startswith("export ")]
+            assert [line.replace(local.url, readme_url) for line in printed] == lines[:-1]
+            done = run([sys.executable, "client.py"], {**env, **local.exports}, tmp_path)
+            assert done.stderr == ""
+            line = local.line("InvokeEndpoint my-llm: ")
+        spans = receiver.wait_for(named(CONTAINER_SPAN))
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+    match = shown_line(shown).fullmatch(line)
+    assert match, f"printed {line!r}, the README shows {shown.strip()!r}"
+    client, container = span(spans, CLIENT_SPAN), span(spans, CONTAINER_SPAN)
+    assert match.groups() == (client.trace_id, client.span_id, client.trace_id, container.span_id)
+    assert container.parent_id == client.span_id
 
 
 # -- visible warnings, a tidy namespace --------------------------------------------------------
