@@ -1,11 +1,11 @@
 """The one way sm_tracing patches another library's method or function, and undoes it.
 
-A patch is a plain function put in the original's place. It calls whatever it wraps through its
-own ``__wrapped__``, read on each call, so it can be spliced out of a chain of wrappers wherever
-it sits. Other tools wrap the same methods (opentelemetry-instrumentation-botocore and the X-Ray
-SDK with wrapt, ddtrace by saving and restoring the method), and their removal takes off only the
-outermost wrapt proxy or puts back what they saved: a patch of ours is not a wrapt proxy, so such
-a removal never takes ours instead of theirs, and ours never takes theirs.
+A patch is a plain function that goes in as the innermost wrapper: just above the original,
+under the wrapt proxies other tools put there (opentelemetry-instrumentation-botocore and the
+X-Ray SDK wrap botocore's methods with wrapt). Their removal takes off the outermost proxy,
+which is then always theirs, never ours; ours is spliced out of the chain wherever it sits, so
+it never takes theirs either. The patch calls what it wraps through its own ``__wrapped__``,
+read on each call, so splicing is repointing the wrapper above it.
 
 Post-import hooks go through one registration per module for the life of the process: wrapt's
 registry keeps every hook it is given, so registering on each install would grow it forever.
@@ -31,40 +31,46 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], A
 *instance* for a method (None for a module's function), and *args* leave the instance out."""
 
 _PATCH = "_sm_tracing_patch"
+# wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has only
+# ObjectProxy.
+_PROXIES = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
 
 
 class Patch:
     """One patch of ``owner.name``: while *active*, calls go through *wrapper*; afterwards
     straight to what it wraps, wherever it still sits."""
 
-    __slots__ = ("active", "function", "innermost", "name", "owner")
+    __slots__ = ("active", "function", "name", "owner")
 
-    def __init__(self, owner: type | ModuleType, name: str, function: Any, innermost: Any) -> None:
+    def __init__(self, owner: type | ModuleType, name: str, function: Any) -> None:
         self.owner = owner
         self.name = name
         self.function = function
-        self.innermost = innermost
         self.active = True
 
     def installed(self) -> bool:
-        """Whether calls of ``owner.name`` still reach this patch. False when another tool put
-        back a method it had saved from before ours; True where a wrapper that hides what it
-        wraps sits on top, since what is under it can't be seen."""
+        """Whether calls of ``owner.name`` still reach this patch. False when the chain of
+        wrappers leads to the owner's own function without passing it (another tool put back a
+        method it had saved from before ours); True where a wrapper that hides what it wraps
+        sits on top, since what is under it can't be seen."""
         node = self.owner.__dict__.get(self.name)
-        while node is not None:
+        while True:
             if node is self.function:
                 return True
-            if node is self.innermost:
-                return False
-            node = getattr(node, "__wrapped__", None)
-        return True
+            inner = getattr(node, "__wrapped__", None)
+            if inner is None:
+                return getattr(node, "__module__", None) != self.owner.__module__
+            node = inner
 
 
 def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
-    """Put a patch calling *wrapper* in place of ``owner.name`` (defined on *owner* itself: a
-    method of a class or a function of a module), keeping its signature; a coroutine function
-    gets a coroutine function."""
+    """Put a patch calling *wrapper* around ``owner.name`` (defined on *owner* itself: a method
+    of a class or a function of a module), under the wrappers already there that can be
+    repointed, keeping its signature; a coroutine function gets a coroutine function."""
+    parent: Any = None
     original = owner.__dict__[name]
+    while isinstance(original, _PROXIES) or patch_of(original) is not None:
+        parent, original = original, original.__wrapped__
     method = isinstance(owner, type)
     handle: Patch
     function: Any
@@ -97,9 +103,17 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
 
         function = patched
     functools.update_wrapper(function, original, updated=())
-    handle = Patch(owner, name, function, inspect.unwrap(original))
+    handle = Patch(owner, name, function)
     setattr(function, _PATCH, handle)
-    setattr(owner, name, function)
+    try:
+        if parent is None:
+            setattr(owner, name, function)
+        else:
+            parent.__wrapped__ = function
+    except (AttributeError, TypeError):
+        # A proxy that can't be repointed: on top of everything instead.
+        function.__wrapped__ = owner.__dict__[name]
+        setattr(owner, name, function)
     return handle
 
 

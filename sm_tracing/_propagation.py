@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, MutableSequence
+from collections.abc import Mapping, MutableSequence
 from functools import lru_cache
-from typing import Any
 
 from opentelemetry import baggage, trace
-from opentelemetry.baggage import _BAGGAGE_KEY
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagate import get_global_textmap
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from sm_tracing import _codec, _querystring
 from sm_tracing._codec import CONTAINER_TIME, TRACERESPONSE
-from sm_tracing._common import current_context
 from sm_tracing._guard import guard
 
 _logger = logging.getLogger(__name__)
@@ -64,37 +58,20 @@ _SETTER = _PairSetter()
 GETTER = _PairGetter()
 """Reads our pairs, keyed in lower case, for a propagator's extract."""
 _DEFAULT_KEYS = _codec.Keys(_W3C_KEYS, required=("traceparent",))
-# The keys of the propagator last asked about, and whether it is OpenTelemetry's default.
-_keys_cache: tuple[TextMapPropagator | None, _codec.Keys, bool] = (None, _DEFAULT_KEYS, True)
-
-
-def _reading(propagator: TextMapPropagator) -> tuple[_codec.Keys, bool]:
-    # The per-request paths (carried, merge_context) compare _keys_cache themselves and come
-    # here only when the propagator changed: a call less on every request.
-    global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
-    cached_for, keys, w3c = _keys_cache
-    if cached_for is not propagator:
-        keys, w3c = _list_keys(propagator), _is_w3c(propagator)
-        _keys_cache = (propagator, keys, w3c)
-    return keys, w3c
+# The keys of the propagator last asked about: listing them injects a probe context.
+_keys_cache: tuple[TextMapPropagator | None, _codec.Keys] = (None, _DEFAULT_KEYS)
 
 
 def our_keys(propagator: TextMapPropagator | None = None) -> _codec.Keys:
     """The keys this library owns in CustomAttributes under *propagator* (the global one)."""
-    return _reading(get_global_textmap() if propagator is None else propagator)[0]
-
-
-def _is_w3c(propagator: TextMapPropagator) -> bool:
-    """True when *propagator* is OpenTelemetry's default: W3C trace context (and baggage)."""
-    if type(propagator) is TraceContextTextMapPropagator:
-        return True
-    if type(propagator) is not CompositePropagator:
-        return False
-    parts = getattr(propagator, "_propagators", None) or ()
-    return [type(part) for part in parts] in (
-        [TraceContextTextMapPropagator],
-        [TraceContextTextMapPropagator, W3CBaggagePropagator],
-    )
+    global _keys_cache  # noqa: PLW0603 - a one-entry cache, swapped whole, so no lock is needed
+    if propagator is None:
+        propagator = get_global_textmap()
+    cached_for, keys = _keys_cache
+    if cached_for is not propagator:
+        keys = _list_keys(propagator)
+        _keys_cache = (propagator, keys)
+    return keys
 
 
 def _list_keys(propagator: TextMapPropagator) -> _codec.Keys:
@@ -131,9 +108,7 @@ def carried(
     none, *extract* is false, or the propagator fails (logged: no parent, but the value is
     still the caller's)."""
     propagator = get_global_textmap()
-    cached_for, keys, w3c = _keys_cache
-    if cached_for is not propagator:
-        keys, w3c = _reading(propagator)
+    keys = our_keys(propagator)
     if query:
         pairs, rest = _querystring.read(custom_attributes, keys.owns)
     else:
@@ -141,7 +116,7 @@ def carried(
     if not pairs or not extract:
         return rest, None
     try:
-        return rest, _extract(propagator, w3c, pairs, context)
+        return rest, propagator.extract(pairs, context=context, getter=GETTER)
     except Exception:
         _logger.warning("could not read the trace context from CustomAttributes", exc_info=True)
         return rest, None
@@ -152,90 +127,33 @@ def environment_context(context: Context | None) -> Context | None:
     (``TRACEPARENT``, ``TRACESTATE``, ``BAGGAGE``: each key upper-cased, ``-`` as ``_``), on top
     of *context*, as a batch transform job's containers get it; None when there is none."""
     propagator = get_global_textmap()
-    keys, w3c = _reading(propagator)
     carrier: dict[str, str] = {}
-    for key, name in _environment_names(keys):
-        value = _ENVIRON.get(name)
+    for key, name in _environment_names(our_keys(propagator)):
+        value = os.environ.get(name)
         if value:
-            carrier[key] = _decode_value(value)
+            carrier[key] = value
     if not carrier:
         return None
-    return _extract(propagator, w3c, carrier, context)
-
-
-# os.environ answers a name it lacks by raising and catching a KeyError (some 8,000
-# instructions a name), and this runs for every request that brings no context of its own: its
-# own table, keyed as it keys it and kept in step by every change made through it, answers the
-# same in a dict lookup, where this Python has one.
-_ENVIRON: Mapping[Any, Any] = os.environ
-_encode_key: Callable[[str], Any] = str  # as it is: os.environ keys by the name itself
-_decode_value: Callable[[Any], str] = str
-_table = getattr(os.environ, "_data", None)
-if (
-    isinstance(_table, dict)
-    and hasattr(os.environ, "encodekey")
-    and hasattr(os.environ, "decodevalue")
-):
-    _ENVIRON = _table
-    _encode_key, _decode_value = os.environ.encodekey, os.environ.decodevalue
+    return propagator.extract(carrier, context=context, getter=GETTER)
 
 
 @lru_cache(maxsize=8)
-def _environment_names(keys: _codec.Keys) -> tuple[tuple[str, Any], ...]:
+def _environment_names(keys: _codec.Keys) -> tuple[tuple[str, str], ...]:
     """Each of *keys* with the environment variable it is carried in (upper case, ``-`` as
-    ``_``), as the environment's table keys it."""
-    return tuple((key, _encode_key(key.upper().replace("-", "_"))) for key in sorted(keys.exact))
-
-
-_TRACE_FLAGS = tuple(TraceFlags(flags) for flags in range(256))
-
-
-def _extract(
-    propagator: TextMapPropagator, w3c: bool, pairs: Mapping[str, str], context: Context | None
-) -> Context:
-    if w3c and len(pairs) == 1:
-        # A lone version-00 traceparent under the default propagator: read by slicing, to the
-        # very context the propagator would give; anything else goes through the propagator.
-        parsed = _codec.parse_traceresponse(pairs.get("traceparent") or "")
-        if parsed is not None:
-            trace_id, span_id, flags = parsed
-            span_context = SpanContext(
-                int(trace_id, 16), int(span_id, 16), True, _TRACE_FLAGS[flags]
-            )
-            return trace.set_span_in_context(
-                NonRecordingSpan(span_context), Context() if context is None else context
-            )
-    return propagator.extract(pairs, context=context, getter=GETTER)
+    ``_``)."""
+    return tuple((key, key.upper().replace("-", "_")) for key in sorted(keys.exact))
 
 
 def merge_context(
-    custom_attributes: str | None,
-    context: Context | None = None,
-    opaque: bool = False,
-    span: Span | None = None,
+    custom_attributes: str | None, context: Context | None = None, opaque: bool = False
 ) -> tuple[str | None, str | None]:
-    """The value to send with *context* merged in, or ``(None, reason)`` to send as it was;
-    *span* is the span current in *context*, when the caller has it at hand.
+    """The value to send with *context* (the current one by default) merged in by the
+    configured propagator, or ``(None, reason)`` to send it as it was.
 
     Raises what the propagator raises: the callers' guards decide what that costs.
     """
     propagator = get_global_textmap()
-    cached_for, keys, w3c = _keys_cache
-    if cached_for is not propagator:
-        keys, w3c = _reading(propagator)
-    if w3c:
-        # OpenTelemetry's default propagator with nothing but a span to send writes one
-        # traceparent: written here directly, the very pair its inject would give.
-        if span is None:
-            span = trace.get_current_span(context)
-        # A SpanContext is declared a tuple (trace id, span id, remote, flags, trace state,
-        # valid): read whole, not through its properties, each a call.
-        trace_id, span_id, _, flags, trace_state, valid = span.get_span_context()
-        if context is None:
-            context = current_context()
-        if valid and not trace_state and not context.get(_BAGGAGE_KEY):
-            traceparent = _codec.format_traceresponse(trace_id, span_id, flags)
-            return _codec.merge_one(custom_attributes, "traceparent", traceparent, keys, opaque)
+    keys = our_keys(propagator)
     pairs: list[tuple[str, str]] = []
     propagator.inject(pairs, context=context, setter=_SETTER)
     if not pairs:

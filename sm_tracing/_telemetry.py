@@ -5,6 +5,7 @@ whatever their processors do."""
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -20,10 +21,22 @@ RECORD_MESSAGES_ENV = "SM_TRACING_RECORD_EXCEPTION_MESSAGES"
 _ERROR = Status(StatusCode.ERROR)
 
 
-@lru_cache(maxsize=32)
+# Tracers by provider, held no longer than their provider is.
+_tracers: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
+
+
 def get_tracer(tracer_provider: TracerProvider | None = None) -> trace.Tracer:
     """This library's tracer from *tracer_provider*, or from the global one; a tracer that
     records nothing (logged) when the provider fails to give one."""
+    if tracer_provider is None:
+        return _new_tracer(None)
+    tracer = _tracers.get(tracer_provider)
+    if tracer is None:
+        tracer = _tracers[tracer_provider] = _new_tracer(tracer_provider)
+    return tracer
+
+
+def _new_tracer(tracer_provider: TracerProvider | None) -> trace.Tracer:
     no_op: trace.Tracer = trace.NoOpTracer()
     return guard(
         "get a tracer; not tracing",
@@ -35,7 +48,6 @@ def get_tracer(tracer_provider: TracerProvider | None = None) -> trace.Tracer:
     )
 
 
-@lru_cache(maxsize=32)
 def get_meter(meter_provider: MeterProvider | None = None) -> Meter:
     """This library's meter from *meter_provider*, or from the global one; a meter that
     records nothing (logged) when the provider fails to give one."""

@@ -193,20 +193,12 @@ def instrumenting(**options: Any) -> Iterator[None]:
 
 
 def remove_upstream_only() -> None:
-    """Uninstrument opentelemetry-instrumentation-botocore whatever the wrapper order: its own
-    uninstrument() can only take off the outermost wrapper, and does nothing when that is
-    ours."""
-    import botocore.client
-    import botocore.endpoint
+    """Uninstrument opentelemetry-instrumentation-botocore. Its uninstrument() takes off only the
+    outermost wrapper: where ours sits above its own, its wrapper stays under ours, and the call's
+    one span stays its span."""
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
-    from opentelemetry.instrumentation.utils import unwrap
 
-    from sm_tracing._common import unwrap as unwrap_anywhere
-
-    instrumentor = BotocoreInstrumentor()
-    unwrap_anywhere(botocore.client.BaseClient, "_make_api_call", instrumentor._patched_api_call)
-    unwrap(botocore.endpoint.Endpoint, "prepare_request")
-    instrumentor._is_instrumented_by_opentelemetry = False
+    BotocoreInstrumentor().uninstrument()
 
 
 def echo_left_unread(

@@ -144,6 +144,39 @@ class _Upstream(_Tracer):
         yield lambda spans: sum(span["scope"].startswith(UPSTREAM_SCOPE) for span in spans)
 
 
+class _Saver(_Tracer):
+    """A plain monkeypatch that saves botocore's method and puts it back when removed, as
+    ``unittest.mock.patch.object`` and hand-written wrappers do: its removal takes off whatever
+    was put on top of its wrapper since."""
+
+    name = "saver"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.saved: Any = None
+
+    def install(self) -> None:
+        import botocore.client
+
+        saved = self.saved = botocore.client.BaseClient.__dict__["_make_api_call"]
+
+        def _make_api_call(client: Any, operation_name: str, api_params: Any) -> Any:
+            self.calls += 1
+            return saved(client, operation_name, api_params)
+
+        botocore.client.BaseClient._make_api_call = _make_api_call  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        import botocore.client
+
+        botocore.client.BaseClient._make_api_call = self.saved  # type: ignore[method-assign]
+
+    @contextmanager
+    def around(self) -> Iterator[Callable[[list[dict[str, Any]]], int]]:
+        before = self.calls
+        yield lambda spans: self.calls - before
+
+
 class _Ddtrace(_Tracer):
     name = "ddtrace"
 
@@ -299,6 +332,7 @@ class _Child:
                 "ddtrace": _Ddtrace,
                 "xray": _XRay,
                 "sentry": _Sentry,
+                "saver": _Saver,
             }
             self.tracers[name] = kinds[name]()
         return self.tracers[name]

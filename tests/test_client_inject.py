@@ -273,30 +273,6 @@ def test_suppress_instrumentation_is_honoured(
     assert exporter.get_finished_spans() == ()
 
 
-@pytest.mark.parametrize(
-    "key", ["suppress_instrumentation", "new-key", "both", "none"], ids=lambda key: key
-)
-def test_suppression_reads_what_the_helper_reads(key: str) -> None:
-    """The hook's suppression check answers as is_instrumentation_enabled() does, for the
-    context's own key, the plain key older instrumentations set, both, and neither."""
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current, set_value
-    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-
-    from sm_tracing.client._hook import suppressed
-
-    context = get_current()
-    if key in ("suppress_instrumentation", "both"):
-        context = set_value("suppress_instrumentation", True, context)
-    if key in ("new-key", "both"):
-        context = set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
-    token = attach(context)
-    try:
-        assert suppressed(otel_context.get_current()) is (not is_instrumentation_enabled())
-        assert suppressed(otel_context.get_current()) is (key != "none")
-    finally:
-        detach(token)
-
-
 @pytest.mark.usefixtures("instrumented")
 def test_the_plain_suppression_key_is_honoured(
     client: Any, wire: Wire, exporter: InMemorySpanExporter

@@ -57,11 +57,11 @@ CONTAINER_SPAN = "POST /invocations"
 
 
 @pytest.fixture
-def hook(tracer_provider: TracerProvider) -> Iterator[_transform.TransformHook]:
-    """The CreateTransformJob hook installed with this test's provider, removed afterwards."""
-    installed = _transform.install(get_tracer(tracer_provider))
-    yield installed
-    _transform.uninstall(installed)
+def hook(tracer_provider: TracerProvider) -> Iterator[None]:
+    """CreateTransformJob traced with this test's provider, untraced afterwards."""
+    sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
+    yield
+    sm_tracing.uninstrument()
 
 
 @pytest.fixture
@@ -349,17 +349,22 @@ def test_other_calls_pass_through(
 ) -> None:
     """Other operations of the sagemaker client, and other services' clients, get no span and
     their parameters go as given."""
+    import boto3
+
     wire.answer = job_answer(body={"Tags": []})
     assert sagemaker.list_tags(ResourceArn=JOB_ARN)["Tags"] == []
-    runtime_wire = Wire()
-    make_client(wire=runtime_wire).invoke_endpoint(EndpointName="e", Body=b"{}")
     assert json.loads(wire.requests[-1].body) == {"ResourceArn": JOB_ARN}
-    assert runtime_wire.custom_attributes() is None
+    other = Wire(respond=lambda request: job_answer())
+    sts = boto3.client("sts", region_name=REGION, **CREDENTIALS)
+    sts.meta.events.register("before-send", other)
+    with contextlib.suppress(Exception):  # the canned answer is not an STS one
+        sts.get_caller_identity()
+    assert other.requests
     assert exporter.get_finished_spans() == ()
 
 
 def test_suppressed_instrumentation_is_respected(
-    hook: _transform.TransformHook, sagemaker: Any, wire: SageMakerWire, exporter: Any
+    hook: None, sagemaker: Any, wire: SageMakerWire, exporter: Any
 ) -> None:
     """Inside suppress_instrumentation the call is neither traced nor changed."""
     with suppress_instrumentation():
@@ -373,12 +378,12 @@ def test_uninstall_removes_the_wrapper(
 ) -> None:
     """After uninstall the request goes untouched and botocore's method is as it was."""
     before = botocore.client.BaseClient.__dict__["_make_api_call"]
-    installed = _transform.install(get_tracer(tracer_provider))
+    sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is not before
     wire = SageMakerWire()
     client = sagemaker_client(wire)
     client.create_transform_job(**job())
-    _transform.uninstall(installed)
+    sm_tracing.uninstrument()
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is before
     client.create_transform_job(**job())
     assert wire.environment(0) is not None and "TRACEPARENT" in wire.environment(0)
@@ -422,7 +427,7 @@ def test_a_required_field_that_cannot_be_a_variable_is_refused() -> None:
 
 
 def test_aiobotocore_calls_are_covered(
-    hook: _transform.TransformHook, exporter: InMemorySpanExporter, tracer: Tracer
+    hook: None, exporter: InMemorySpanExporter, tracer: Tracer
 ) -> None:
     """An aiobotocore ``sagemaker`` client sends the merged Environment to a loopback server,
     under the caller's span."""
@@ -454,21 +459,20 @@ def test_with_the_botocore_instrumentation_its_span_is_the_parent(
     one and the TRACEPARENT names it."""
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
-    installed: _transform.TransformHook | None = None
     if order == "ours-first":
-        installed = _transform.install(get_tracer(tracer_provider))
+        sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
     BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
-    if installed is None:
-        installed = _transform.install(get_tracer(tracer_provider))
+    if order != "ours-first":
+        sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
     try:
         wire = SageMakerWire()
         sagemaker_client(wire).create_transform_job(**job(Environment=dict(MINE)))
     finally:
         if order == "ours-first":
             BotocoreInstrumentor().uninstrument()
-            _transform.uninstall(installed)
+            sm_tracing.uninstrument()
         else:
-            _transform.uninstall(installed)
+            sm_tracing.uninstrument()
             BotocoreInstrumentor().uninstrument()
     (span,) = exporter.get_finished_spans()
     assert span.instrumentation_scope is not None
@@ -563,8 +567,8 @@ def test_every_record_of_a_job_is_in_the_jobs_trace(
         runtime = stack_.enter_context(
             LocalRuntime({}, s3_root=tmp_path / "s3", transform_container=containers)
         )
-        installed = _transform.install(get_tracer(provider))
-        stack_.callback(_transform.uninstall, installed)
+        sm_tracing.instrument(tracer_provider=provider, transform_jobs=True)
+        stack_.callback(sm_tracing.uninstrument)
         client = runtime_client(runtime.url, "sagemaker")
         with provider.get_tracer("tests").start_as_current_span("submit"):
             client.create_transform_job(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, MutableSequence
@@ -36,27 +35,21 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-import wrapt
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
-from sm_tracing import _propagation, _querystring
-from sm_tracing._attributes import STATUS_CODE
-from sm_tracing._common import CLIENT, attach_context, current_context, detach_context, unwrap
+from sm_tracing import _patching, _propagation, _querystring
+from sm_tracing._attributes import ENDPOINT_NAME, INVOKED_VARIANT, STATUS_CODE
 from sm_tracing._guard import guard
 from sm_tracing._telemetry import end_span, get_tracer
-from sm_tracing.client._hook import (
-    ENDPOINT_NAME,
-    INVOKED_VARIANT,
-    ClientOptions,
-    add_connection,
-    first_time,
-)
+from sm_tracing.client._lifecycle import add_connection
+from sm_tracing.client._options import ClientOptions, first_time
 from sm_tracing.client._streams import (
     CHUNKS,
     FIRST_CHUNK,
@@ -107,12 +100,13 @@ _SETTER = _QuerySetter()
 class BidiHook:
     """The wrapper of ``invoke_endpoint_with_bidirectional_stream`` of one ``instrument()``."""
 
-    __slots__ = ("__weakref__", "_warned", "enabled", "options", "tracer")
+    __slots__ = ("__weakref__", "_warned", "enabled", "options", "patches", "tracer")
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.tracer = get_tracer(options.tracer_provider)
         self.enabled = True
+        self.patches: list[_patching.Patch] = []
         self._warned: set[str | None] = set()
 
     def wrap(
@@ -122,7 +116,7 @@ class BidiHook:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Coroutine[Any, Any, Any]:
-        """wrapt wrapper of the client's ``invoke_endpoint_with_bidirectional_stream``."""
+        """The wrapper of the client's ``invoke_endpoint_with_bidirectional_stream``."""
         if not self.enabled or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         return self._invoke(wrapped, instance, args, kwargs)
@@ -143,10 +137,10 @@ class BidiHook:
         try:
             stream = await wrapped(*args, **kwargs)
         except BaseException as error:  # the caller gets the error unchanged
-            detach_context(token)
+            otel_context.detach(token)
             end_span(span, error, _record_error)
             raise
-        detach_context(token)
+        otel_context.detach(token)
         traced = guard("follow a bidirectional stream", None, _follow, stream, span)
         if traced is None:
             end_span(span)
@@ -165,8 +159,8 @@ class BidiHook:
             value = getattr(given, field, None)
             if isinstance(value, str) and value:
                 attributes[name] = value
-        parent = current_context()
-        span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
+        parent = otel_context.get_current()
+        span = self.tracer.start_span(SPAN_NAME, parent, SpanKind.CLIENT, attributes)
         context = trace.set_span_in_context(span, parent)
         merged = guard(_INJECTING, None, self._inject, given, context)
         if merged is not None:
@@ -174,7 +168,7 @@ class BidiHook:
                 args = (merged, *args[1:])
             else:
                 kwargs = {**kwargs, "input": merged}
-        return span, attach_context(context), args, kwargs
+        return span, otel_context.attach(context), args, kwargs
 
     def _inject(self, given: Any, context: Context) -> Any:
         """A copy of *given* with *context* in its query string, or None to send it as it is."""
@@ -471,37 +465,36 @@ def install(options: ClientOptions) -> BidiHook:
     """Trace the bidirectional streams of every client of aws-sdk-sagemaker-runtime-http2,
     now if the SDK is imported already, or when it is. Never imports it."""
     hook = BidiHook(options)
-    wrapt.register_post_import_hook(partial(_wrap_module, hook), MODULE)
+    _patching.when_imported(MODULE, "sm_tracing.bidi", partial(_patch_module, hook))
     return hook
 
 
 def uninstall(hook: BidiHook) -> None:
     """Undo :func:`install`: no more spans or injection, on any client. Streams already open
     keep their spans until they end."""
+    _patching.when_imported(MODULE, "sm_tracing.bidi", None)
     with _LOCK:
         hook.enabled = False
-        module = sys.modules.get(MODULE)
-        if module is None:
-            return
-        for owner in _client_classes(module):
-            guard("unwrap a bidirectional stream client", None, unwrap, owner, METHOD, hook.wrap)
+        patches, hook.patches = hook.patches, []
+    for handle in patches:
+        _patching.unpatch(handle)
 
 
-def _wrap_module(hook: BidiHook, module: Any) -> None:
-    # Import hooks can't be unregistered: one left by an earlier install() finds its hook
-    # disabled and does nothing.
+def _patch_module(hook: BidiHook, module: Any) -> None:
     with _LOCK:
         if not hook.enabled:
             return
         for owner in _client_classes(module):
-            guard(
-                "wrap a bidirectional stream client",
+            handle = guard(
+                "patch a bidirectional stream client",
                 None,
-                wrapt.wrap_function_wrapper,
+                _patching.patch,
                 owner,
                 METHOD,
                 hook.wrap,
             )
+            if handle is not None:
+                hook.patches.append(handle)
 
 
 def _client_classes(module: Any) -> list[type]:

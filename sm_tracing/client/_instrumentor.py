@@ -1,159 +1,136 @@
-"""Installing and removing the client hook: ``instrument()``, ``uninstrument()`` and the
+"""Installing and removing the client hooks: ``instrument()``, ``uninstrument()`` and the
 ``SageMakerInstrumentor`` that ``opentelemetry-instrument`` loads from its entry point.
 
-The hook wraps ``_make_api_call`` on botocore's (and aiobotocore's) client base class, so every
-``sagemaker-runtime`` client is covered, whichever session made it and whether it was made
-before or after ``instrument()``.
+The runtime (and, when asked, transform job) hook patches ``_make_api_call`` on botocore's (and
+aiobotocore's) client base class, so every client is covered, whichever session made it and
+whether it was made before or after ``instrument()``; the bidirectional stream hook patches the
+HTTP/2 SDK's client when the application imports it.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import sys
+import os
 import threading
-from collections.abc import Callable, Collection, Mapping
-from functools import partial
+from collections.abc import Collection, Mapping
 from typing import Any
 
-import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._common import unwrap
 from sm_tracing._guard import guard
-from sm_tracing.client._hook import (
-    ClientHook,
-    ClientOptions,
-    EndpointFilter,
-    GenAIModels,
-    RuntimeHook,
-)
+from sm_tracing._telemetry import get_tracer
+from sm_tracing.client import _bidi
+from sm_tracing.client._lifecycle import ClientHook, Extension
+from sm_tracing.client._metrics import meters
+from sm_tracing.client._options import ClientOptions, EndpointFilter, GenAIModels
+from sm_tracing.client._runtime import Runtime
+from sm_tracing.client._transform import TransformJobs
 
 _logger = logging.getLogger(__name__)
 
-_METHOD = "_make_api_call"
-_PARAMETERS = ["self", "operation_name", "api_params"]
-_AIO_MODULE = "aiobotocore.client"
 # Installing and removing happen under one lock, from whichever thread: the instrumentor's
-# check-then-wrap would otherwise wrap twice when two threads instrument at once.
+# check-then-install would otherwise install twice when two threads instrument at once.
 _LOCK = threading.RLock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while another thread held the lock leaves the child's copy held forever.
+    global _LOCK  # noqa: PLW0603 - replaced whole, in the only thread the child has
+    _LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Traces every SageMaker runtime invocation and carries its context in CustomAttributes.
 
     ``instrument()`` takes ``tracer_provider`` and the options of :func:`instrument`; like every
-    OpenTelemetry instrumentor it is a singleton and a second ``instrument()`` changes nothing.
-    Both are safe to call from several threads at once.
+    OpenTelemetry instrumentor it is a singleton. A second ``instrument()`` changes nothing (it
+    warns when its options differ), unless another tool took the hook away since: then it puts
+    the hook back. Both are safe to call from several threads at once.
     """
 
-    _hook: RuntimeHook | None = None
-    _extras: tuple[Callable[[], None], ...] = ()
+    _hook: ClientHook | None = None
+    _bidi: _bidi.BidiHook | None = None
+    _options: ClientOptions | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SageMakerInstrumentor:
-        with _LOCK:
+        with _LOCK:  # the first instance is the one instance, whichever thread makes it
             instance: SageMakerInstrumentor = super().__new__(cls)
             return instance
 
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("botocore >= 1.34",)
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool:
+        """Whether SageMaker calls are traced: instrumented, and the hook still in place."""
+        hook = self._hook
+        instrumented: bool = super().is_instrumented_by_opentelemetry
+        return instrumented and hook is not None and hook.installed()
+
     def instrument(self, **kwargs: Any) -> Any:
         with _LOCK:
+            hook = self._hook
+            if hook is not None:
+                if hook.installed():
+                    self._same_options(ClientOptions.from_keywords(_options_of(kwargs)))
+                    return None
+                _logger.warning(
+                    "sm_tracing's hook on botocore's BaseClient._make_api_call was taken away by "
+                    "another tool; installing it again"
+                )
+                super().uninstrument()
             return super().instrument(**kwargs)
 
     def uninstrument(self, **kwargs: Any) -> Any:
         with _LOCK:
             return super().uninstrument(**kwargs)
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ("botocore >= 1.34",)
+    def _same_options(self, options: ClientOptions) -> None:
+        installed = self._options
+        if installed is None:
+            return
+        differences = installed.differences(options)
+        if differences:
+            _logger.warning(
+                "SageMaker calls are already instrumented; these options of the second "
+                "instrument() were ignored: %s. Call sm_tracing.uninstrument() first to change "
+                "them.",
+                ", ".join(differences),
+            )
 
     def _instrument(self, **kwargs: Any) -> None:
-        options = kwargs.get("options")
-        if not isinstance(options, ClientOptions):
-            options = ClientOptions.from_keywords(kwargs)
-        hook = RuntimeHook(options)
-        wrap_make_api_call(hook)
+        options = ClientOptions.from_keywords(_options_of(kwargs))
+        extensions: list[Extension] = [Runtime(options, meters(options.meter_provider))]
+        if options.transform_jobs:
+            extensions.append(TransformJobs())
+        hook = ClientHook(get_tracer(options.tracer_provider), extensions)
+        hook.install()
         self._hook = hook
-        self._extras = _install_extras(options, hook)
+        self._options = options
+        self._bidi = _bidi.install(options)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         hook, self._hook = self._hook, None
-        extras, self._extras = self._extras, ()
-        for uninstall in extras:
-            guard("remove a SageMaker client hook", None, uninstall)
+        bidi, self._bidi = self._bidi, None
+        self._options = None
+        if bidi is not None:
+            guard("remove the bidirectional stream hook", None, _bidi.uninstall, bidi)
         if hook is not None:
-            unwrap_make_api_call(hook)
+            hook.uninstall()
 
 
-def _install_extras(options: ClientOptions, hook: RuntimeHook) -> tuple[Callable[[], None], ...]:
-    """The other client hooks: bidirectional streams always (when the HTTP/2 SDK is imported,
-    now or later), CreateTransformJob when asked for; how to remove each."""
-    from sm_tracing.client import _bidi
-
-    bidi = _bidi.install(options)
-    extras: list[Callable[[], None]] = [partial(_bidi.uninstall, bidi)]
-    if options.transform_jobs:
-        from sm_tracing.client import _transform
-
-        transform = _transform.install(hook.tracer)
-        extras.append(partial(_transform.uninstall, transform))
-    return tuple(extras)
-
-
-def wrap_make_api_call(hook: ClientHook) -> None:
-    """Wrap ``_make_api_call`` with *hook*'s wrappers: botocore's now, aiobotocore's now or
-    when the application imports it."""
-    import botocore.client
-
-    with _LOCK:
-        _patch(botocore.client.BaseClient, hook, False)
-    # aiobotocore (and aiohttp under it) is patched when the application imports it, or now if
-    # it already has: importing it here would slow every boto3-only start-up.
-    wrapt.register_post_import_hook(partial(_wrap_aio, hook), _AIO_MODULE)
-
-
-def unwrap_make_api_call(hook: ClientHook) -> None:
-    """Undo :func:`wrap_make_api_call`: *hook* stops for good and its wrappers go."""
-    import botocore.client
-
-    with _LOCK:
-        hook.unhook()
-        unwrap(botocore.client.BaseClient, _METHOD, hook)
-        aio_client = sys.modules.get(_AIO_MODULE)
-        if aio_client is not None:
-            unwrap(aio_client.AioBaseClient, _METHOD, hook)
-
-
-def _wrap_aio(hook: ClientHook, module: Any) -> None:
-    # Import hooks can't be unregistered: one left by an earlier install finds its hook
-    # disabled and does nothing.
-    with _LOCK:
-        if hook.enabled:
-            _patch(module.AioBaseClient, hook, True)
-
-
-def _patch(owner: type, hook: ClientHook, aio: bool) -> None:
-    """Put *hook*'s method (see ``ClientHook.method``) in place of ``owner._make_api_call``,
-    unless the method takes other parameters than the ones it is made for: then say so, and
-    leave the calls alone rather than risk them."""
-    original = inspect.getattr_static(owner, _METHOD)
-    try:
-        parameters = list(inspect.signature(original).parameters)
-    except (TypeError, ValueError):
-        parameters = []
-    if parameters != _PARAMETERS:
-        _logger.warning(
-            "SageMaker calls are not traced: %s.%s takes %s, not the %s it is traced by",
-            owner.__name__,
-            _METHOD,
-            parameters,
-            _PARAMETERS,
-        )
-        return
-    setattr(owner, _METHOD, hook.method(original, aio))
+def _options_of(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    options = kwargs.get("options")
+    if isinstance(options, ClientOptions):
+        return {name: getattr(options, name) for name in ClientOptions.__dataclass_fields__}
+    return kwargs
 
 
 def instrument(
@@ -172,14 +149,17 @@ def instrument(
     Covers InvokeEndpoint, InvokeEndpointWithResponseStream and InvokeEndpointAsync on every
     client, made before or after this call, from any boto3 or botocore session, and from
     aiobotocore when it is installed; and InvokeEndpointWithBidirectionalStream of
-    aws-sdk-sagemaker-runtime-http2, whose context goes in ``ModelQueryString``.
+    aws-sdk-sagemaker-runtime-http2, whose context goes in ``ModelQueryString``. The context is
+    written into the signed request's CustomAttributes header, merged with what the call's
+    parameters and the application's own botocore handlers put there; the parameters are left
+    as they were, so botocore's ``Stubber`` sees the caller's.
 
     - ``endpoints``: where to inject: None for every endpoint, a collection of endpoint names,
       or a callable ``(endpoint_name, params) -> bool``. Spans are made either way.
     - ``inject_opaque``: also append to a CustomAttributes value that is not a ``key=value``
       list (a bare UUID, JSON), which is otherwise sent untouched.
-    - ``inference_id_from_trace``: fill an unset ``InferenceId`` with the trace id, so Data
-      Capture records join the trace.
+    - ``inference_id_from_trace``: send the trace id as the request's InferenceId when the
+      caller set none, so Data Capture records join the trace.
     - ``record_echo``: record the container's ``traceresponse`` echo (and its time, with
       SageMaker's share of the call) on the client span and remove it from the response's
       CustomAttributes; False leaves the response as it came.
@@ -191,8 +171,9 @@ def instrument(
     - ``transform_jobs``: also trace CreateTransformJob calls of ``sagemaker`` clients, their
       context in the job's ``Environment`` (``TRACEPARENT``, ...), where its containers find it.
 
-    Calling it again while instrumented changes nothing; ``uninstrument()`` first to change
-    the options. Raises TypeError for ``endpoints`` or ``genai_models`` of another kind.
+    Calling it again while instrumented changes nothing and warns when the options differ;
+    ``uninstrument()`` first to change them. Raises TypeError for ``endpoints`` or
+    ``genai_models`` of another kind.
     """
     options = ClientOptions(
         tracer_provider=tracer_provider,
@@ -204,17 +185,12 @@ def instrument(
         genai_models=genai_models,
         transform_jobs=transform_jobs,
     )
-    with _LOCK:
-        instrumentor = SageMakerInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
-            _logger.debug("SageMaker calls are already instrumented; options left as they were")
-            return
-        instrumentor.instrument(options=options)
+    SageMakerInstrumentor().instrument(options=options)
 
 
 def uninstrument() -> None:
     """Stop tracing SageMaker calls: no more spans or injection, on any client."""
+    instrumentor = SageMakerInstrumentor()
     with _LOCK:
-        instrumentor = SageMakerInstrumentor()
-        if instrumentor.is_instrumented_by_opentelemetry:
+        if instrumentor._hook is not None:
             instrumentor.uninstrument()

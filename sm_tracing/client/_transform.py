@@ -15,36 +15,26 @@ then tracestate, and when even the parent has no room the request goes as it was
 warning. Per-entry baggage keys (Jaeger's ``uberctx-*``) are not carried: the container reads
 only the propagator's fixed fields.
 
-The hook is off unless asked for, so it has a wrapper of its own on ``_make_api_call``, which
-passes every other call through after one comparison. Where
-opentelemetry-instrumentation-botocore already makes a span for the call, no second span is
-made: an event handler on the client writes that span's context instead.
+The hook is off unless asked for (``instrument(transform_jobs=True)``). It writes into a copy
+of the parameters, after every other ``before-parameter-build`` handler: the caller's dict is
+left as it was, and botocore's ``Stubber`` compares its ``expected_params`` with the caller's
+parameters, without the added variables.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, MutableSequence
-from typing import Any
+from collections.abc import Mapping, MutableSequence
+from typing import Any, ClassVar
 
-from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import Span, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
-from sm_tracing._common import CLIENT, attach_context, current_context
-from sm_tracing._guard import guard
-from sm_tracing.client._hook import (
-    ClientHook,
-    TracedCall,
-    client_attributes,
-)
-from sm_tracing.client._instrumentor import unwrap_make_api_call, wrap_make_api_call
+from sm_tracing.client._lifecycle import Call, Extension
 from sm_tracing.client._streams import metadata_attributes
 
 _logger = logging.getLogger(__name__)
@@ -60,14 +50,6 @@ SKIP_USER_PARENT = "the Environment already holds a trace parent"
 SKIP_NO_ROOM = f"the Environment has no room within {MAX_VARIABLES} variables"
 SKIP_UNFIT = "the trace parent is not a valid environment variable"
 SKIP_NO_PARENT = "no trace parent to send"
-_STATIC: dict[str, AttributeValue] = {
-    "rpc.system": "aws-api",
-    "rpc.service": "SageMaker",
-    "rpc.method": OPERATION,
-}
-# Per-client cache, in the client's own __dict__: the span attributes of a sagemaker client,
-# empty for a client of another service.
-_INJECTING = "merge the trace context into a transform job's Environment"
 
 
 def variable_name(key: str) -> str:
@@ -149,97 +131,30 @@ def inject_environment(params: dict[str, Any], context: Context) -> None:
         )
 
 
-class _Call(TracedCall):
-    """One CreateTransformJob call traced by our own span, ended when the call returns."""
+class TransformJobs(Extension):
+    """CreateTransformJob calls of ``sagemaker`` clients."""
 
-    __slots__ = ()
-
-    def _close(self, result: Any) -> None:
-        try:
-            _record_response(self.span, result)
-        finally:
-            self.span.end()
-
-
-def _record_response(span: Span, result: Mapping[str, Any]) -> None:
-    metadata = result.get("ResponseMetadata")
-    if not metadata or not span.is_recording():
-        return
-    attributes: dict[str, AttributeValue] = {}
-    metadata_attributes(metadata, attributes)
-    span.set_attributes(attributes)
-
-
-class TransformHook(ClientHook):
-    """The wrappers of ``_make_api_call`` and the client event handler of one
-    :func:`install`."""
-
-    __slots__ = ("tracer",)
-
+    service = SERVICE
     operations = frozenset({OPERATION})
-    events = ((f"before-parameter-build.{SERVICE}.{OPERATION}", "sm_tracing.transform_job"),)
-    _starting = "start the span of a transform job"
-    _hooked_by = "_sm_tracing_transform_hooked_by"
-    _described_by = "_sm_tracing_transform_attributes"
+    static: ClassVar[Mapping[str, AttributeValue]] = {
+        "rpc.system": "aws-api",
+        "rpc.service": "SageMaker",
+        "rpc.method": OPERATION,
+    }
+    sending = "merge the trace context into a transform job's Environment"
+    copies_params = True
 
-    def __init__(self, tracer: Tracer) -> None:
-        super().__init__()
-        self.tracer = tracer
-
-    def _start(self, client: Any, operation: str, params: Any, aio: bool) -> _Call | None:
-        if not self.enabled or not is_instrumentation_enabled():
-            return None
-        static = self._traced(client, aio)
-        if static is None:
-            return None
-        attributes = static.copy()
+    def attributes(self, call: Call, params: Mapping[str, Any]) -> dict[str, AttributeValue]:
         name = params.get("TransformJobName")
-        if isinstance(name, str) and name:
-            attributes[JOB_NAME] = name
-        parent = current_context()
-        span = self.tracer.start_span(SPAN_NAME, parent, CLIENT, attributes)
-        context = trace.set_span_in_context(span, parent)
-        guard(_INJECTING, None, inject_environment, params, context)
-        return _Call(span, attach_context(context))
+        return {JOB_NAME: name} if isinstance(name, str) and name else {}
 
-    def _describe(self, client: Any) -> dict[str, AttributeValue]:
-        """The span attributes every CreateTransformJob call of *client* shares."""
-        meta = client.meta
-        if meta.service_model.service_name != SERVICE:
-            return {}
-        return client_attributes(meta, _STATIC)
+    def before_build(self, call: Call, params: dict[str, Any]) -> None:
+        inject_environment(params, call.context)
 
-    # -- with opentelemetry-instrumentation-botocore: inject under its span ----------------
-
-    def _handlers(self, upstream: Callable[[], bool]) -> tuple[Callable[..., None], ...]:
-        def before_parameter_build(params: dict[str, Any], **_: Any) -> None:
-            guard(_INJECTING, None, self._inject_upstream, params, upstream)
-
-        return (before_parameter_build,)
-
-    def _inject_upstream(self, params: dict[str, Any], upstream: Callable[[], bool]) -> None:
-        # The handler stays registered after the upstream instrumentation goes; from then on
-        # the wrapper makes the span and the handler keeps out of its way.
-        if not self.enabled or not upstream() or not is_instrumentation_enabled():
-            return
-        span = trace.get_current_span()
-        name = params.get("TransformJobName")
-        if span.is_recording() and isinstance(name, str) and name:
-            span.set_attribute(JOB_NAME, name)
-        inject_environment(params, current_context())
-
-
-# -- installing and removing ---------------------------------------------------------------
-
-
-def install(tracer: Tracer) -> TransformHook:
-    """Trace CreateTransformJob on every ``sagemaker`` client, botocore's now and aiobotocore's
-    now or when it is imported, with spans from *tracer*; :func:`uninstall` undoes it."""
-    hook = TransformHook(tracer)
-    wrap_make_api_call(hook)
-    return hook
-
-
-def uninstall(hook: TransformHook) -> None:
-    """Undo :func:`install`: no more spans or injection, on any client."""
-    unwrap_make_api_call(hook)
+    def after_call(self, call: Call, parsed: Any) -> None:
+        metadata = parsed.get("ResponseMetadata") if isinstance(parsed, dict) else None
+        span = call.span
+        if metadata and span is not None and span.is_recording():
+            attributes: dict[str, AttributeValue] = {}
+            metadata_attributes(metadata, attributes)
+            span.set_attributes(attributes)

@@ -59,9 +59,9 @@ class _Expected:
             self.others.add(name)
         elif step[0] == "-" and name != "sm":
             self.others.discard(name)
-            # ddtrace's unpatch puts back what it finds under the outermost method: with ours
-            # on top of its wrapper, that takes ours off and leaves its own.
-            if name == "ddtrace" and name in self.under_ours:
+            # A tool that puts back the method it saved takes off what went on top of its
+            # wrapper since: ours, when it came after.
+            if name == "saver" and name in self.under_ours:
                 self.ours = False
 
 
@@ -136,18 +136,18 @@ def test_beside_upstream_botocore(installed: str, removed: str) -> None:
 @pytest.mark.parametrize("installed", INSTALLED)
 def test_beside_ddtrace(installed: str, removed: str) -> None:
     """Beside ddtrace's botocore integration, in every order of patch and unpatch: ddtrace
-    records each call while patched, and what sm_tracing reports is what it does, even when
-    ddtrace's unpatch takes sm_tracing's hook off with its own."""
+    records each call while patched, and sm_tracing's hook, which goes in under ddtrace's
+    wrapper, stays when ddtrace's unpatch takes off the outermost one."""
     steps = _scenario("ddtrace", installed, removed)
     check(steps, play(steps))
 
 
-@needs_ddtrace
-def test_ddtrace_unpatch_that_takes_our_hook_is_reported_and_repaired() -> None:
-    """When ddtrace, patched before sm_tracing, is unpatched first and takes sm_tracing's hook
-    with it: sm_tracing stops saying it instruments, warns under its logger by the next
-    instrument() at the latest, and that instrument() puts the context back on the wire."""
-    steps = ["+ddtrace", "+sm", "call", "-ddtrace", "call", "+sm", "call"]
+def test_a_restored_method_that_takes_our_hook_is_reported_and_repaired() -> None:
+    """When a tool that saved botocore's method before sm_tracing came puts it back, it takes
+    sm_tracing's hook with it: sm_tracing stops saying it instruments, warns under its logger by
+    the next instrument() at the latest, and that instrument() puts the context back on the
+    wire."""
+    steps = ["+saver", "+sm", "call", "-saver", "call", "+sm", "call"]
     records = play(steps)
     assert records[2]["calls"][0]["sent"] is not None
     assert records[3]["instrumented_after"] is False
@@ -158,7 +158,15 @@ def test_ddtrace_unpatch_that_takes_our_hook_is_reported_and_repaired() -> None:
     for call in records[6]["calls"]:
         (span,) = call["spans"]
         assert call["sent"] == [span["trace_id"], span["span_id"]], call
-        assert call["recorded_by"]["ddtrace"] == 1
+
+
+@pytest.mark.parametrize("removed", REMOVED)
+@pytest.mark.parametrize("installed", INSTALLED)
+def test_beside_a_tool_that_restores_a_saved_method(installed: str, removed: str) -> None:
+    """Beside a plain monkeypatch that saves and restores botocore's method, in every order:
+    what sm_tracing reports is what it does, even when the restore takes its hook off."""
+    steps = _scenario("saver", installed, removed)
+    check(steps, play(steps))
 
 
 @pytest.mark.parametrize(
