@@ -23,6 +23,9 @@ Standard library only, so it works without any optional extra::
         client = boto3.client("sagemaker-runtime", endpoint_url=runtime.url, ...)
         client.invoke_endpoint(EndpointName="any", Body=b"{}")
 
+From a shell, ``sm-tracing local --container URL`` runs one on a port for any client on the
+machine, printing the variables that send a client there and a line per call.
+
 :class:`LocalBidiRuntime` does the same for InvokeEndpointWithBidirectionalStream (HTTP/2 over
 TLS) in front of a WebSocket container; it needs the ``test`` extra's h2, websockets and
 trustme.

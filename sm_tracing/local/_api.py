@@ -501,7 +501,8 @@ class _Handler(BaseHTTPRequestHandler):
             value = response.getheader(name)
             if value is not None:
                 headers.append((name, value))
-        self._answered = response.getheader(_CUSTOM_ATTRIBUTES)
+                if name is _CUSTOM_ATTRIBUTES:
+                    self._answered = value
         return headers
 
     def _read_body(self) -> bytes | None:

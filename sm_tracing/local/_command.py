@@ -47,8 +47,9 @@ export them in the client's shell. Then, for each call, one line with the Custom
 the caller sent (with the trace context an instrumented client merged in) and those the
 container answered (with its traceresponse).
 
-Async calls read an InputLocation s3://BUCKET/KEY from S3_ROOT/BUCKET/KEY (or a file:// URI)
-and write their result to --s3-output-path under S3_ROOT. Ctrl-C or SIGTERM stops it.
+Async calls read an InputLocation s3://BUCKET/KEY from DIR/BUCKET/KEY, DIR being the
+--s3-root folder (a file:// URI is read as it is), and write their result to
+--s3-output-path, under that folder too. Ctrl-C or SIGTERM stops it.
 """
 
 
