@@ -163,7 +163,8 @@ def test_aiobotocore_is_patched_when_imported_not_before() -> None:
         "import aiobotocore.client as c\n"
         "method = c.AioBaseClient.__dict__['_make_api_call']\n"
         "original = method.__wrapped__\n"
-        "print(method is not original and inspect.signature(method) == inspect.signature(original))\n"
+        "same = inspect.signature(method) == inspect.signature(original)\n"
+        "print(method is not original and same)\n"
         "sm_tracing.uninstrument()\n"
         "print(c.AioBaseClient.__dict__['_make_api_call'] is original)\n"
     )

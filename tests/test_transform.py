@@ -30,7 +30,6 @@ from opentelemetry.trace.span import TraceState
 
 import sm_tracing
 from sm_tracing import _codec, _propagation
-from sm_tracing._telemetry import get_tracer
 from sm_tracing.client import _transform
 from sm_tracing.local import LocalRuntime
 from tests._client_support import (
@@ -44,7 +43,6 @@ from tests._client_support import (
     job,
     job_answer,
     loopback,
-    make_client,
     sagemaker_client,
     signed_headers,
 )
