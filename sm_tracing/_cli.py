@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "sm_tracing.local._command",
         "serve the SageMaker Runtime API on a port, in front of a model container you started",
     ),
+    "proxy": (
+        "sm_tracing.container._proxy",
+        "trace invocations in front of a model server that reads traceparent (TGI, vLLM, ...)",
+    ),
 }
 
 

@@ -60,7 +60,8 @@ def test_an_unknown_command_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exited:
         cli.main(["bogus"])
     assert exited.value.code == 2
-    assert "invalid choice: 'bogus' (choose from 'demo', 'local'" in capsys.readouterr().err
+    choices = ", ".join(f"'{name}'" for name in cli.COMMANDS)
+    assert f"invalid choice: 'bogus' (choose from {choices})" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
