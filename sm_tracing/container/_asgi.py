@@ -91,12 +91,11 @@ class ASGIMiddleware(Middleware[ASGIApp]):
                     scope = {**scope, **self._quiet}
                 return await self.app(scope, receive, send)
             route = MODEL_ROUTE
-        started = guard(
-            "start the container span", None, self._start, scope, path, route, model, receive, send
-        )
+        started = guard("start the container span", None, self._start, scope, path, route, model)
         if started is None:
             return await self.app(scope, receive, send)
-        scope, exchange = started
+        scope, invocation, attributes, measured = started
+        exchange = _Exchange(invocation, attributes, measured, self._echo, receive, send)
         with exchange:
             await self.app(scope, exchange.receive, exchange.send)
 
@@ -112,11 +111,11 @@ class ASGIMiddleware(Middleware[ASGIApp]):
 
         return lifespan_send
 
-    def _start(  # noqa: PLR0917 - called on every request, where keywords cost more
-        self, scope: Scope, path: str, route: str, model: str | None, receive: Receive, send: Send
-    ) -> tuple[Scope, _Exchange]:
+    def _start(
+        self, scope: Scope, path: str, route: str, model: str | None
+    ) -> tuple[Scope, Invocation, dict[str, Any], dict[str, Any] | None]:
         method = scope.get("method") or "GET"
-        # Every attribute goes on in one call, with the status: each call costs.
+        # The span's HTTP attributes, set with the response's status.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
         headers: RawHeaders = scope.get("headers") or ()
         read: RawHeaders | None = None
@@ -125,7 +124,6 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             headers = read = list(headers)
         found: tuple[bytes, bytes] | None = None
         duplicates = False
-        # A dict lookup per header: most are none of ours.
         for pair in headers:
             if pair[0] in _READ:
                 attribute = _READ[pair[0]]
@@ -162,7 +160,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
             scope = {**scope, "headers": replaced}
         if self._quiet:
             scope = {**scope, **self._quiet}
-        return scope, _Exchange(invocation, attributes, measured, self._echo, receive, send)
+        return scope, invocation, attributes, measured
 
 
 def flush(tracer_provider: TracerProvider | None) -> None:
@@ -191,12 +189,12 @@ class _Exchange(Exchange):
     the span ends on a disconnect, or when told (the app returned or raised).
 
     ``send`` is what the app sends through: our own function until the response starts, then
-    the server's send itself, so a streamed body costs no frame of ours per chunk.
+    the server's send itself: a streamed body's messages go straight to the server.
     """
 
     __slots__ = ("_receive", "_send", "send")
 
-    def __init__(  # noqa: PLR0917 - built on every request, where keywords cost more
+    def __init__(  # noqa: PLR0917 - the request's own parts, none of them optional
         self,
         invocation: Invocation,
         attributes: dict[str, Any],

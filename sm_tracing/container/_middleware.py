@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any, Generic, TypeAlias, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagate import get_global_textmap
@@ -95,7 +96,8 @@ class Middleware(Generic[App]):
         self.inject_headers = inject_headers_option(inject_headers)
         self._echo = echo
         self._name = name
-        self._meter_provider = meter_provider
+        # The global meter provider's histogram records once an SDK provider is set.
+        self._histogram = duration_histogram(SERVER_DURATION, meter_provider)
         self._setup()
 
     def _setup(self) -> None:
@@ -109,17 +111,18 @@ class Middleware(Generic[App]):
         measured): the one way every request of the middlewares starts. With it, the metric's
         attributes when the request's duration is measured. Raises what fails: the caller
         guards."""
-        # Before the span starts: what fails here leaves nothing to end.
-        histogram = None if query else duration_histogram(SERVER_DURATION, self._meter_provider)
-        # Positional: a call with keywords costs more, on every request.
-        invocation = Invocation(
-            carrier, self._tracer, self._policy, self._name or f"{method} {route}", query
-        )
-        invocation.begin()
+        name = self._name or f"{method} {route}"
         measured: dict[str, Any] | None = None
-        if histogram is not None:
-            measured = {"http.request.method": method, "http.route": route}
-            invocation.measure(histogram, measured)
+        if query:
+            invocation = Invocation(carrier, self._tracer, self._policy, name, query=True)
+        else:
+            measure = None
+            histogram = self._histogram
+            if histogram is not None:
+                measured = {"http.request.method": method, "http.route": route}
+                measure = (histogram, measured)
+            invocation = Invocation(carrier, self._tracer, self._policy, name, measure)
+        invocation.begin()
         return invocation, measured
 
 
@@ -127,10 +130,9 @@ class Exchange(Lifecycle):
     """What one traced request's response records, under either middleware: its status on the
     span (and the metric), the echo in its headers, and the span's end, once.
 
-    Each middleware's subclass sets these fields in its own constructor, which runs on every
-    request (a chained constructor would be one call more): ``_invocation``; ``_attributes``,
-    the span's, set with the status in one call; ``_measured``, the metric's attributes, None
-    when no duration is measured; ``_echo``, whether to echo."""
+    Each middleware's subclass sets these fields in its own constructor: ``_invocation``;
+    ``_attributes``, the span's, set with the status; ``_measured``, the metric's attributes,
+    None when no duration is measured; ``_echo``, whether to echo."""
 
     __slots__ = ("_attributes", "_echo", "_invocation", "_measured")
 
@@ -144,6 +146,23 @@ class Exchange(Lifecycle):
 
     def detach(self) -> None:
         self._invocation.detach()
+
+    # Lifecycle's, straight to the invocation.
+    def __enter__(self) -> object:
+        self._invocation.attach()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        try:
+            self.end(exc)
+        finally:
+            self._invocation.detach()
+        return False
 
     def respond(
         self, status: Any, headers: Sequence[tuple[Any, Any]], binary: bool

@@ -150,7 +150,9 @@ class Invocation(Lifecycle):
     parent under ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``;
     ``attach()`` makes it current and ``detach()`` restores the context that was current
     before; ``end()`` ends the span, once, recording an error if one is given. As a context
-    manager it does all of them. *links* are further spans to link (the callers of a batch
+    manager it does all of them. With *measure*, a histogram and the attributes (bounded ones:
+    no ids) to record the invocation's duration with, in seconds, when it ends, the error's type
+    added when there is one. *links* are further spans to link (the callers of a batch
     whose items can't be told apart); a *root* reads no carrier and starts a new trace of its
     own (the work of a batch that serves many callers). With *query*, the carrier is a
     WebSocket query string rather than CustomAttributes. A request that brings no context of
@@ -182,8 +184,9 @@ class Invocation(Lifecycle):
         tracer: trace.Tracer,
         policy: RemoteContext,
         name: str = "invocations",
-        query: bool = False,
+        measure: tuple[Histogram, dict[str, AttributeValue]] | None = None,
         *,
+        query: bool = False,
         attributes: Mapping[str, AttributeValue] | None = None,
         links: Sequence[SpanContext] = (),
         root: bool = False,
@@ -191,7 +194,7 @@ class Invocation(Lifecycle):
         self._custom_attributes = custom_attributes
         self._query = query
         self._began = 0  # set when it begins
-        self._measure: tuple[Histogram, dict[str, AttributeValue]] | None = None
+        self._measure = measure
         self.remainder = custom_attributes
         self._name = name
         self._attributes = attributes
@@ -224,8 +227,13 @@ class Invocation(Lifecycle):
             kind, active, under_span = INTERNAL, trace.INVALID_SPAN_CONTEXT, False
         else:
             parent = current
-            active = trace.get_current_span(current).get_span_context()
-            under_span = active.is_valid
+            active_span = trace.get_current_span(current)
+            # No span current is the common case: the API's stand-in, whose context is invalid.
+            if active_span is trace.INVALID_SPAN:
+                active, under_span = trace.INVALID_SPAN_CONTEXT, False
+            else:
+                active = active_span.get_span_context()
+                under_span = active.is_valid
             kind = INTERNAL if under_span else SERVER
         links = [Link(link) for link in self._links] if self._links else None
         policy = self._policy
@@ -255,8 +263,6 @@ class Invocation(Lifecycle):
                     parent = remote
         span = self._tracer.start_span(self._name, parent, kind, None, links)
         if self._attributes:
-            # Set after the start, not passed to it: the SDK's sampler wraps what it is given
-            # in a mapping proxy whose Mapping check misses the ABC cache on every span.
             span.set_attributes(self._attributes)
         self._context = trace.set_span_in_context(span, parent)
         self.span = span
@@ -297,12 +303,10 @@ class Invocation(Lifecycle):
                 (perf_counter_ns() - self._began) / 1e9,
                 attributes,
             )
-        end_span(self.span, error)
-
-    def measure(self, histogram: Histogram, attributes: dict[str, AttributeValue]) -> None:
-        """Record the invocation's duration, in seconds, into *histogram* when it ends, with
-        *attributes* (bounded ones: no ids) and the error's type when there is one."""
-        self._measure = (histogram, attributes)
+        if error is None:
+            guard("end the container span", None, self.span.end)
+        else:
+            end_span(self.span, error)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
@@ -345,14 +349,12 @@ def continue_trace(
     ``aws.sagemaker.container.invocation.duration`` (by ``name`` and error type) through
     ``meter_provider``, or the global MeterProvider.
     """
-    invocation = Invocation(
-        custom_attributes,
-        name=name,
-        attributes=attributes,
-        tracer=get_tracer(tracer_provider),
-        policy=remote_context_policy(remote_context),
-    )
     histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
-    if histogram is not None:
-        invocation.measure(histogram, {"aws.sagemaker.handler": name})
-    return invocation
+    return Invocation(
+        custom_attributes,
+        get_tracer(tracer_provider),
+        remote_context_policy(remote_context),
+        name,
+        measure=None if histogram is None else (histogram, {"aws.sagemaker.handler": name}),
+        attributes=attributes,
+    )

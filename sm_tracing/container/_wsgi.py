@@ -65,20 +65,15 @@ class WSGIMiddleware(Middleware[WSGIApp]):
                 return self.app(environ, start_response)
             route = MODEL_ROUTE
         method = environ.get("REQUEST_METHOD") or "GET"
-        # Every attribute goes on in one call, with the status: each call costs.
+        # The span's HTTP attributes, set with the response's status.
         attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
-        response = guard(
-            "start the container span",
-            None,
-            self._start,
-            environ,
-            attributes,
-            route,
-            model,
-            start_response,
+        started = guard(
+            "start the container span", None, self._start, environ, attributes, route, model
         )
-        if response is None:
+        if started is None:
             return self.app(environ, start_response)
+        invocation, measured = started
+        response = _Response(invocation, attributes, measured, self._echo, start_response)
         with response:
             body = self.app(environ, response.start_response)
         if type(body) is list:
@@ -89,13 +84,8 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         return response
 
     def _start(
-        self,
-        environ: Environ,
-        attributes: dict[str, Any],
-        route: str,
-        model: str | None,
-        start_response: StartResponse,
-    ) -> _Response:
+        self, environ: Environ, attributes: dict[str, Any], route: str, model: str | None
+    ) -> tuple[Invocation, dict[str, Any] | None]:
         get = environ.get
         value = get(_INFERENCE_ID)
         if value is not None:
@@ -116,7 +106,7 @@ class WSGIMiddleware(Middleware[WSGIApp]):
                 del environ[_KEY]
         if self.inject_headers:
             inject_environ(environ, invocation)
-        return _Response(invocation, attributes, measured, self._echo, start_response)
+        return invocation, measured
 
 
 def inject_environ(environ: Environ, invocation: Invocation) -> None:
@@ -181,7 +171,7 @@ class _Response(Exchange):
             if exc is not None:
                 self.end(exc)
         finally:
-            self.detach()
+            self._invocation.detach()
         return False
 
     def start_response(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from sm_tracing import ASGIMiddleware
+from sm_tracing.container._private import fastapi_traces_itself
 
 # A traceparent of some other trace, as a local proxy or a direct caller might send.
 STALE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -317,3 +319,46 @@ def test_fastapis_own_request_span_is_our_child(
     assert ours.parent is not None and ours.parent.span_id == parent.span_id
     assert theirs.context.trace_id == parent.trace_id
     assert theirs.parent is not None and theirs.parent.span_id == ours.context.span_id
+
+
+def test_fastapis_own_tracing_is_recognised_through_what_wraps_it() -> None:
+    """A FastAPI app is told apart by its public telemetry parameter, found through the
+    middlewares that wrap it (their .app), and never in a plain ASGI app or a loop of them."""
+    builtin = "telemetry" in inspect.signature(FastAPI).parameters
+    api = FastAPI()
+    wrapper = types.SimpleNamespace(app=types.SimpleNamespace(app=api))
+    loop = types.SimpleNamespace()
+    loop.app = loop
+    assert fastapi_traces_itself(api) is builtin
+    assert fastapi_traces_itself(wrapper) is builtin
+    assert fastapi_traces_itself(_ScopeApp()) is False
+    assert fastapi_traces_itself(loop) is False
+
+
+@pytest.mark.parametrize("path", ["/invocations", "/ping"])
+def test_fastapis_own_tracing_stands_aside_for_ours(
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    no_inject_env: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    """With FastAPI's built-in tracing on and no injection, an invocation is our one span and
+    /ping none: FastAPI's own request span, which would start a trace of its own, is not made."""
+    value, _ = caller(tracer, clear=exporter)
+    builtin = "telemetry" in inspect.signature(FastAPI).parameters
+    api = FastAPI(telemetry={"tracer_provider": tracer_provider}) if builtin else FastAPI()
+
+    @api.post("/invocations")
+    async def invocations() -> dict[str, str]:
+        return {}
+
+    @api.get("/ping")
+    async def ping() -> str:
+        return ""
+
+    served = ASGI.serve(tracer_provider, inner=api)
+    response = served.request("POST" if path == "/invocations" else "GET", path, {HEADER: value})
+    assert response.status_code == 200
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == (["POST /invocations"] if path == "/invocations" else [])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
-from _container_support import ASGI, HEADER, WSGI, Answer, Transport, caller
+from _container_support import ASGI, HEADER, WSGI, Answer, Transport, caller, server_spans
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
 import sm_tracing
@@ -162,3 +167,89 @@ def test_a_global_meter_provider_installed_later_is_used() -> None:
         [sys.executable, "-c", _GLOBAL], capture_output=True, text=True, check=True, timeout=60
     )
     assert json.loads(done.stdout.splitlines()[-1]) == [["http.server.request.duration", 1]]
+
+
+class _FailingMeter:
+    """An SDK meter whose histograms fail as *failure* says: ``advice``, as opentelemetry-api
+    releases before 1.30 refuse the bucket advice keyword; ``create``, creating any; ``record``,
+    recording."""
+
+    def __init__(self, meter: Any, failure: str) -> None:
+        self._meter = meter
+        self._failure = failure
+
+    def create_histogram(
+        self, name: str, unit: str = "", description: str = "", **advice: Any
+    ) -> Any:
+        if self._failure == "create" or (self._failure == "advice" and advice):
+            raise TypeError(f"create_histogram() got an unexpected keyword argument {advice!r}")
+        histogram = self._meter.create_histogram(name, unit=unit, description=description)
+        return _FailingHistogram() if self._failure == "record" else histogram
+
+
+class _FailingHistogram:
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the exporter's queue is full")
+
+
+class _FailingMeterProvider(MeterProvider):
+    def __init__(self, failure: str, reader: InMemoryMetricReader) -> None:
+        super().__init__(metric_readers=[reader])
+        self._failure = failure
+
+    def get_meter(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return _FailingMeter(super().get_meter(*args, **kwargs), self._failure)
+
+
+def _requests_and_context(
+    transport: Transport, served: Any, value: str, count: int
+) -> tuple[list[int], list[otel_context.Context]]:
+    """The status of *count* invocations and the current context right after each, in the
+    caller's own thread or task, as a server's next request would find it."""
+    statuses: list[int] = []
+    contexts: list[otel_context.Context] = []
+    if transport is WSGI:
+        for _ in range(count):
+            statuses.append(served.post({HEADER: value}).status_code)
+            contexts.append(otel_context.get_current())
+        return statuses, contexts
+
+    async def run() -> None:
+        client_transport = httpx.ASGITransport(app=served.app)
+        async with httpx.AsyncClient(transport=client_transport, base_url="http://model") as client:
+            for _ in range(count):
+                response = await client.post("/invocations", headers={HEADER: value}, content=b"{}")
+                statuses.append(response.status_code)
+                contexts.append(otel_context.get_current())
+
+    asyncio.run(run())
+    return statuses, contexts
+
+
+@pytest.mark.parametrize("failure", ["advice", "create", "record"])
+def test_a_failing_meter_never_fails_a_request(
+    transport: Transport,
+    tracer: Tracer,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
+) -> None:
+    """A meter that refuses the bucket advice (opentelemetry-api before 1.30), that cannot
+    create a histogram, or whose histogram cannot record: every request is answered, its span
+    ends, and no span stays current after it; without advice the duration is still measured."""
+    value, parent = caller(tracer, "a=1", clear=exporter)
+    served = transport.serve(tracer_provider, meter_provider=_FailingMeterProvider(failure, reader))
+    statuses, contexts = _requests_and_context(transport, served, value, 3)
+    assert statuses == [200, 200, 200]
+    assert all(trace.get_current_span(context) is trace.INVALID_SPAN for context in contexts)
+    spans = server_spans(exporter.get_finished_spans())
+    assert len(spans) == 3
+    assert all(span.parent is not None and span.parent.span_id == parent.span_id for span in spans)
+    points = _points(reader, "http.server.request.duration")
+    if failure == "advice":
+        assert [point.count for point in points] == [3]
+    else:
+        assert points == []
+        assert any(record.name.startswith("sm_tracing") for record in caplog.records)

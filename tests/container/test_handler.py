@@ -292,3 +292,98 @@ def test_in_flask_behind_the_middleware_the_handler_span_is_its_child(
     assert inner.kind is SpanKind.INTERNAL
     assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
     assert echoed(response.headers[HEADER]).span_id == outer.context.span_id
+
+
+def _named(form: str, tracer_provider: TracerProvider) -> Decorator:
+    if form == "positional":
+        return trace_handler("score", tracer_provider=tracer_provider)
+    return trace_handler(name="score", tracer_provider=tracer_provider)
+
+
+@pytest.mark.parametrize("form", ["positional", "keyword"])
+def test_the_span_is_named_by_a_string_first_or_by_name(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, form: str
+) -> None:
+    """@trace_handler("score") names the span as name="score" does, as
+    start_as_current_span("score") would; the handler's signature and result are kept."""
+
+    @_named(form, tracer_provider)
+    def predict_fn(data: Any, model: Any) -> Any:
+        return data
+
+    assert predict_fn(1, model=None) == 1
+    assert list(inspect.signature(predict_fn).parameters) == ["data", "model"]
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "score"
+
+
+def test_the_empty_call_form_decorates_as_the_bare_one() -> None:
+    """@trace_handler() decorates as @trace_handler does: the handler's result and signature
+    come through."""
+
+    @trace_handler()
+    def predict_fn(data: Any, model: Any) -> Any:
+        return (data, model)
+
+    assert predict_fn("x", model="m") == ("x", "m")
+    assert list(inspect.signature(predict_fn).parameters) == ["data", "model"]
+
+
+def test_a_name_given_twice_is_refused() -> None:
+    """A positional name and a different name= is a mistake, said at decoration time."""
+    with pytest.raises(TypeError):
+        trace_handler("a", name="b")
+
+
+def test_an_exception_thrown_into_a_generator_handler_reaches_it(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """throw() reaches the handler's generator under its span; one it handles goes on, one it
+    doesn't ends the span with the error."""
+    seen: list[tuple[str, int]] = []
+
+    @trace_handler(tracer_provider=tracer_provider)
+    def stream() -> Iterator[str]:
+        try:
+            yield "first"
+        except KeyError:
+            seen.append(("handled", _current_span_id()))
+        yield "second"
+
+    generator = stream()
+    assert next(generator) == "first"
+    assert generator.throw(KeyError("k")) == "second"
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    with pytest.raises(ValueError, match="v"):
+        generator.throw(ValueError("v"))
+    (span,) = exporter.get_finished_spans()
+    assert seen == [("handled", span.context.span_id)]
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_an_exception_thrown_into_an_async_generator_handler_reaches_it(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """athrow() reaches an async-generator handler under its span, and aclose() ends the span
+    without error."""
+    seen: list[int] = []
+
+    @trace_handler(tracer_provider=tracer_provider)
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "first"
+        except KeyError:
+            seen.append(_current_span_id())
+        yield "second"
+        yield "third"
+
+    async def consume() -> list[str]:
+        generator = stream()
+        items = [await generator.__anext__(), await generator.athrow(KeyError("k"))]
+        await generator.aclose()
+        return items
+
+    assert asyncio.run(consume()) == ["first", "second"]
+    (span,) = exporter.get_finished_spans()
+    assert seen == [span.context.span_id]
+    assert span.status.status_code is StatusCode.UNSET

@@ -27,8 +27,12 @@ from sagemaker_inference.transformer import Transformer
 
 import sm_tracing
 from sm_tracing import trace_handler
+from sm_tracing.container import _private
 
 MODULE = "sm_tracing_test_inference"
+# What the model server and the toolkit have before anything patches them.
+_MMS_PREDICT = Service.__dict__["predict"]
+_TRANSFORMER_DISPATCH = Transformer.__dict__["_run_handler_function"]
 
 
 def _request(custom_attributes: str | None, request_id: str = "r-1") -> dict[str, Any]:
@@ -326,18 +330,90 @@ def test_uninstrumenting_takes_the_hook_out(
     exporter: InMemorySpanExporter, tracer_provider: TracerProvider, model_server: None
 ) -> None:
     """After uninstrument_model_server() the service's predict is MMS's own again and serves
-    without a span; instrumenting twice wraps once."""
+    without a span; instrumenting twice changes nothing."""
     sm_tracing.instrument_model_server(tracer_provider=tracer_provider)
-    original = Service.__dict__["predict"]
-    assert getattr(original, "__wrapped__", None) is not None
-    assert getattr(original.__wrapped__, "__wrapped__", None) is None
+    assert Service.__dict__["predict"] is not _MMS_PREDICT
     sm_tracing.uninstrument_model_server()
-    assert getattr(Service.__dict__["predict"], "__wrapped__", None) is None
+    assert Service.__dict__["predict"] is _MMS_PREDICT
     service = Service("model", "/opt/ml/model", None, lambda data, context: ["ok"], None, 1)
     value = "traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     service.predict([_request(value)])
     assert exporter.get_finished_spans() == ()
     assert service.context.get_request_header(0, HEADER) == value
+
+
+def test_instrument_cycles_leave_one_hook(
+    tracer: Tracer, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
+) -> None:
+    """Many instrument/uninstrument cycles leave MMS's own predict and Transformer behind,
+    and once instrumented again a request is one span, as after the first."""
+    for _ in range(20):
+        sm_tracing.instrument_model_server(tracer_provider=tracer_provider)
+        sm_tracing.uninstrument_model_server()
+    assert Service.__dict__["predict"] is _MMS_PREDICT
+    assert Transformer.__dict__["_run_handler_function"] is _TRANSFORMER_DISPATCH
+    sm_tracing.instrument_model_server(tracer_provider=tracer_provider)
+    try:
+        service = Service("model", "/opt/ml/model", None, lambda data, context: ["ok"], None, 1)
+        value, parent = caller(tracer, clear=exporter)
+        service.predict([_request(value)])
+    finally:
+        sm_tracing.uninstrument_model_server()
+    (span,) = exporter.get_finished_spans()
+    assert parent_id(span) == parent.span_id
+
+
+def test_a_release_without_the_entry_point_attribute_is_served_untraced(
+    tracer: Tracer,
+    exporter: InMemorySpanExporter,
+    model_server: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a model server's Service keeps its entry point under another name, predict
+    serves as it would untraced: the handler's answer, our keys left alone, no span."""
+    monkeypatch.setattr(_private, "SERVICE_ENTRY_POINT", "_renamed_entry_point")
+    service = Service("model", "/opt/ml/model", None, lambda data, context: ["ok"], None, 1)
+    value, _ = caller(tracer, clear=exporter)
+    answered = service.predict([_request(value)])
+    assert answered[:4] == (200).to_bytes(4, "big")  # the status MMS's protocol answers with
+    assert exporter.get_finished_spans() == ()
+    assert service.context.get_request_header(0, HEADER) == value
+
+
+def test_a_toolkit_without_its_dispatch_method_runs_items_under_the_batch_span(
+    tracer: Tracer,
+    exporter: InMemorySpanExporter,
+    traced: Decorator,
+    user_module: Callable[..., None],
+    tracer_provider: TracerProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the toolkit's Transformer has no per-item dispatch to hook, each request still has
+    its span and answer, and the per-item functions run under the batch's span."""
+    monkeypatch.setattr(_private, "TRANSFORMER_DISPATCH", "_renamed_dispatch")
+    sm_tracing.uninstrument_model_server()
+    sm_tracing.instrument_model_server(tracer_provider=tracer_provider)
+    try:
+        assert Transformer.__dict__["_run_handler_function"] is _TRANSFORMER_DISPATCH
+
+        @traced
+        def predict_fn(data: Any, model: Any) -> Any:
+            return data
+
+        user_module(model_fn=_model_fn, predict_fn=predict_fn)
+        service = toolkit_service(batch_size=2)
+        callers = [caller(tracer, f"n={number}") for number in range(2)]
+        exporter.clear()
+        service.predict([_request(value, f"r-{n}") for n, (value, _) in enumerate(callers)])
+    finally:
+        sm_tracing.uninstrument_model_server()
+    spans = exporter.get_finished_spans()
+    servers = by_name(spans, "invocations")
+    (batch,) = by_name(spans, "batch")
+    assert [parent_id(server) for server in servers] == [parent.span_id for _, parent in callers]
+    for index in range(2):
+        assert (servers[index].attributes or {})["http.response.status_code"] == 200
+    assert [parent_id(span) for span in by_name(spans, "predict_fn")] == [batch.context.span_id] * 2
 
 
 # --- without the model server's hook: the decorator on its own --------------------------------
