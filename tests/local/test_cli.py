@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 import time
@@ -60,8 +61,10 @@ def test_an_unknown_command_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exited:
         cli.main(["bogus"])
     assert exited.value.code == 2
-    choices = ", ".join(f"'{name}'" for name in cli.COMMANDS)
-    assert f"invalid choice: 'bogus' (choose from {choices})" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # Python 3.12.8 and later quote the choices no more: only their names are compared.
+    assert "invalid choice: 'bogus' (choose from " in err
+    assert re.findall(r"'?(\w+)'?[,)]", err.partition("choose from ")[2]) == list(cli.COMMANDS)
 
 
 @pytest.mark.parametrize(
