@@ -629,7 +629,9 @@ def wait_ready(containers: list[_Container], deadline: float, progress: _Progres
     started = time.monotonic()
     pending = list(containers)
     while pending:
-        for container in [c for c in pending if c.ready()]:
+        # A probe waits no longer than the time left, so --timeout holds even on the first one.
+        wait = min(1.0, max(0.01, deadline - time.monotonic()))
+        for container in [c for c in pending if c.ready(wait)]:
             pending.remove(container)
             elapsed = time.monotonic() - started
             progress.say(f"  {container.name} container ready after {elapsed:.1f} s")
@@ -659,13 +661,13 @@ class _Container:
         """The base URL of the container's WebSockets."""
         return "ws" + self.url.removeprefix("http")
 
-    def ready(self) -> bool:
+    def ready(self, timeout: float = 1.0) -> bool:
         """Whether ``/ping`` answers 200 now; DemoError if the process has exited."""
         if self.process.poll() is not None:
             raise DemoError(f"the {self.name} container exited:\n{self.log_tail()}")
         with (
             contextlib.suppress(OSError),
-            urllib.request.urlopen(self.url + "/ping", timeout=1) as response,
+            urllib.request.urlopen(self.url + "/ping", timeout=timeout) as response,
         ):
             return bool(response.status == 200)
         return False
