@@ -336,18 +336,7 @@ def discover(
     batch: bool | None,
 ) -> Carrier | None:
     """The carrier of a handler call, or None when there is none to find; :data:`IDLE` for a
-    model-server context that holds no request. Never raises."""
-    return guard(
-        "find the CustomAttributes of this call", None, _discover, args, kwargs, getter, batch
-    )
-
-
-def _discover(
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    getter: CustomAttributesGetter | None,
-    batch: bool | None,
-) -> Carrier | None:
+    model-server context that holds no request. Raises what the carrier's objects raise."""
     if getter is not None:
         return ExplicitCarrier(getter(args, kwargs))
     previous: object = None

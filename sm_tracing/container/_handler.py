@@ -26,8 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
-from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
@@ -55,12 +54,7 @@ class _Call(Lifecycle):
     def __init__(self, carrier: Carrier | None, invocations: list[Invocation]) -> None:
         self._carrier = carrier
         self._invocations = invocations
-
-    def attach(self) -> None:
-        self._invocations[0].attach()
-
-    def detach(self) -> None:
-        self._invocations[0].detach()
+        self._invocation = invocations[0]
 
     def respond(self, result: object) -> None:
         """Echo each span into its response; never raises."""
@@ -96,14 +90,8 @@ class _Stepping:
     def __enter__(self) -> _Call:
         return self._call
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        self._call.end(None if exc_type is GeneratorExit else exc)
-        return False
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        self._call.end(None if isinstance(error, GeneratorExit) else error)
 
 
 class _Steps:
@@ -168,7 +156,15 @@ class _Tracing:
         carrier: Carrier | None = None
         values: Sequence[str | None] = (None,)
         if not _model_servers.serving():
-            carrier = discover(args, kwargs, self._getter, self._batch)
+            carrier = guard(
+                "find the CustomAttributes of this call",
+                None,
+                discover,
+                args,
+                kwargs,
+                self._getter,
+                self._batch,
+            )
             if carrier is IDLE:
                 return None  # a model server loading or probing the handler
             if carrier is None and _model_servers.instrumented() and not _active():
@@ -208,18 +204,8 @@ def trace_handler(func: F, /) -> F: ...
 
 @overload
 def trace_handler(
-    name: str | None = None,
+    span_name: str | None = None,
     /,
-    *,
-    tracer_provider: TracerProvider | None = None,
-    custom_attributes: CustomAttributesGetter | None = None,
-    remote_context: RemoteContext | None = None,
-    batch: bool | None = None,
-) -> Callable[[F], F]: ...
-
-
-@overload
-def trace_handler(
     *,
     name: str | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -229,16 +215,7 @@ def trace_handler(
 ) -> Callable[[F], F]: ...
 
 
-def trace_handler(
-    func: F | str | None = None,
-    /,
-    *,
-    name: str | None = None,
-    tracer_provider: TracerProvider | None = None,
-    custom_attributes: CustomAttributesGetter | None = None,
-    remote_context: RemoteContext | None = None,
-    batch: bool | None = None,
-) -> F | Callable[[F], F]:
+def trace_handler(func: Any = None, /, **options: Any) -> Any:
     """Trace each call of a model handler as the container span of the caller's trace.
 
     Bare (``@trace_handler``), with the span's name first (``@trace_handler("predict")``) or
@@ -252,37 +229,29 @@ def trace_handler(
     carrier found means a new root span, never an error.
     """
     if isinstance(func, str):
-        if name is not None and name != func:
+        if options.setdefault("name", func) != func:
             raise TypeError("trace_handler takes the span's name once, not twice")
-        func, name = None, func
-    decorate = functools.partial(
-        _wrap,
-        name=name,
-        tracer_provider=tracer_provider,
-        getter=custom_attributes,
-        remote_context=remote_context,
-        batch=batch,
-    )
+        func = None
     if func is None:
-        return decorate
+        return functools.partial(_wrap, **options)
     if not callable(func):
         raise TypeError(f"trace_handler decorates a function, not {func!r}")
-    return decorate(func)
+    return _wrap(func, **options)
 
 
 def _wrap(
     func: F,
     *,
-    name: str | None,
-    tracer_provider: TracerProvider | None,
-    getter: CustomAttributesGetter | None,
-    remote_context: RemoteContext | None,
-    batch: bool | None,
+    name: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    custom_attributes: CustomAttributesGetter | None = None,
+    remote_context: RemoteContext | None = None,
+    batch: bool | None = None,
 ) -> F:
     tracing = _Tracing(
         name or str(getattr(func, "__name__", "invocations")),
         tracer_provider,
-        getter,
+        custom_attributes,
         remote_context,
         batch,
     )

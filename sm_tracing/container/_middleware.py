@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from types import TracebackType
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagate import get_global_textmap
@@ -134,35 +133,11 @@ class Exchange(Lifecycle):
     ``_attributes``, the span's, set with the status; ``_measured``, the metric's attributes,
     None when no duration is measured; ``_echo``, whether to echo."""
 
-    __slots__ = ("_attributes", "_echo", "_invocation", "_measured")
+    __slots__ = ("_attributes", "_echo", "_measured")
 
-    _invocation: Invocation
     _attributes: dict[str, Any]
     _measured: dict[str, Any] | None
     _echo: bool
-
-    def attach(self) -> None:
-        self._invocation.attach()
-
-    def detach(self) -> None:
-        self._invocation.detach()
-
-    # Lifecycle's, straight to the invocation.
-    def __enter__(self) -> object:
-        self._invocation.attach()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        try:
-            self.end(exc)
-        finally:
-            self._invocation.detach()
-        return False
 
     def respond(
         self, status: Any, headers: Sequence[tuple[Any, Any]], binary: bool

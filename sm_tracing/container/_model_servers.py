@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,6 +45,10 @@ from sm_tracing.container._primitive import (
 )
 
 _logger = logging.getLogger(__name__)
+
+Function = Callable[..., Any]
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
 
 REQUEST_SPAN = "invocations"
 BATCH_SPAN = "batch"
@@ -82,11 +86,11 @@ def callers(values: Sequence[str | None]) -> list[SpanContext]:
 
 
 class _Batch(Lifecycle):
-    """The spans of the requests one ``predict`` call serves, and the batch span over them.
-    While current, the batch is the one this context serves: the first request's span is
-    current, or the batch span for a batch of several."""
+    """The spans of the requests one ``predict`` call serves, and the batch span over them;
+    the one current while the entry point runs is the request's, or the batch span for a batch
+    of several."""
 
-    __slots__ = ("_context", "_current", "_invocations", "_next", "_serving", "_shared")
+    __slots__ = ("_context", "_invocations", "_next", "_shared")
 
     def __init__(
         self, context: Any, invocations: list[Invocation], shared: Invocation | None
@@ -94,9 +98,8 @@ class _Batch(Lifecycle):
         self._context = context
         self._invocations = invocations
         self._shared = shared
-        self._current = invocations[0] if shared is None else shared
+        self._invocation = invocations[0] if shared is None else shared
         self._next = 0
-        self._serving: Token[_Batch | None] | None = None
 
     @classmethod
     def begin(cls, hook: _Hook, data: Any, context: Any) -> _Batch | None:
@@ -138,16 +141,6 @@ class _Batch(Lifecycle):
             reveal(each, key, invocation)
             invocations.append(invocation)
         return cls(context, invocations, shared)
-
-    def attach(self) -> None:
-        self._serving = _serving.set(self)
-        self._current.attach()
-
-    def detach(self) -> None:
-        self._current.detach()
-        token, self._serving = self._serving, None
-        if token is not None:
-            _serving.reset(token)
 
     def run_item(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run the next item of the batch under its own request's span."""
@@ -198,13 +191,7 @@ class _Hook:
         self.policy = policy
         self.patches: list[Patch] = []
 
-    def predict(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
+    def predict(self, wrapped: Function, instance: Any, args: Args, kwargs: Kwargs) -> Any:
         """``Service.predict``: the entry point is traced for the length of this call."""
         entry = _private.entry_point(instance)
         if entry is None or not guard(
@@ -225,18 +212,16 @@ class _Hook:
         batch = guard("start the request spans", None, _Batch.begin, self, data, context)
         if batch is None:
             return entry(data, context)
-        with batch:
-            result = entry(data, context)
-            batch.respond(result)
+        token = _serving.set(batch)
+        try:
+            with batch:
+                result = entry(data, context)
+                batch.respond(result)
+        finally:
+            _serving.reset(token)
         return result
 
-    def run_handler_function(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
+    def dispatch_item(self, wrapped: Function, instance: Any, args: Args, kwargs: Kwargs) -> Any:
         """The toolkit ``Transformer``'s dispatch of the user's functions: its transform
         function is called once per item of the batch, in order, so each call is the next
         request's."""
@@ -254,7 +239,7 @@ class _Hook:
         with _LOCK:
             name = _private.transformer_dispatch(module.Transformer)
             if _installed and _installed[-1] is self and name is not None:
-                self.patches.append(patch(module.Transformer, name, self.run_handler_function))
+                self.patches.append(patch(module.Transformer, name, self.dispatch_item))
 
 
 def instrument_model_server(

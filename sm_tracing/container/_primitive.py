@@ -12,7 +12,6 @@ import os
 from collections.abc import Mapping, Sequence
 from contextvars import Token
 from time import perf_counter_ns
-from types import TracebackType
 from typing import Literal
 
 from opentelemetry import trace
@@ -78,69 +77,7 @@ def inject_headers_option(inject_headers: bool | None = None) -> bool:
     return False
 
 
-class Lifecycle:
-    """The spans of one call as an adapter holds them. ``with`` it around the code that serves
-    the call: the spans are current inside; on the way out they end, with the exception recorded
-    when the code raised one, and what was current before is current again. An adapter whose
-    response outlives the block ends them later, through ``end``, which ends them once."""
-
-    __slots__ = ()
-
-    def attach(self) -> None:
-        """Make the spans current."""
-        raise NotImplementedError
-
-    def detach(self) -> None:
-        """Make current again what was current before ``attach()``; safe to call twice."""
-        raise NotImplementedError
-
-    def end(self, error: BaseException | None = None) -> None:
-        """End the spans, once, with *error* recorded when given. Never raises."""
-        raise NotImplementedError
-
-    def current(self) -> Current:
-        """A ``with`` that makes the spans current inside, and ends nothing."""
-        return Current(self)
-
-    def __enter__(self) -> object:
-        self.attach()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        try:
-            self.end(exc)
-        finally:
-            self.detach()
-        return False
-
-
-class Current:
-    """``Lifecycle.current()``."""
-
-    __slots__ = ("_lifecycle",)
-
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self._lifecycle = lifecycle
-
-    def __enter__(self) -> None:
-        self._lifecycle.attach()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        self._lifecycle.detach()
-        return False
-
-
-class Invocation(Lifecycle):
+class Invocation:
     """One traced invocation in a container: the one primitive under every adapter.
 
     Built from the request's raw CustomAttributes, read once when it starts: ``remainder`` is
@@ -150,14 +87,16 @@ class Invocation(Lifecycle):
     parent under ``"continue"``, as a link under ``"link"``, or not at all under ``"ignore"``;
     ``attach()`` makes it current and ``detach()`` restores the context that was current
     before; ``end()`` ends the span, once, recording an error if one is given. As a context
-    manager it does all of them. With *measure*, a histogram and the attributes (bounded ones:
-    no ids) to record the invocation's duration with, in seconds, when it ends, the error's type
-    added when there is one. *links* are further spans to link (the callers of a batch
-    whose items can't be told apart); a *root* reads no carrier and starts a new trace of its
-    own (the work of a batch that serves many callers). With *query*, the carrier is a
-    WebSocket query string rather than CustomAttributes. A request that brings no context of
-    ours takes the one in the environment (``TRACEPARENT`` ...: a batch transform job's), if
-    any. Bad input never raises: it gives a new root.
+    manager (what ``continue_trace`` gives) it does all of them.
+
+    With *measure*, a histogram and the attributes (bounded ones: no ids) to record the
+    invocation's duration with, in seconds, when it ends, the error's type added when there is
+    one. *links* are further spans to link (the callers of a batch whose items can't be told
+    apart); a *root* reads no carrier and starts a new trace of its own (the work of a batch
+    that serves many callers). With *query*, the carrier is a WebSocket query string rather
+    than CustomAttributes. A request that brings no context of ours takes the one in the
+    environment (``TRACEPARENT`` ...: a batch transform job's), if any. Bad input never raises:
+    it gives a new root.
     """
 
     __slots__ = (
@@ -227,8 +166,8 @@ class Invocation(Lifecycle):
             kind, active, under_span = INTERNAL, trace.INVALID_SPAN_CONTEXT, False
         else:
             parent = current
-            active_span = trace.get_current_span(current)
-            # No span current is the common case: the API's stand-in, whose context is invalid.
+            # A server's request usually starts in an empty context: no span is active there.
+            active_span = trace.get_current_span(current) if current else trace.INVALID_SPAN
             if active_span is trace.INVALID_SPAN:
                 active, under_span = trace.INVALID_SPAN_CONTEXT, False
             else:
@@ -324,8 +263,63 @@ class Invocation(Lifecycle):
         """Whole microseconds since the invocation began."""
         return (perf_counter_ns() - self._began) // 1000
 
+    def current(self) -> Current:
+        """A ``with`` inside which the span is current, and which ends nothing."""
+        return Current(self)
+
     def __enter__(self) -> Span:
         return self.start(attach=True)
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            self.end(error)
+        finally:
+            self.detach()
+
+
+class Current:
+    """``Invocation.current()``."""
+
+    __slots__ = ("_invocation",)
+
+    def __init__(self, invocation: Invocation) -> None:
+        self._invocation = invocation
+
+    def __enter__(self) -> None:
+        self._invocation.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._invocation.detach()
+
+
+class Lifecycle:
+    """One call as an adapter serves it: its spans, and ``_invocation``, the one made current.
+    ``with`` it around the code that serves the call: that span is current inside; on the way
+    out the spans end, with the exception recorded when the code raised one, and what was
+    current before is current again. An adapter whose response outlives the block ends them
+    later, through ``end``, which ends them once."""
+
+    __slots__ = ("_invocation",)
+
+    _invocation: Invocation
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the spans, once, with *error* recorded when given. Never raises."""
+        raise NotImplementedError
+
+    def current(self) -> Current:
+        """A ``with`` inside which the call's span is current, and which ends nothing."""
+        return Current(self._invocation)
+
+    def __enter__(self) -> object:
+        self._invocation.attach()
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            self.end(error)
+        finally:
+            self._invocation.detach()
 
 
 def continue_trace(

@@ -82,7 +82,7 @@ class _Session(Lifecycle):
     """The messages of one session: counted each way; the span ends at a close, a disconnect,
     or the app's return or exception, whichever is first."""
 
-    __slots__ = ("_invocation", "_receive", "_send", "received", "sent")
+    __slots__ = ("_receive", "_send", "received", "sent")
 
     def __init__(self, invocation: Invocation, receive: Receive, send: Send) -> None:
         self._invocation = invocation
@@ -90,12 +90,6 @@ class _Session(Lifecycle):
         self._send = send
         self.received = 0
         self.sent = 0
-
-    def attach(self) -> None:
-        self._invocation.attach()
-
-    def detach(self) -> None:
-        self._invocation.detach()
 
     async def receive(self) -> Message:
         message = await self._receive()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 from sm_tracing._attributes import (
     HEADER,
@@ -161,18 +161,12 @@ class _Response(Exchange):
         self.body: Iterable[bytes]
         self._iterator: Iterator[bytes]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
         try:
-            if exc is not None:
-                self.end(exc)
+            if error is not None:
+                self.end(error)
         finally:
             self._invocation.detach()
-        return False
 
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
