@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore
 import pytest
 from opentelemetry import propagate
 from opentelemetry.context import Context
@@ -15,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
+from packaging.version import Version
 
 import sm_tracing
 
@@ -92,3 +95,37 @@ def raising_propagator(global_propagator: None) -> Callable[[], None]:
     """Installs, when called, a global propagator whose inject and extract raise; restored
     after the test."""
     return lambda: propagate.set_global_textmap(_RaisingPropagator())
+
+
+# The first botocore releases whose SageMaker Runtime model has these members: a test that sends
+# one skips under an older botocore (the declared floor is older), where validation refuses it.
+BOTOCORE_SESSION_ID = "1.35.15"  # InvokeEndpoint and the stream call: SessionId
+BOTOCORE_ASYNC_OUTPUT_NAMES = "1.42.54"  # InvokeEndpointAsync: Filename, S3OutputPathExtension
+BOTOCORE_ASYNC_INLINE_BODY = "1.43.29"  # InvokeEndpointAsync: Body, InputLocation optional
+BOTOCORE_PREFIX_AWARE_ID = "1.43.68"  # InvokeEndpoint and the stream call: PrefixAwareId
+
+
+def requires_botocore(version: str, reason: str) -> pytest.MarkDecorator:
+    """A mark that skips the test under a botocore older than *version*, saying *reason*.
+
+    For example ``@requires_botocore(BOTOCORE_PREFIX_AWARE_ID, "sends PrefixAwareId")``, with
+    the helpers imported ``from tests.conftest import ...``."""
+    return pytest.mark.skipif(
+        Version(botocore.__version__) < Version(version),
+        reason=f"needs botocore {version} or later ({botocore.__version__} here): {reason}",
+    )
+
+
+def requires_package(distribution: str, version: str, reason: str) -> pytest.MarkDecorator:
+    """A mark that skips the test when *distribution* is missing or older than *version*.
+
+    For example ``@requires_package("opentelemetry-instrumentation-botocore", "0.62b0",
+    "AiobotocoreInstrumentor")``."""
+    try:
+        installed = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return pytest.mark.skip(reason=f"needs {distribution} {version} or later: {reason}")
+    return pytest.mark.skipif(
+        Version(installed) < Version(version),
+        reason=f"needs {distribution} {version} or later ({installed} here): {reason}",
+    )
