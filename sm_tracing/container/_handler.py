@@ -8,8 +8,8 @@ async, generator or async generator, where the span covers the whole iteration.
 
 Inside a Multi Model Server or TorchServe worker the model server's own dispatch is traced
 (see :mod:`sm_tracing.container._model_servers`; applying the decorator there switches it
-on): each request
-already has its span, and a decorated function only makes a child span named after it. Called
+on): each request already has its span, and a decorated function only makes a child span named
+after it. Called
 outside a request there (``model_fn`` at start-up, TorchServe's ``handle(None, context)``
 probe), it makes no span at all.
 

@@ -1,8 +1,10 @@
 """The one container primitive: read, start, attach, and in the end detach and end.
 
-Every container adapter (the decorator, WSGI, ASGI, the model-server contexts) is built on
-:class:`Invocation`, so they all read the carrier, pick the parent, the span kind and the
-remote-context policy the same way.
+Every container adapter (the decorator, WSGI, ASGI, the WebSocket session, the model-server
+contexts) is built on :class:`Invocation`, so they all read the carrier, pick the parent, the
+span kind and the remote-context policy the same way, and end their spans the same way: each
+adapter's per-call object is a :class:`Lifecycle`, whose ``with`` makes the span current
+around the application's code and ends it with what that code raised.
 """
 
 from __future__ import annotations
