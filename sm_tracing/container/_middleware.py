@@ -194,13 +194,12 @@ def with_echo(
             copy = list(headers)
             copy[copy.index(pair)] = (name, merged.encode("latin-1") if binary else merged)
             return copy
-    if not span_context.is_valid:
+    # The common case, the app set no CustomAttributes: the echo is all there is. A
+    # SpanContext is the tuple (trace id, span id, remote, flags, state, valid).
+    trace_id, span_id, _, flags, _, valid = span_context
+    if not valid:
         return None
-    # The common case, the app set no CustomAttributes: the echo is all there is.
-    elapsed = invocation.elapsed_us()
-    merged = format_echo(
-        span_context.trace_id, span_context.span_id, span_context.trace_flags, elapsed
-    )
+    merged = format_echo(trace_id, span_id, flags, invocation.elapsed_us())
     if binary:
         return [*headers, (_HEADER_BYTES, merged.encode("ascii"))]
     return [*headers, (HEADER, merged)]

@@ -273,10 +273,10 @@ class Invocation:
         return self.start(attach=True)
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        try:
-            self.end(error)
-        finally:
-            self.detach()
+        # What was current before comes back first: the span ends, and its duration is
+        # recorded, in the caller's context, as OpenTelemetry's instrumentations record theirs.
+        self.detach()
+        self.end(error)
 
 
 class Current:
@@ -318,10 +318,9 @@ class Lifecycle:
         return self
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        try:
-            self.end(error)
-        finally:
-            self._invocation.detach()
+        # As Invocation's: neither step raises.
+        self._invocation.detach()
+        self.end(error)
 
 
 def continue_trace(

@@ -162,11 +162,9 @@ class _Response(Exchange):
         self._iterator: Iterator[bytes]
 
     def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        try:
-            if error is not None:
-                self.end(error)
-        finally:
-            self._invocation.detach()
+        self._invocation.detach()
+        if error is not None:
+            self.end(error)
 
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
