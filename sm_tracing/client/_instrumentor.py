@@ -110,7 +110,8 @@ class SageMakerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         extensions: list[Extension] = [Runtime(options, meters(options.meter_provider))]
         if options.transform_jobs:
             extensions.append(TransformJobs())
-        hook = ClientHook(get_tracer(options.tracer_provider), extensions)
+        watch = options.tracer_provider is None
+        hook = ClientHook(get_tracer(options.tracer_provider), extensions, watch)
         hook.install()
         self._hook = hook
         self._options = options

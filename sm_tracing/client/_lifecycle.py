@@ -3,22 +3,18 @@
 ``_make_api_call`` of botocore's client base class (and aiobotocore's) is patched once per
 ``instrument()``. A call of an operation an extension covers goes like this:
 
-1. the patch notes the call (when it began, the context it began in) and lets it go on, down
-   whatever other tools wrapped the same method;
-2. at ``before-parameter-build``, after every wrapper has started and the user's own handlers
-   have set their defaults, the call gets its span: the CLIENT span another instrumentation
-   (opentelemetry-instrumentation-botocore) has already made current for it, which then gains
-   our attributes, or else one of ours, made current;
-3. the extension writes the trace context where the operation carries it: into the built
-   request's CustomAttributes header at ``before-sign`` (so the caller's parameters, and
-   botocore's Stubber, never see it), or into the parameters;
-4. at ``after-call`` the extension records the response on the span, which is still open
+1. the patch gives the call its span: the CLIENT span another instrumentation
+   (opentelemetry-instrumentation-botocore) already made current for it, which then gains our
+   attributes, or else one of ours, made current for the call. The patch is the innermost
+   wrapper (see :mod:`sm_tracing._patching`), so every other tool's wrapper has started by then,
+   whatever order they were installed in;
+2. the extension writes the trace context where the operation carries it: into the built
+   request's CustomAttributes header at ``before-sign``, after the user's own handlers (so the
+   caller's parameters, and botocore's Stubber, never see it), or into the parameters at
+   ``before-parameter-build``;
+3. at ``after-call`` the extension records the response on the span, which is still open
    whoever made it;
-5. when the call returns or raises, our own span ends, or is handed to the response stream.
-
-Deciding the span inside the call, instead of in the patch, gives one span per call wherever
-the patch sits among the other tools' wrappers: above or below the upstream instrumentation's,
-and after that instrumentation was removed from under ours.
+4. when the call returns or raises, our own span ends, or is handed to the response stream.
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _patching
 from sm_tracing._guard import guard
-from sm_tracing._telemetry import end_span
 from sm_tracing.client._streams import record_failure
 
 _logger = logging.getLogger(__name__)
@@ -55,6 +50,7 @@ _PARAMETERS = ["operation_name", "api_params"]
 _AIO_MODULE = "aiobotocore.client"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _now = time.time_ns
+_UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 # The call under way in this context, as the patch noted it: the client's event handlers find
 # it here. Reset when the call returns, so a call made inside another finds its own.
@@ -77,6 +73,9 @@ class Extension:
     copies_params: ClassVar[bool] = False
     """Whether ``before_build`` writes into the parameters: the call is then handed a copy,
     so the caller's own dict is never changed."""
+    events: ClassVar[tuple[str, ...]] = ("before-sign", "after-call")
+    """The client events whose step the extension takes (``before-parameter-build``,
+    ``before-sign``, ``after-call``)."""
 
     def attributes(self, call: Call, params: Mapping[str, Any]) -> dict[str, AttributeValue]:
         """The span attributes of *call*'s parameters."""
@@ -107,6 +106,8 @@ class Call:
         "client",
         "extension",
         "labels",
+        "name",
+        "noted",
         "operation",
         "own",
         "params",
@@ -118,16 +119,12 @@ class Call:
     )
 
     def __init__(
-        self,
-        client: Any,
-        extension: Extension,
-        operation: str,
-        params: Mapping[str, Any],
-        static: dict[str, AttributeValue],
+        self, client: Any, known: _Client, operation: str, params: Mapping[str, Any]
     ) -> None:
         self.client = client
-        self.static = static
-        self.extension = extension
+        self.name = known.names[operation]
+        self.static = known.static
+        self.extension = known.extension
         self.operation = operation
         self.params = params
         self.parent = otel_context.get_current()
@@ -138,6 +135,46 @@ class Call:
         self.labels: dict[str, AttributeValue] | None = None
         """The metric attributes of the call, set by extensions that measure it."""
 
+    def __enter__(self) -> Call:
+        self.noted = _CALL.set(self)
+        if self.own and self.span is not None:
+            self.token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _CALL.reset(self.noted)
+        if self.token is not None:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+            self.token = None
+        if error is not None and self.own:
+            guard("end the span of a SageMaker call", None, self._end, error)
+
+    def returned(self, result: Any) -> Any:
+        """*result*, once our own span has ended or been handed to the response stream."""
+        if self.own:
+            guard("end the span of a SageMaker call", None, self._returned, result)
+        return result
+
+    def _returned(self, result: Any) -> None:
+        if not self.extension.finish(self, result):
+            self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        span = self.span
+        if span is None:
+            return
+        try:
+            if error is not None:
+                record_failure(span, error)
+        finally:
+            span.end()
+        self.extension.ended(self, error)
+
     @property
     def context(self) -> Context:
         """The context whose span is the call's."""
@@ -147,34 +184,22 @@ class Call:
         return trace.set_span_in_context(span, otel_context.get_current())
 
 
-class _Scope:
-    """The call's stay in the patch: notes it for the handlers, ends our own span on the way
-    out. One body for botocore's call and aiobotocore's awaited one."""
+class _Client:
+    """What every traced call of one client shares."""
 
-    __slots__ = ("call", "hook", "noted")
+    __slots__ = ("extension", "names", "static")
 
-    def __init__(self, hook: ClientHook, call: Call) -> None:
-        self.hook = hook
-        self.call = call
-
-    def __enter__(self) -> Call:
-        self.noted = _CALL.set(self.call)
-        return self.call
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        _CALL.reset(self.noted)
-        call = self.call
-        if call.token is not None:
-            otel_context.detach(call.token)  # type: ignore[arg-type]
-            call.token = None
-        if error is not None and call.own and call.span is not None:
-            end_span(call.span, error, record_failure)
-            guard("measure a SageMaker call", None, call.extension.ended, call, error)
+    def __init__(self, extension: Extension, client: Any) -> None:
+        meta = client.meta
+        url = urlsplit(meta.endpoint_url or "")
+        self.extension = extension
+        # Each span named "Service Id.Operation", as opentelemetry-instrumentation-botocore names
+        # it.
+        service_id = meta.service_model.service_id
+        self.names = {operation: f"{service_id}.{operation}" for operation in extension.operations}
+        self.static = add_connection(
+            dict(extension.static), meta.region_name, url.hostname, url.port, url.scheme
+        )
 
 
 class ClientHook:
@@ -182,18 +207,24 @@ class ClientHook:
     the event handlers it registers on each client it sees, and the *extensions* that know
     each service."""
 
-    def __init__(self, tracer: Tracer, extensions: list[Extension]) -> None:
+    def __init__(
+        self, tracer: Tracer, extensions: list[Extension], watch_provider: bool = False
+    ) -> None:
         self.tracer = tracer
+        # Whether to say, on the first call traced by no provider, that none is set.
+        self._watch_provider = watch_provider
+        self._handlers: dict[str, Callable[..., None]] = {
+            "before-parameter-build": self._before_build,
+            "before-sign": self._before_sign,
+            "after-call": self._after_call,
+        }
         self.enabled = True
         self.extensions = {extension.service: extension for extension in extensions}
         self.operations = frozenset().union(*(e.operations for e in extensions))
         self._lock = threading.Lock()
         self._patches: list[_patching.Patch] = []
-        # Per client: its service's extension (None for another service) and the attributes
-        # every traced call of it has.
-        self._clients: weakref.WeakKeyDictionary[
-            Any, tuple[Extension, dict[str, AttributeValue]] | None
-        ] = weakref.WeakKeyDictionary()
+        # Per client: what its traced calls share; None for a client of another service.
+        self._clients: weakref.WeakKeyDictionary[Any, _Client | None] = weakref.WeakKeyDictionary()
         self._lost_warned = False
 
     # -- installing -------------------------------------------------------------------------
@@ -249,109 +280,88 @@ class ClientHook:
     # -- the patch --------------------------------------------------------------------------
 
     def _traced(self, wrapped: Callable[..., Any], client: Any, args: Any, kwargs: Any) -> Any:
-        scope, args, kwargs = self._begin(client, args, kwargs)
-        if scope is None:
+        call, args, kwargs = self._begin(client, args, kwargs)
+        if call is None:
             return wrapped(*args, **kwargs)
-        with scope as call:
+        with call:
             result = wrapped(*args, **kwargs)
-        return self._finish(call, result)
+        return call.returned(result)
 
     async def _traced_aio(
         self, wrapped: Callable[..., Any], client: Any, args: Any, kwargs: Any
     ) -> Any:
-        scope, args, kwargs = self._begin(client, args, kwargs)
-        if scope is None:
+        call, args, kwargs = self._begin(client, args, kwargs)
+        if call is None:
             return await wrapped(*args, **kwargs)
-        with scope as call:
+        with call:
             result = await wrapped(*args, **kwargs)
-        return self._finish(call, result)
+        return call.returned(result)
 
     def _begin(
         self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[_Scope | None, tuple[Any, ...], dict[str, Any]]:
-        """The scope of a call to trace, with the arguments to make it with; None to leave
-        the call alone."""
+    ) -> tuple[Call | None, tuple[Any, ...], dict[str, Any]]:
+        """The call to trace, its span started, with the arguments to make it with; None to
+        leave the call alone."""
         operation = args[0] if args else kwargs.get("operation_name")
         if operation not in self.operations or not self.enabled:
             return None, args, kwargs
-        scope = guard("start tracing a SageMaker call", None, self._note, client, args, kwargs)
-        if scope is None:
+        call = guard("start the span of a SageMaker call", None, self._start, client, args, kwargs)
+        if call is None:
             return None, args, kwargs
-        if scope.call.extension.copies_params:
-            params = dict(scope.call.params)
+        if call.extension.copies_params:
+            params = dict(call.params)
             if len(args) > 1:
                 args = (args[0], params, *args[2:])
             else:
                 kwargs = {**kwargs, "api_params": params}
-        return scope, args, kwargs
+        return call, args, kwargs
 
-    def _note(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Scope | None:
+    def _start(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call | None:
         if not is_instrumentation_enabled():
             return None
         known = self._known(client)
         if known is None:
             return None
-        extension, static = known
         operation = args[0] if args else kwargs["operation_name"]
         params = args[1] if len(args) > 1 else kwargs.get("api_params")
-        if not isinstance(params, Mapping) or operation not in extension.operations:
+        if not isinstance(params, dict) or operation not in known.extension.operations:
             return None
-        return _Scope(self, Call(client, extension, operation, params, static))
-
-    def _finish(self, call: Call, result: Any) -> Any:
-        span = call.span
-        if not call.own or span is None:
-            return result
-        followed = guard("follow a response stream", False, call.extension.finish, call, result)
-        if not followed:
-            end_span(span)
-            guard("measure a SageMaker call", None, call.extension.ended, call, None)
-        return result
+        call = Call(client, known, operation, params)
+        self._start_span(call)
+        return call
 
     # -- the client's handlers ----------------------------------------------------------------
 
-    def _known(self, client: Any) -> tuple[Extension, dict[str, AttributeValue]] | None:
-        """The extension of *client*'s service and the attributes of all its traced calls;
-        None for a client of another service. Its handlers are registered the first time."""
+    def _known(self, client: Any) -> _Client | None:
+        """What the traced calls of *client* share; None for a client of another service.
+        Its handlers are registered the first time it is seen."""
         try:
             return self._clients[client]
         except KeyError:
             pass
-        meta = client.meta
-        extension = self.extensions.get(meta.service_model.service_name)
-        known = None
-        if extension is not None:
-            url = urlsplit(meta.endpoint_url or "")
-            static = dict(extension.static)
-            add_connection(static, meta.region_name, url.hostname, url.port, url.scheme)
-            known = (extension, static)
+        extension = self.extensions.get(client.meta.service_model.service_name)
+        known = None if extension is None else _Client(extension, client)
         with self._lock:
             if not self.enabled:
                 return None
             if known is not None:
-                self._register(client)
+                self._register(client, known.extension)
             self._clients[client] = known
         return known
 
-    def _register(self, client: Any) -> None:
+    def _register(self, client: Any, extension: Extension) -> None:
+        # On the event's bare name, last: after the user's own handlers and botocore's
+        # Stubber, whatever operation those name.
         events = client.meta.events
         ref = weakref.ref(client)
-        for event, handler in self._handlers():
-            events.register_last(event, partial(handler, ref), unique_id=self._unique_id(event))
+        for event in extension.events:
+            handler = partial(self._handlers[event], ref)
+            events.register_last(event, handler, unique_id=self._unique_id(event))
 
     def _unregister(self, client: Any) -> None:
         events = client.meta.events
-        for event, _ in self._handlers():
+        for event in self._handlers:
             events.unregister(event, unique_id=self._unique_id(event))
-
-    def _handlers(self) -> tuple[tuple[str, Callable[..., None]], ...]:
-        # Registered on the event's bare name, last: they run after the user's own handlers
-        # and botocore's Stubber, whatever operation those name.
-        return (
-            ("before-parameter-build", self._before_build),
-            ("before-sign", self._before_sign),
-            ("after-call", self._after_call),
-        )
 
     def _unique_id(self, event: str) -> str:
         return f"sm_tracing.{event}.{id(self)}"
@@ -367,11 +377,9 @@ class ClientHook:
 
     def _before_build(self, client_ref: Any, params: Any, model: Any, **_: Any) -> None:
         call = self._call_of(client_ref, model.name)
-        if call is not None:
-            guard("start the span of a SageMaker call", None, self._start_span, call, params)
-            if call.span is not None:
-                extension = call.extension
-                guard(extension.sending, None, extension.before_build, call, params)
+        if call is not None and call.span is not None:
+            extension = call.extension
+            guard(extension.sending, None, extension.before_build, call, params)
 
     def _before_sign(self, client_ref: Any, request: Any, operation_name: str, **_: Any) -> None:
         call = self._call_of(client_ref, operation_name)
@@ -384,27 +392,35 @@ class ClientHook:
         if call is not None and call.span is not None:
             guard("record the response", None, call.extension.after_call, call, parsed)
 
-    def _start_span(self, call: Call, params: Mapping[str, Any]) -> None:
+    def _start_span(self, call: Call) -> None:
         """Give *call* its span: the CLIENT span another instrumentation made current for it
-        (with our attributes added), or one of ours, made current."""
-        if call.span is not None:
-            return  # a retried build: the call has its span already
-        attributes = call.extension.attributes(call, params)
-        current = trace.get_current_span()
+        (with our attributes added), or one of ours, started now."""
+        attributes = call.extension.attributes(call, call.params)
+        current = trace.get_current_span(call.parent)
         if _made_for(current, call):
             current.set_attributes(attributes)
             call.span = current
             return
+        attributes.update(call.static)
         span = self.tracer.start_span(
-            _span_name(call),
-            call.parent,
-            SpanKind.CLIENT,
-            {**call.static, **attributes},
-            start_time=call.started,
+            call.name, call.parent, SpanKind.CLIENT, attributes, start_time=call.started
         )
         call.span = span
         call.own = True
-        call.token = otel_context.attach(trace.set_span_in_context(span, call.parent))
+        if self._watch_provider and not span.is_recording():
+            self._say_untraced()
+
+    def _say_untraced(self) -> None:
+        # A span that records nothing is either sampled out or made by the API's stand-in
+        # provider; in the second case nothing in this process is traced: say so, once.
+        self._watch_provider = False
+        if isinstance(trace.get_tracer_provider(), _UNTRACEABLE):
+            _logger.warning(
+                "SageMaker calls are instrumented but not traced: no OpenTelemetry SDK "
+                "TracerProvider is set. Call sm_tracing.configure(), or set one with "
+                "opentelemetry.trace.set_tracer_provider(TracerProvider()), before the "
+                "first call; or pass tracer_provider= to sm_tracing.instrument()."
+            )
 
     def _check_lost(self) -> None:
         """Say once that another tool took the patch away, if it did: a handler of ours ran
@@ -426,15 +442,10 @@ def _made_for(span: Span, call: Call) -> bool:
         return False
     scope = getattr(span, "instrumentation_scope", None)
     return (
-        getattr(span, "kind", None) is SpanKind.CLIENT
-        and getattr(span, "name", None) == _span_name(call)
+        getattr(span, "name", None) == call.name
+        and getattr(span, "kind", None) is SpanKind.CLIENT
         and getattr(scope, "name", None) != "sm_tracing"
     )
-
-
-def _span_name(call: Call) -> str:
-    """``Service Id.Operation``, as opentelemetry-instrumentation-botocore names the span."""
-    return f"{call.client.meta.service_model.service_id}.{call.operation}"
 
 
 def _parameters(method: object) -> list[str]:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
@@ -79,8 +78,8 @@ _RESPONSE_ATTRIBUTES = {
         ("FailureLocation", "aws.sagemaker.failure_location"),
     ),
 }
-_LABELS = (ENDPOINT_NAME, GENAI_PROVIDER, GENAI_OPERATION, GENAI_MODEL)
-_UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_REQUEST_KEYS = frozenset(_REQUEST_ATTRIBUTES)
+_LABELS = (RPC_METHOD, ENDPOINT_NAME, GENAI_PROVIDER, GENAI_OPERATION, GENAI_MODEL)
 _now = time.time_ns
 
 
@@ -98,41 +97,26 @@ class Runtime(Extension):
         self.options = options
         self.meters = meters
         self._warned: set[str | None] = set()
-        # Until the first call says whether a tracer provider is missing.
-        self._watch_provider = options.tracer_provider is None
 
     def attributes(self, call: Call, params: Mapping[str, Any]) -> dict[str, AttributeValue]:
         attributes: dict[str, AttributeValue] = {RPC_METHOD: call.operation}
         endpoint = params.get("EndpointName")
         if isinstance(endpoint, str):
             attributes[ENDPOINT_NAME] = endpoint
-        for key, name in _REQUEST_ATTRIBUTES.items():
-            value = params.get(key)
-            if isinstance(value, str):
-                attributes[name] = value
+        if not _REQUEST_KEYS.isdisjoint(params):  # the others are rare
+            for key, name in _REQUEST_ATTRIBUTES.items():
+                value = params.get(key)
+                if isinstance(value, str):
+                    attributes[name] = value
         model = self.options.model(endpoint, params)
         if model is not None:
             attributes[GENAI_PROVIDER] = SAGEMAKER_PROVIDER
             attributes[GENAI_OPERATION] = COMPLETION
             attributes[GENAI_MODEL] = model
-        # The metric attributes: few values each, never per request.
-        call.labels = {key: attributes[key] for key in (RPC_METHOD, *_LABELS) if key in attributes}
+        if self.meters is not None:
+            # The metric attributes: few values each, never per request.
+            call.labels = {key: attributes[key] for key in _LABELS if key in attributes}
         return attributes
-
-    def before_build(self, call: Call, params: dict[str, Any]) -> None:
-        if self._watch_provider and call.own:
-            self._watch_provider = False
-            # A span that records nothing is either sampled out or made by the API's stand-in
-            # provider, and then nothing in this process is traced: say so, once.
-            span = call.span
-            untraceable = isinstance(trace.get_tracer_provider(), _UNTRACEABLE)
-            if span is not None and not span.is_recording() and untraceable:
-                _logger.warning(
-                    "SageMaker calls are instrumented but not traced: no OpenTelemetry SDK "
-                    "TracerProvider is set. Call sm_tracing.configure(), or set one with "
-                    "opentelemetry.trace.set_tracer_provider(TracerProvider()), before the "
-                    "first call; or pass tracer_provider= to sm_tracing.instrument()."
-                )
 
     def before_sign(self, call: Call, request: Any) -> None:
         """Merge the call's context into the request's CustomAttributes header (and, when asked,
@@ -159,8 +143,10 @@ class Runtime(Extension):
             value = value.decode("ascii", "replace")
         merged, reason = _propagation.merge_context(value, call.context, options.inject_opaque)
         if merged is not None:
-            del headers[HEADER]
-            headers[HEADER] = merged
+            if value is None:
+                headers[HEADER] = merged
+            else:
+                headers.replace_header(HEADER, merged)
         elif reason == _codec.SKIP_BUDGET:
             if first_time(self._warned, endpoint if isinstance(endpoint, str) else None):
                 _logger.warning(
