@@ -267,7 +267,7 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
     installed globally, and the calls from a tenth of a second after that on."""
     code = (
         "import sys, time\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
         "import sm_tracing\n"
         "from opentelemetry import metrics\n"
         "from opentelemetry.sdk.metrics import MeterProvider\n"

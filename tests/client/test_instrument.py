@@ -185,7 +185,7 @@ def test_zero_code_instrumentation(tmp_path: Any) -> None:
     app = tmp_path / "app.py"
     app.write_text(
         "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
         "from opentelemetry import trace\n"
         "from opentelemetry.sdk.trace import TracerProvider\n"
         "trace.set_tracer_provider(TracerProvider())\n"
@@ -270,7 +270,7 @@ def test_the_client_side_never_imports_the_container_side() -> None:
     """instrument() and a traced call load the client modules only."""
     code = (
         "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
         "import sm_tracing\n"
         "from opentelemetry.sdk.trace import TracerProvider\n"
         "from _client_support import Wire, call_params, make_client\n"
@@ -319,7 +319,7 @@ def test_a_process_that_can_never_trace_says_so_once(case: str, warned: bool, se
     """With no SDK TracerProvider at the first call, one WARNING names the fix; none when a
     provider is set before the call, or one was given to instrument()."""
 
-    code = _NO_PROVIDER_APP.format(tests=str(Path(__file__).parent), case=case)
+    code = _NO_PROVIDER_APP.format(tests=str(Path(__file__).parents[1]), case=case)
     done = run_python(code)
     assert done.stdout.strip().startswith(sent)
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING sm_tracing")]
@@ -378,5 +378,5 @@ def test_another_runtime_context_is_used_through_the_api() -> None:
     """Under a runtime context other than OpenTelemetry's default, the current context is
     read and set through the API: a call joins the caller's trace, and the caller's span is
     current again after it."""
-    done = run_python(_OTHER_RUNTIME_CONTEXT_APP.format(tests=str(Path(__file__).parent)))
+    done = run_python(_OTHER_RUNTIME_CONTEXT_APP.format(tests=str(Path(__file__).parents[1])))
     assert done.stdout.split() == ["True", "True", "True"], done.stderr
