@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -252,26 +251,3 @@ def test_a_raising_span_processor_never_breaks_a_stream(
     assert unraisable == []
 
 
-def test_the_context_is_the_apis_and_a_spent_token_is_logged_not_raised(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The context made current by sm_tracing is the one OpenTelemetry's API says is current,
-    and back; making the earlier one current again with a token already used logs, as the
-    API's detach does, and raises nothing."""
-    from opentelemetry import context as api
-
-    from sm_tracing._common import attach_context, current_context, detach_context
-
-    before = api.get_current()
-    mine = Context({"mine": 1})
-    token = attach_context(mine)
-    assert api.get_current() is mine
-    detach_context(token)
-    assert api.get_current() is before
-    theirs = api.attach(Context({"theirs": 1}))
-    assert current_context() is api.get_current()
-    api.detach(theirs)
-    with caplog.at_level(logging.WARNING, logger="sm_tracing"):
-        detach_context(token)
-    assert "could not make the earlier context current again" in caplog.text
-    assert current_context() is before
