@@ -148,7 +148,7 @@ def test_endpoints_as_a_single_string_is_rejected() -> None:
 def test_entry_point_loads_the_instrumentor() -> None:
     """opentelemetry-instrument finds SageMakerInstrumentor under its entry point group."""
     points = importlib.metadata.entry_points(group="opentelemetry_instrumentor")
-    (point,) = [p for p in points if p.name == "sagemaker"]
+    (point,) = [p for p in points if p.name == "sm_tracing"]
     assert point.load() is SageMakerInstrumentor
     assert SageMakerInstrumentor().instrumentation_dependencies() == ("botocore >= 1.34",)
 
