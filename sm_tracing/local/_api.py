@@ -16,17 +16,41 @@ from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 from sm_tracing.local import _eventstream
-from sm_tracing.local._calls import OPERATIONS, Call
+from sm_tracing.local._calls import OPERATIONS, Call, Observer
 from sm_tracing.local._pool import ContainerPool, cut
 from sm_tracing.local._storage import safe_name
-from sm_tracing.local._transform import ApiError
+from sm_tracing.local._transform import ApiError, TransformJobs
 
-if TYPE_CHECKING:
-    from sm_tracing.local._runtime import LocalRuntime
+
+class Runtime(Protocol):
+    """What the API server asks of the runtime that serves it (``LocalRuntime``)."""
+
+    _observer: Observer | None
+    _transforms: TransformJobs
+    _variant: str
+
+    def _observe(self, call: Call) -> None: ...
+
+    def _pool(self, endpoint: str) -> ContainerPool | None: ...
+
+    def _local_path(self, uri: str) -> Path: ...
+
+    def _queue_async(
+        self,
+        endpoint: str,
+        pool: ContainerPool,
+        inference_id: str,
+        headers: list[tuple[str, str]],
+        source: bytes | Path,
+        *,
+        folders: list[str],
+        filename: str,
+    ) -> tuple[str, str] | None: ...
+
 
 _logger = logging.getLogger(__name__)
 
@@ -148,7 +172,7 @@ class Server(ThreadingHTTPServer):
     # Many clients connect at once under load; the default backlog of 5 drops connections.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], runtime: LocalRuntime) -> None:
+    def __init__(self, address: tuple[str, int], runtime: Runtime) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.runtime = runtime
