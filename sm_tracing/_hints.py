@@ -1,6 +1,9 @@
-"""The install line sm_tracing prints when an optional dependency is missing."""
+"""What sm_tracing's commands show the user: the install line printed when an optional
+dependency is missing, and the argument parser every ``sm-tracing`` command starts from."""
 
 from __future__ import annotations
+
+import argparse
 
 DISTRIBUTION = "sm-tracing"
 
@@ -15,3 +18,12 @@ def install_hint(*extras: str) -> str:
     # Quoted, so that zsh does not read the brackets as a glob.
     suffix = f"[{','.join(extras)}]" if extras else ""
     return f"pip install '{DISTRIBUTION}{suffix}' (from a clone: pip install -e '.{suffix}')"
+
+
+def command_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``sm-tracing COMMAND``, its *description* shown as written."""
+    return argparse.ArgumentParser(
+        prog=f"sm-tracing {command}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

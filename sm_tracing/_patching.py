@@ -105,16 +105,24 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
     functools.update_wrapper(function, original, updated=())
     handle = Patch(owner, name, function)
     setattr(function, _PATCH, handle)
-    try:
-        if parent is None:
-            setattr(owner, name, function)
-        else:
-            parent.__wrapped__ = function
-    except (AttributeError, TypeError):
+    if not _repoint(owner, name, parent, function):
         # A proxy that can't be repointed: on top of everything instead.
         function.__wrapped__ = owner.__dict__[name]
         setattr(owner, name, function)
     return handle
+
+
+def _repoint(owner: type | ModuleType, name: str, parent: Any, target: Any) -> bool:
+    """Make *target* what *parent* wraps (``owner.name`` itself for None); False when it can't
+    be repointed."""
+    try:
+        if parent is None:
+            setattr(owner, name, target)
+        else:
+            parent.__wrapped__ = target
+    except (AttributeError, TypeError):
+        return False
+    return True
 
 
 def unpatch(handle: Patch) -> None:
@@ -127,13 +135,7 @@ def unpatch(handle: Patch) -> None:
     node: Any = owner.__dict__.get(name)
     while node is not None:
         if node is handle.function:
-            inner = node.__wrapped__
-            try:
-                if parent is None:
-                    setattr(owner, name, inner)
-                else:
-                    parent.__wrapped__ = inner
-            except (AttributeError, TypeError):
+            if not _repoint(owner, name, parent, node.__wrapped__):
                 _logger.debug("left an inactive patch in %s.%s", owner.__name__, name)
             return
         parent, node = node, getattr(node, "__wrapped__", None)

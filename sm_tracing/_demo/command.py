@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sm_tracing._hints import install_hint
+from sm_tracing._hints import command_parser, install_hint
 
 DEFAULT_TIMEOUT = 25.0
 
@@ -44,11 +44,7 @@ Exits 0 when every trace joined (and, with --otlp-endpoint, was exported), 1 oth
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``sm-tracing demo``."""
-    parser = argparse.ArgumentParser(
-        prog="sm-tracing demo",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("demo", _DESCRIPTION)
     parser.add_argument(
         "--otlp-endpoint",
         metavar="URL",

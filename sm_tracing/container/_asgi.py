@@ -203,11 +203,7 @@ class _Exchange(Exchange):
         receive: Receive,
         send: Send,
     ) -> None:
-        # Exchange's fields.
-        self._invocation = invocation
-        self._attributes = attributes
-        self._measured = measured
-        self._echo = echo
+        super().__init__(invocation, attributes, measured, echo)
         self._receive = receive
         self._send = send
         self.send = functools.partial(self._send_start)

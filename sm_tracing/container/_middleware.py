@@ -129,15 +129,22 @@ class Exchange(Lifecycle):
     """What one traced request's response records, under either middleware: its status on the
     span (and the metric), the echo in its headers, and the span's end, once.
 
-    Each middleware's subclass sets these fields in its own constructor: ``_invocation``;
-    ``_attributes``, the span's, set with the status; ``_measured``, the metric's attributes,
-    None when no duration is measured; ``_echo``, whether to echo."""
+    *attributes* are the span's, set with the status; *measured*, the metric's attributes, None
+    when no duration is measured; *echo*, whether to echo."""
 
     __slots__ = ("_attributes", "_echo", "_measured")
 
-    _attributes: dict[str, Any]
-    _measured: dict[str, Any] | None
-    _echo: bool
+    def __init__(
+        self,
+        invocation: Invocation,
+        attributes: dict[str, Any],
+        measured: dict[str, Any] | None,
+        echo: bool,
+    ) -> None:
+        self._invocation = invocation
+        self._attributes = attributes
+        self._measured = measured
+        self._echo = echo
 
     def respond(
         self, status: Any, headers: Sequence[tuple[Any, Any]], binary: bool

@@ -149,11 +149,7 @@ class _Response(Exchange):
         echo: bool,
         start_response: StartResponse,
     ) -> None:
-        # Exchange's fields.
-        self._invocation = invocation
-        self._attributes = attributes
-        self._measured = measured
-        self._echo = echo
+        super().__init__(invocation, attributes, measured, echo)
         self._start_response = start_response
         self._pending: tuple[str, Headers, ExcInfo | None] | None = None
         self._write: Callable[[bytes], object] | None = None

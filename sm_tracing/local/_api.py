@@ -39,17 +39,9 @@ class Runtime(Protocol):
 
     def _local_path(self, uri: str) -> Path: ...
 
-    def _queue_async(
-        self,
-        endpoint: str,
-        pool: ContainerPool,
-        inference_id: str,
-        headers: list[tuple[str, str]],
-        source: bytes | Path,
-        *,
-        folders: list[str],
-        filename: str,
-    ) -> tuple[str, str] | None: ...
+    @property
+    def _queue_async(self) -> Callable[..., tuple[str, str] | None]:
+        """Queues an async invocation: see ``LocalRuntime._queue_async``."""
 
 
 _logger = logging.getLogger(__name__)

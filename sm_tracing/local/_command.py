@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from sm_tracing._hints import command_parser
 from sm_tracing.local._calls import Call
 from sm_tracing.local._runtime import LocalRuntime
 
@@ -55,11 +56,7 @@ Async calls read an InputLocation s3://BUCKET/KEY from DIR/BUCKET/KEY, DIR being
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of ``sm-tracing local``."""
-    parser = argparse.ArgumentParser(
-        prog="sm-tracing local",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("local", _DESCRIPTION)
     parser.add_argument(
         "--container",
         metavar="URL",
