@@ -47,6 +47,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from sm_tracing._hints import install_hint
+
 _logger = logging.getLogger(__name__)
 
 
@@ -365,7 +367,13 @@ class CollectorExporter(_Guarded[SpanExporter], SpanExporter):
         exporter = self._sender()
         if exporter is None:
             return SpanExportResult.FAILURE
-        result = exporter.export(spans)
+        try:
+            result = exporter.export(spans)
+        except Exception:
+            # Older OTLP/HTTP exporters (1.30) let the session's errors out (a ReadTimeout)
+            # where later ones report a failure: the same failure, and the batch goes on.
+            _logger.debug("the span export raised", exc_info=True)
+            result = SpanExportResult.FAILURE
         self.collector.sent(result is SpanExportResult.SUCCESS)
         return result
 
@@ -411,7 +419,12 @@ class CollectorMetricExporter(_Guarded[MetricExporter], MetricExporter):
         exporter = self._sender()
         if exporter is None:
             return MetricExportResult.FAILURE
-        result = exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        try:
+            result = exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            # As for spans: an error let out is a failed export.
+            _logger.debug("the metric export raised", exc_info=True)
+            result = MetricExportResult.FAILURE
         if (
             result is not MetricExportResult.SUCCESS
             and self._answers is not None
@@ -574,7 +587,7 @@ class _Build:
                 raise
             raise ImportError(
                 "exporting over OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc: "
-                "pip install 'sm-tracing[grpc]'"
+                + install_hint("grpc")
             ) from exc
         otlp_class = getattr(module, signal.otlp_class)
         endpoint = self.endpoint
