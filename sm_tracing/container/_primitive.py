@@ -203,6 +203,13 @@ class Invocation:
                     # child; otherwise the caller's span is the parent, which joins the trace.
                     parent = remote
         span = self._tracer.start_span(self._name, parent, kind, None, links)
+        if not span.get_span_context().is_valid and parent is not None:
+            # Without an SDK, opentelemetry-api before 1.40 gives the invalid span, not one
+            # carrying the parent's context as later releases do: the caller's context would
+            # neither be echoed nor passed on.
+            parent_span = trace.get_current_span(parent).get_span_context()
+            if parent_span.is_valid:
+                span = trace.NonRecordingSpan(parent_span)
         if self._attributes:
             span.set_attributes(self._attributes)
         self._context = trace.set_span_in_context(span, parent)
