@@ -35,6 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from sm_tracing._attributes import ERROR_TYPE
+from sm_tracing._hints import command_parser, install_hint
 
 if TYPE_CHECKING:
     import httpx
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'sm-tracing[proxy]' (from a clone: pip install -e '.[proxy]')"
+INSTALL_HINT = install_hint("proxy")
 DEFAULT_HEALTH_PATHS = ("/health", "/ping")
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -200,7 +201,16 @@ class Forward:
         ]
         raw_path = self._prefix + path + (b"?" + query if query else b"")
         url = self._base.copy_with(raw_path=raw_path)
-        return self._httpx.Request(scope["method"], url, headers=headers, content=content)
+        # The client's timeout goes with the request: before httpx 0.27.1, send() applies it
+        # only to requests the client built, and build_request() would add the client's own
+        # headers (User-Agent, Accept-Encoding) to what the caller sent.
+        return self._httpx.Request(
+            scope["method"],
+            url,
+            headers=headers,
+            content=content,
+            extensions={"timeout": self._timeout.as_dict()},
+        )
 
     async def _forward(
         self,
@@ -353,11 +363,7 @@ on to it and exits with its exit status, so it works as a container's ENTRYPOINT
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sm-tracing proxy",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("proxy", _DESCRIPTION)
     parser.add_argument(
         "--upstream", required=True, metavar="URL",
         help="the model server's base URL, such as http://127.0.0.1:8081",
