@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode, Tracer
 
 import sm_tracing
+from tests.conftest import requires_package
 
 aiobotocore_session = pytest.importorskip("aiobotocore.session")
 
@@ -157,6 +158,7 @@ def test_aio_uninstrument(
 
 
 @pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
+@requires_package("opentelemetry-instrumentation-botocore", "0.62b0", "has AiobotocoreInstrumentor")
 def test_aio_with_upstream_makes_one_span(
     tracer_provider: TracerProvider, server: Any, exporter: InMemorySpanExporter, order: str
 ) -> None:

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sm_tracing
+from tests.conftest import BOTOCORE_PREFIX_AWARE_ID, requires_botocore
 
 STREAM = "invoke_endpoint_with_response_stream"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -229,6 +230,7 @@ def test_genai_models_as_a_callable(
 
 
 @pytest.mark.usefixtures("metered")
+@requires_botocore(BOTOCORE_PREFIX_AWARE_ID, "sends PrefixAwareId")
 def test_metric_attributes_stay_bounded(
     client: Any, wire: Wire, reader: InMemoryMetricReader
 ) -> None:

@@ -22,6 +22,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
+from tests.conftest import (
+    BOTOCORE_ASYNC_INLINE_BODY,
+    BOTOCORE_PREFIX_AWARE_ID,
+    BOTOCORE_SESSION_ID,
+    requires_botocore,
+)
+
 OTHER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CONTAINER_SPAN = "00f067aa0ba902b7"
 
@@ -33,6 +40,7 @@ def _client_span(exporter: InMemorySpanExporter) -> Any:
 
 
 @pytest.mark.usefixtures("instrumented")
+@requires_botocore(BOTOCORE_SESSION_ID, "sends SessionId")
 def test_invoke_endpoint_attributes(client: Any, exporter: InMemorySpanExporter) -> None:
     """The span carries the rpc, server and SageMaker attributes of the request and response."""
     client.invoke_endpoint(
@@ -70,6 +78,7 @@ def test_invoke_endpoint_attributes(client: Any, exporter: InMemorySpanExporter)
 
 @pytest.mark.usefixtures("instrumented")
 @pytest.mark.parametrize("method", ["invoke_endpoint", "invoke_endpoint_with_response_stream"])
+@requires_botocore(BOTOCORE_PREFIX_AWARE_ID, "sends PrefixAwareId")
 def test_prefix_aware_id_is_recorded_like_the_other_routing_fields(
     client: Any, exporter: InMemorySpanExporter, method: str
 ) -> None:
@@ -81,6 +90,7 @@ def test_prefix_aware_id_is_recorded_like_the_other_routing_fields(
 
 
 @pytest.mark.usefixtures("instrumented")
+@requires_botocore(BOTOCORE_ASYNC_INLINE_BODY, "sends InvokeEndpointAsync a Body")
 def test_async_call_with_an_inline_body(
     client: Any, wire: Wire, exporter: InMemorySpanExporter
 ) -> None:
@@ -107,6 +117,7 @@ def test_async_call_with_an_inline_body(
 
 
 @pytest.mark.usefixtures("instrumented")
+@requires_botocore(BOTOCORE_SESSION_ID, "sends SessionId")
 def test_new_session_id_replaces_the_request_marker(
     client: Any, wire: Wire, exporter: InMemorySpanExporter
 ) -> None:

@@ -18,6 +18,8 @@ from _otlp_receiver import OTLPReceiver
 from _robust_support import CONTAINER_SPAN, HEADER, PREDICT_SPAN, serve
 from _serving import stop, wait_ready
 
+from tests.conftest import requires_package
+
 REQUESTS = 12
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 NEVER_MS = 600_000
@@ -111,6 +113,7 @@ def test_uvicorn_flushes_on_exit(receiver: OTLPReceiver, tmp_path: Path, sig: in
     check_flushed(receiver, parents, time.monotonic() - started)
 
 
+@requires_package("gunicorn", "24.1.0", "recycles a worker after --max-requests")
 def test_gunicorn_worker_recycled_by_max_requests_flushes(
     receiver: OTLPReceiver, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from botocore import UNSIGNED
 from botocore.exceptions import ClientError, EventStreamError
 
 from sm_tracing.local import LocalRuntime
+from tests.conftest import BOTOCORE_ASYNC_INLINE_BODY, BOTOCORE_PREFIX_AWARE_ID, requires_botocore
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 FAKE_AUTH = (
@@ -46,6 +47,11 @@ def runtime(container: ModelContainer, tmp_path: Path) -> Iterator[LocalRuntime]
 def client(runtime: LocalRuntime) -> Any:
     """A boto3 sagemaker-runtime client pointed at ``runtime``."""
     return runtime_client(runtime.url)
+
+
+# Members an older botocore (the declared floor) does not know, and refuses to send.
+_INLINE_BODY = requires_botocore(BOTOCORE_ASYNC_INLINE_BODY, "sends InvokeEndpointAsync a Body")
+_PREFIX_AWARE_ID = requires_botocore(BOTOCORE_PREFIX_AWARE_ID, "sends PrefixAwareId")
 
 
 def _add_tracing_headers(request: Any, **kwargs: Any) -> None:
@@ -94,7 +100,13 @@ _FORWARDED = {
 }
 
 
-@pytest.mark.parametrize("operation", list(_FORWARDED))
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(operation, marks=_INLINE_BODY if "async" in operation else _PREFIX_AWARE_ID)
+        for operation in _FORWARDED
+    ],
+)
 def test_each_operation_forwards_only_the_headers_sagemaker_forwards(
     container: ModelContainer, client: Any, operation: str
 ) -> None:
@@ -492,6 +504,7 @@ def test_stream_stalled_mid_way_is_a_model_stream_error(container: ModelContaine
 # InvokeEndpointAsync
 
 
+@_INLINE_BODY
 def test_async_body_is_accepted_and_written(
     container: ModelContainer, runtime: LocalRuntime, client: Any
 ) -> None:
@@ -514,6 +527,7 @@ def test_async_body_is_accepted_and_written(
     assert _path(response["OutputLocation"]).read_bytes() == b"ASYNC BODY"
 
 
+@_INLINE_BODY
 def test_async_output_and_failure_files(
     container: ModelContainer, runtime: LocalRuntime, client: Any
 ) -> None:
@@ -550,6 +564,7 @@ def test_async_reads_input_location(
     assert _path(response["OutputLocation"]).read_bytes() == source.read_bytes().upper()
 
 
+@_INLINE_BODY
 def test_async_s3_output_location_maps_under_s3_root(
     container: ModelContainer, tmp_path: Path
 ) -> None:
@@ -608,6 +623,7 @@ def test_async_bad_input_location_is_a_validation_error(
     [{"InferenceId": "../escape"}, {"Filename": "a/b.out"}, {"S3OutputPathExtension": "x/../.."}],
     ids=["inference-id", "filename", "extension"],
 )
+@_INLINE_BODY
 def test_async_names_cannot_leave_the_output_location(
     container: ModelContainer, client: Any, params: dict[str, str]
 ) -> None:
@@ -618,6 +634,7 @@ def test_async_names_cannot_leave_the_output_location(
     assert container.seen == []
 
 
+@_INLINE_BODY
 def test_async_filename_and_extension_name_the_output(
     container: ModelContainer, runtime: LocalRuntime, client: Any
 ) -> None:
@@ -636,6 +653,7 @@ def test_async_filename_and_extension_name_the_output(
     assert _path(response["OutputLocation"]).read_bytes() == b"NAMED"
 
 
+@_INLINE_BODY
 def test_async_body_and_input_location_are_exclusive(
     container: ModelContainer, client: Any, tmp_path: Path
 ) -> None:
@@ -652,15 +670,40 @@ def test_async_body_and_input_location_are_exclusive(
 @pytest.mark.parametrize(
     ("operation", "params", "member"),
     [
-        ("invoke_endpoint", {"PrefixAwareId": "p" * 65}, "prefixAwareId"),
-        ("invoke_endpoint_with_response_stream", {"PrefixAwareId": "p\x7f"}, "prefixAwareId"),
+        pytest.param(
+            "invoke_endpoint",
+            {"PrefixAwareId": "p" * 65},
+            "prefixAwareId",
+            marks=_PREFIX_AWARE_ID,
+        ),
+        pytest.param(
+            "invoke_endpoint_with_response_stream",
+            {"PrefixAwareId": "p\x7f"},
+            "prefixAwareId",
+            marks=_PREFIX_AWARE_ID,
+        ),
         ("invoke_endpoint", {"InferenceId": "i" * 65}, "inferenceId"),
         ("invoke_endpoint", {"CustomAttributes": "secret=" + "x" * 1018}, "customAttributes"),
-        ("invoke_endpoint_async", {"Filename": "a.b.out"}, "filename"),
-        ("invoke_endpoint_async", {"Filename": "f" * 33}, "filename"),
-        ("invoke_endpoint_async", {"S3OutputPathExtension": "s3:/bucket"}, "s3OutputPathExtension"),
-        ("invoke_endpoint_async", {"S3OutputPathExtension": "a b"}, "s3OutputPathExtension"),
-        ("invoke_endpoint_async", {"Body": b"b" * 128_001}, "body"),
+        # The asynchronous call gets an inline Body too (setdefault below).
+        pytest.param(
+            "invoke_endpoint_async", {"Filename": "a.b.out"}, "filename", marks=_INLINE_BODY
+        ),
+        pytest.param(
+            "invoke_endpoint_async", {"Filename": "f" * 33}, "filename", marks=_INLINE_BODY
+        ),
+        pytest.param(
+            "invoke_endpoint_async",
+            {"S3OutputPathExtension": "s3:/bucket"},
+            "s3OutputPathExtension",
+            marks=_INLINE_BODY,
+        ),
+        pytest.param(
+            "invoke_endpoint_async",
+            {"S3OutputPathExtension": "a b"},
+            "s3OutputPathExtension",
+            marks=_INLINE_BODY,
+        ),
+        pytest.param("invoke_endpoint_async", {"Body": b"b" * 128_001}, "body", marks=_INLINE_BODY),
     ],
     ids=[
         "prefix-aware-id-too-long",
@@ -765,6 +808,7 @@ def test_owned_output_folder_is_removed_on_close(container: ModelContainer) -> N
     assert not folder.exists()
 
 
+@_INLINE_BODY
 def test_given_output_folder_is_kept(container: ModelContainer, tmp_path: Path) -> None:
     """An output folder given by the caller is left in place, with its results."""
     with LocalRuntime(container.url, output_location=tmp_path / "out") as runtime:
