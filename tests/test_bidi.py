@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 import sm_tracing
 from sm_tracing.client import _bidi
-from sm_tracing.client._hook import ClientOptions
+from sm_tracing.client._options import ClientOptions
 from tests._bidi_support import (
     EchoContainer,
     Input,

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from sm_tracing.client import _bidi
-from sm_tracing.client._hook import ClientOptions
+from sm_tracing.client._options import ClientOptions
 
 
 def sdk_module(class_name: str) -> types.ModuleType:
@@ -78,8 +78,8 @@ def test_installing_does_not_import_the_sdk() -> None:
     only by an application that uses them."""
     script = (
         "import sys\n"
-        "from sm_tracing import _bidi\n"
-        "from sm_tracing.client._hook import ClientOptions\n"
+        "from sm_tracing.client import _bidi\n"
+        "from sm_tracing.client._options import ClientOptions\n"
         "_bidi.install(ClientOptions())\n"
         "print(sorted(m for m in sys.modules if m.startswith(('aws_sdk', 'smithy', 'awscrt'))))\n"
     )

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
-from sm_tracing.client._hook import CONTAINER_SPAN_ID
+from sm_tracing._attributes import CONTAINER_SPAN_ID
 from sm_tracing.local import LocalRuntime
 from tests._local_support import runtime_client
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan
