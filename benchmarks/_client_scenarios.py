@@ -380,6 +380,53 @@ def echo_bare() -> Scenario:
     return Scenario(per_call(call), check, nothing)
 
 
+def echo_floor() -> Scenario:
+    """The floor with the attributes ours records, reading the echo by plain string splitting:
+    the container's trace and span ids on the span, the echo taken out of what the caller sees.
+    What the SDK charges for that, with no code of ours."""
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind
+
+    tracer_provider, exporter = provider()
+    tracer = tracer_provider.get_tracer("bench.floor")
+    wire = Wire(echo=True)
+    invoke_endpoint = client(wire).invoke_endpoint
+
+    def call() -> object:
+        with tracer.start_as_current_span(
+            "SageMaker Runtime.InvokeEndpoint", kind=SpanKind.CLIENT, attributes=START_ATTRIBUTES
+        ) as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            response = invoke_endpoint(**REQUEST)
+            metadata = response["ResponseMetadata"]
+            attributes = {
+                "aws.request_id": metadata["RequestId"],
+                "http.response.status_code": metadata["HTTPStatusCode"],
+                VARIANT_ATTRIBUTE: response["InvokedProductionVariant"],
+            }
+            kept = []
+            for pair in response["CustomAttributes"].split(";"):
+                key, _, value = pair.partition("=")
+                if key == "traceresponse":
+                    _, trace_id, span_id, _ = value.split("-")
+                    attributes["aws.sagemaker.container.trace_id"] = trace_id
+                    attributes["aws.sagemaker.container.span_id"] = span_id
+                else:
+                    kept.append(pair)
+            response["CustomAttributes"] = ";".join(kept)
+            span.set_attributes(attributes)
+            response["Body"].read()
+            return response["CustomAttributes"]
+
+    def check(calls: int) -> None:
+        _expect_spans(exporter, calls)
+        seen = call()
+        expect(seen == CONTAINER_ATTRIBUTES, f"the caller saw {seen!r}, not the container's pair")
+
+    return Scenario(per_call(call), check, tracer_provider.shutdown)
+
+
 def echo_upstream() -> Scenario:
     tracer_provider, exporter = provider()
     uninstrument = _instrument_upstream(tracer_provider)

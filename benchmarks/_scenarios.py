@@ -26,6 +26,7 @@ BUILDERS: dict[str, Callable[[], Scenario]] = {
     "client-openllmetry": peers.client_openllmetry,
     "client-xray": peers.client_xray,
     "echo-bare": client.echo_bare,
+    "echo-floor": client.echo_floor,
     "echo-upstream": client.echo_upstream,
     "echo-ours": client.echo_ours,
     "stream-bare": client.stream_bare,

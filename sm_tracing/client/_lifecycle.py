@@ -12,8 +12,8 @@
    request's CustomAttributes header at ``before-sign``, after the user's own handlers (so the
    caller's parameters, and botocore's Stubber, never see it), or into the parameters at
    ``before-parameter-build``;
-3. at ``after-call`` the extension records the response on the span, which is still open
-   whoever made it;
+3. the extension records the response on the span: our own span's when the call returns, the
+   other instrumentation's at ``after-call``, while that span is still open;
 4. when the call returns or raises, our own span ends, or is handed to the response stream.
 """
 
@@ -73,9 +73,10 @@ class Extension:
     copies_params: ClassVar[bool] = False
     """Whether ``before_build`` writes into the parameters: the call is then handed a copy,
     so the caller's own dict is never changed."""
-    events: ClassVar[tuple[str, ...]] = ("before-sign", "after-call")
-    """The client events whose step the extension takes (``before-parameter-build``,
-    ``before-sign``, ``after-call``)."""
+    events: ClassVar[tuple[str, ...]] = ("before-sign",)
+    """The client events whose step the extension takes on every call
+    (``before-parameter-build``, ``before-sign``); ``after-call`` is added on a client once a
+    span of another instrumentation's is seen there."""
 
     def attributes(self, call: Call, params: Mapping[str, Any]) -> dict[str, AttributeValue]:
         """The span attributes of *call*'s parameters."""
@@ -161,6 +162,7 @@ class Call:
         return result
 
     def _returned(self, result: Any) -> None:
+        self.extension.after_call(self, result)
         if not self.extension.finish(self, result):
             self._end(None)
 
@@ -358,6 +360,15 @@ class ClientHook:
             handler = partial(self._handlers[event], ref)
             events.register_last(event, handler, unique_id=self._unique_id(event))
 
+    def _register_after_call(self, client: Any) -> None:
+        """Record responses at ``after-call`` on *client*, where the span of a call ends before
+        the patch sees its result."""
+        handler = partial(self._handlers["after-call"], weakref.ref(client))
+        unique_id = self._unique_id("after-call")
+        with self._lock:
+            if self.enabled:
+                client.meta.events.register_last("after-call", handler, unique_id=unique_id)
+
     def _unregister(self, client: Any) -> None:
         events = client.meta.events
         for event in self._handlers:
@@ -368,10 +379,12 @@ class ClientHook:
 
     def _call_of(self, client_ref: weakref.ref[Any], operation: str) -> Call | None:
         """The call under way of the client *client_ref* refers to, or None."""
+        if not self.enabled:
+            return None  # a handler left on a client after uninstall
         call = _CALL.get()
         if call is not None and call.client is client_ref() and call.operation == operation:
             return call
-        if call is None and operation in self.operations and self.enabled:
+        if call is None and operation in self.operations:
             self._check_lost()
         return None
 
@@ -389,7 +402,7 @@ class ClientHook:
 
     def _after_call(self, client_ref: Any, parsed: Any, model: Any, **_: Any) -> None:
         call = self._call_of(client_ref, model.name)
-        if call is not None and call.span is not None:
+        if call is not None and call.span is not None and not call.own:
             guard("record the response", None, call.extension.after_call, call, parsed)
 
     def _start_span(self, call: Call) -> None:
@@ -400,6 +413,7 @@ class ClientHook:
         if _made_for(current, call):
             current.set_attributes(attributes)
             call.span = current
+            self._register_after_call(call.client)
             return
         attributes.update(call.static)
         span = self.tracer.start_span(

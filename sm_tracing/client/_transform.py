@@ -143,7 +143,7 @@ class TransformJobs(Extension):
     }
     sending = "merge the trace context into a transform job's Environment"
     copies_params = True
-    events = ("before-parameter-build", "after-call")
+    events = ("before-parameter-build",)
 
     def attributes(self, call: Call, params: Mapping[str, Any]) -> dict[str, AttributeValue]:
         name = params.get("TransformJobName")
