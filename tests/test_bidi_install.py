@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from sm_tracing import _patching
 from sm_tracing.client import _bidi
 from sm_tracing.client._options import ClientOptions
 
@@ -53,10 +54,12 @@ def test_the_client_class_is_found_under_either_name(
     original = client.__dict__[_bidi.METHOD]
     monkeypatch.setitem(sys.modules, _bidi.MODULE, module)
 
-    _bidi._wrap_module(hook, module)
+    _bidi._patch_module(hook, module)
 
     assert _bidi._client_classes(module) == [client]
-    assert getattr(client.__dict__[_bidi.METHOD], "_self_wrapper", None) == hook.wrap
+    patched = client.__dict__[_bidi.METHOD]
+    assert patched is not original
+    assert _patching.patch_of(patched) in hook.patches
     _bidi.uninstall(hook)
     assert client.__dict__[_bidi.METHOD] is original
 
@@ -69,7 +72,7 @@ def test_an_uninstalled_hook_wraps_nothing_when_the_sdk_comes_later(
     module = sdk_module("AsyncSageMakerRuntimeHTTP2Client")
     original = module.AsyncSageMakerRuntimeHTTP2Client.__dict__[_bidi.METHOD]
     _bidi.uninstall(hook)
-    _bidi._wrap_module(hook, module)
+    _bidi._patch_module(hook, module)
     assert module.AsyncSageMakerRuntimeHTTP2Client.__dict__[_bidi.METHOD] is original
 
 
