@@ -8,6 +8,9 @@ Each configuration runs in its own process, forked from one that imported what t
 unit count; wall-clock is the median of repeats, without valgrind, printed for information.
 The table says for each target whether it is MET; the exit status is non-zero only when a
 configuration crashed.
+
+The ``proxy`` part crosses processes (a caller, ``sm-tracing proxy``, a model server), so it
+measures itself (``benchmarks/_proxy_scenarios.py``), last, once the other parts are done.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import _callgrind, _report, _scenarios
+from benchmarks import _callgrind, _proxy_scenarios, _report, _scenarios
 
 SCENARIO = str(Path(__file__).resolve().with_name("scenario.py"))
 TIMEOUT = 3600.0
@@ -44,6 +47,9 @@ _UNINSTRUMENTED_RATE = 2.5e8
 _CALLGRIND_RATE = 4e7
 # Seconds for a plan's process to import what the configurations share, and load it.
 WORKER_START = {"wall": 1.0, "memory": 1.0, "callgrind": 6.0}
+# The part that measures itself in processes of its own, after the others.
+PROXY = "proxy"
+PART_NAMES = (*_report.GROUP_NAMES, PROXY)
 
 
 def scenario_env() -> dict[str, str]:
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=_report.GROUP_NAMES,
+        choices=PART_NAMES,
         help="run only this part (may be repeated)",
     )
     parser.add_argument(
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the callgrind files of each stretch here, for callgrind_annotate",
     )
     args = parser.parse_args(argv)
-    only = set(args.only or _report.GROUP_NAMES)
+    only = set(args.only or PART_NAMES)
     groups = [group for group in _report.GROUPS if group.name in only]
     rounds = max(args.repeat if args.repeat is not None else (1 if args.quick else 3), 1)
 
@@ -470,6 +476,17 @@ def main(argv: list[str] | None = None) -> int:
         if memory_thread is not None:
             memory_thread.join()
 
+    proxy_results: dict[str, _proxy_scenarios.Result] = {}
+    proxy_text = ""
+    if PROXY in only:
+        # Last and alone: its wall-clock rounds would suffer from callgrind beside them.
+        print("proxy       measuring (its own processes, no progress shown)", file=sys.stderr)
+        proxy_results, proxy_text = _proxy_scenarios.run(
+            quick=args.quick,
+            # valgrind without vgdb counts nothing here either: the proxy then gets wall-clock.
+            use_valgrind=executable is not None,
+        )
+
     print(
         f"sm_tracing benchmarks: Python {platform.python_version()} on {platform.machine()}, "
         f"{valgrind_note}, {_scenarios.PROCESSOR}, default propagators"
@@ -502,9 +519,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
 
+    if proxy_text:
+        print(proxy_text)
+        print()
+
     crashed = sorted(results.problems)
     if memory is not None and memory.problem:
         crashed.append("memory")
+    crashed.extend(f"{PROXY}-{config}" for config, result in proxy_results.items() if result.errors)
     if crashed:
         print(f"crashed: {', '.join(crashed)}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from benchmarks import (  # noqa: E402
     _callgrind,
     _client_scenarios,
     _container_scenarios,
+    _proxy_scenarios,
     _report,
     _scenarios,
     run,
@@ -785,3 +786,50 @@ def test_scenario_env_is_reproducible(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "OTEL_PROPAGATORS" not in env
     assert "AWS_PROFILE" not in env
     assert env["PYTHONHASHSEED"] == "0"
+
+
+# --- the proxy part ------------------------------------------------------------------------------
+
+
+def test_run_command_measures_the_proxy_part(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run.py --quick --only proxy --no-valgrind`` starts both proxies in front of a model
+    server, prints the proxy table with wall-clock figures and no verdict, and exits 0."""
+    tiny = _proxy_scenarios.Counts(
+        warmup=2, requests=(2, 4), streams=1, chunks=(2, 4), wall_requests=30, wall_rounds=3
+    )
+    monkeypatch.setattr(_proxy_scenarios, "QUICK", tiny)
+    assert run.main(["--quick", "--only", "proxy", "--no-valgrind"]) == 0
+    out, err = capsys.readouterr()
+    assert "Proxy: sm-tracing proxy in front of a model server" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("floor:", "ours:"))]
+    assert len(rows) == 2
+    # No instruction counts without valgrind, wall-clock medians for both configurations.
+    assert all(row.split()[-4:-2] == ["-", "-"] and row.split()[-2] != "-" for row in rows)
+    assert "ERROR" not in out
+    assert _report.MET not in out
+    assert "crashed" not in err
+
+
+def test_a_failing_proxy_configuration_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error in the proxy part makes the run exit non-zero and names the configuration;
+    the part gets the run's --quick, and no valgrind under --no-valgrind."""
+    calls: list[dict[str, bool]] = []
+
+    def measured(
+        *, quick: bool = False, use_valgrind: bool = True
+    ) -> tuple[dict[str, _proxy_scenarios.Result], str]:
+        calls.append({"quick": quick, "use_valgrind": use_valgrind})
+        results = {config: _proxy_scenarios.Result() for config in _proxy_scenarios.CONFIGS}
+        results["ours"].errors.append("instructions: the proxy did not start")
+        return results, "Proxy: the table"
+
+    monkeypatch.setattr(_proxy_scenarios, "run", measured)
+    assert run.main(["--quick", "--only", "proxy", "--no-valgrind"]) == 1
+    out, err = capsys.readouterr()
+    assert calls == [{"quick": True, "use_valgrind": False}]
+    assert "Proxy: the table" in out
+    assert "crashed: proxy-ours" in err
