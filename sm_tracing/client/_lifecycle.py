@@ -445,7 +445,8 @@ class ClientHook:
         _logger.warning(
             "SageMaker calls are no longer traced: another tool replaced botocore's "
             "BaseClient._make_api_call with a method it had saved before sm_tracing patched it "
-            "(ddtrace's unpatch does this). Call sm_tracing.instrument() again to trace them."
+            "(a plain monkeypatch or unittest.mock.patch.object does this). Call "
+            "sm_tracing.instrument() again to trace them."
         )
 
 

@@ -83,6 +83,7 @@ RUN = {
     "With no code change": ["test_zero_code_snippets"],
     "Continue the trace in the container": ["test_container_and_local_runtime_snippets"] * 2,
     "A local SageMaker runtime for your tests": ["test_container_and_local_runtime_snippets"],
+    "Testing your code: Stubber, moto and LocalRuntime": ["test_testing_snippets"] * 4,
 }
 
 
@@ -390,6 +391,32 @@ def test_no_aws_snippets(tmp_path: Path, receiver: OTLPReceiver) -> None:
     client, container = span(spans, CLIENT_SPAN), span(spans, CONTAINER_SPAN)
     assert match.groups() == (client.trace_id, client.span_id, client.trace_id, container.span_id)
     assert container.parent_id == client.span_id
+
+
+# -- testing your code: Stubber, moto and LocalRuntime --------------------------------------
+
+TESTING = "Testing your code: Stubber, moto and LocalRuntime"
+
+
+def test_testing_snippets(tmp_path: Path) -> None:
+    """The README's testing snippets pass as a user's tests: the first block is their
+    fixture (a conftest.py), each other block a test file, run by pytest in a process of its
+    own."""
+    fixture, *tests = [b.text for b in blocks() if b.heading == TESTING and b.language == "python"]
+    (tmp_path / "conftest.py").write_text(fixture)
+    for index, code in enumerate(tests):
+        (tmp_path / f"test_readme_{index}.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:ddtrace"],
+        cwd=tmp_path,
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(tests)} passed" in done.stdout, done.stdout
 
 
 # -- visible warnings, a tidy namespace --------------------------------------------------------
