@@ -113,7 +113,9 @@ def test_uvicorn_flushes_on_exit(receiver: OTLPReceiver, tmp_path: Path, sig: in
     check_flushed(receiver, parents, time.monotonic() - started)
 
 
-@requires_package("gunicorn", "24.1.0", "recycles a worker after --max-requests")
+@requires_package(
+    "gunicorn", "24.1.0", "earlier releases reset a connection while recycling a worker"
+)
 def test_gunicorn_worker_recycled_by_max_requests_flushes(
     receiver: OTLPReceiver, tmp_path: Path
 ) -> None:
