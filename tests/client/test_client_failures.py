@@ -249,5 +249,3 @@ def test_a_raising_span_processor_never_breaks_a_stream(
         del body
         gc.collect()
     assert unraisable == []
-
-
