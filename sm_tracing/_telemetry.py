@@ -13,7 +13,14 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import Histogram, Meter, MeterProvider
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
-from sm_tracing._attributes import DURATION_BUCKETS, ERROR_TYPE, SERVER_DURATION, STATUS_CODE
+from sm_tracing._attributes import (
+    DURATION_BUCKETS,
+    ERROR_TYPE,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_TYPE,
+    SERVER_DURATION,
+    STATUS_CODE,
+)
 from sm_tracing._guard import guard
 from sm_tracing.version import __version__
 
@@ -107,9 +114,9 @@ def record_error(span: Span, error: BaseException, *, message: bool | None = Non
     if not span.is_recording():
         return
     name = error_type(error)
-    attributes = {"exception.type": name}
+    attributes = {EXCEPTION_TYPE: name}
     if message if message is not None else _record_messages():
-        attributes["exception.message"] = str(error)
+        attributes[EXCEPTION_MESSAGE] = str(error)
     span.add_event("exception", attributes)
     span.set_attribute(ERROR_TYPE, name)
     span.set_status(Status(StatusCode.ERROR, type(error).__name__))

@@ -515,8 +515,14 @@ def _show_hops(scenario: Scenario, carried: Carried, out: TextIO) -> list[str]:
 def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[str]:
     """Print where the time of one invocation went, as its client span's attributes say (the
     figures Jaeger shows); the problems: a synchronous call's span without them."""
-    from sm_tracing._attributes import CONTAINER_DURATION, OVERHEAD
-    from sm_tracing.client._streams import CHUNKS, OUTCOME, TIME_PER_CHUNK, TIME_TO_FIRST_CHUNK
+    from sm_tracing._attributes import (
+        CHUNKS,
+        CONTAINER_DURATION,
+        OUTCOME,
+        OVERHEAD,
+        TIME_PER_CHUNK,
+        TIME_TO_FIRST_CHUNK,
+    )
 
     attributes = client.attributes
     if scenario is BIDIRECTIONAL:
@@ -558,8 +564,8 @@ def _show_times(scenario: Scenario, client: ReceivedSpan, out: TextIO) -> list[s
 def _show_session(client: ReceivedSpan, out: TextIO) -> list[str]:
     """Print where the time of the bidirectional stream went, as its client span says; the
     problems: a figure missing."""
-    from sm_tracing.client._bidi import REQUEST_CHUNKS
-    from sm_tracing.client._streams import CHUNKS, FIRST_CHUNK, OUTCOME
+    from sm_tracing._attributes import CHUNKS, OUTCOME, REQUEST_CHUNKS
+    from sm_tracing.client._streams import FIRST_CHUNK
 
     attributes = client.attributes
     sent, received = attributes.get(REQUEST_CHUNKS), attributes.get(CHUNKS)

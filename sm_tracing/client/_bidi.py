@@ -45,20 +45,26 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _patching, _propagation, _querystring
-from sm_tracing._attributes import ENDPOINT_NAME, INVOKED_VARIANT, STATUS_CODE
+from sm_tracing._attributes import (
+    CHUNKS,
+    ENDPOINT_NAME,
+    INVOCATION_PATH,
+    INVOKED_VARIANT,
+    ORIGINAL_STATUS_CODE,
+    OUTCOME,
+    REQUEST_CHUNKS,
+    REQUEST_ID,
+    RPC_METHOD,
+    RPC_SERVICE,
+    RPC_SYSTEM,
+    STATUS_CODE,
+    TARGET_VARIANT,
+)
 from sm_tracing._guard import guard
 from sm_tracing._telemetry import end_span, get_tracer
 from sm_tracing.client._lifecycle import add_connection
 from sm_tracing.client._options import ClientOptions, first_time
-from sm_tracing.client._streams import (
-    CHUNKS,
-    FIRST_CHUNK,
-    ORIGINAL_STATUS_CODE,
-    OUTCOME,
-    REQUEST_ID,
-    Proxy,
-    record_failure,
-)
+from sm_tracing.client._streams import FIRST_CHUNK, Proxy, record_failure
 
 _logger = logging.getLogger(__name__)
 
@@ -67,10 +73,6 @@ METHOD = "invoke_endpoint_with_bidirectional_stream"
 OPERATION = "InvokeEndpointWithBidirectionalStream"
 SERVICE = "SageMaker Runtime HTTP2"
 SPAN_NAME = f"{SERVICE}.{OPERATION}"
-REQUEST_CHUNKS = "aws.sagemaker.stream.request_chunk_count"
-"""Request parts the caller sent; ``aws.sagemaker.stream.chunk_count`` counts the response's."""
-INVOCATION_PATH = "aws.sagemaker.model_invocation_path"
-TARGET_VARIANT = "aws.sagemaker.target_variant"
 
 # Input fields recorded on the span, with the name an endpoints filter sees them under. The
 # query string never is: it is the caller's data.
@@ -80,9 +82,9 @@ _INPUT_FIELDS = (
     ("model_invocation_path", "ModelInvocationPath", INVOCATION_PATH),
 )
 _STATIC: dict[str, AttributeValue] = {
-    "rpc.system": "aws-api",
-    "rpc.service": SERVICE,
-    "rpc.method": OPERATION,
+    RPC_SYSTEM: "aws-api",
+    RPC_SERVICE: SERVICE,
+    RPC_METHOD: OPERATION,
 }
 _INJECTING = "merge the trace context into a model query string"
 # Wrapping and unwrapping happen under one lock: the import hook may run in any thread.

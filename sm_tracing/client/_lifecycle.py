@@ -39,6 +39,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _patching
+from sm_tracing._attributes import CLOUD_REGION, SERVER_ADDRESS, SERVER_PORT
 from sm_tracing._guard import guard
 from sm_tracing.client._streams import record_failure
 
@@ -480,9 +481,9 @@ def add_connection(
     """*attributes* with where a client's calls go added: its region, the server's address,
     and its port where that is not the *scheme*'s default."""
     if isinstance(region, str) and region:
-        attributes["cloud.region"] = region
+        attributes[CLOUD_REGION] = region
     if isinstance(host, str) and host:
-        attributes["server.address"] = host
+        attributes[SERVER_ADDRESS] = host
     if isinstance(port, int) and port != _DEFAULT_PORTS.get(str(scheme)):
-        attributes["server.port"] = port
+        attributes[SERVER_PORT] = port
     return attributes

@@ -24,17 +24,25 @@ from sm_tracing._attributes import (
     CONTAINER_SPAN_ID,
     CONTAINER_TRACE_ID,
     ENDPOINT_NAME,
+    FAILURE_LOCATION,
     GENAI_MODEL,
     GENAI_OPERATION,
     GENAI_PROVIDER,
     HEADER,
+    INFERENCE_COMPONENT,
     INFERENCE_ID,
     INFERENCE_ID_HEADER,
     INVOKED_VARIANT,
+    OUTPUT_LOCATION,
     OVERHEAD,
+    PREFIX_AWARE_ID,
     RPC_METHOD,
+    RPC_SERVICE,
+    RPC_SYSTEM,
     SESSION_ID,
+    TARGET_CONTAINER_HOSTNAME,
     TARGET_MODEL,
+    TARGET_VARIANT,
 )
 from sm_tracing.client._lifecycle import Call, Extension
 from sm_tracing.client._metrics import Meters
@@ -62,20 +70,20 @@ COMPLETION = "text_completion"
 # never are.
 _REQUEST_ATTRIBUTES = {
     "TargetModel": TARGET_MODEL,
-    "TargetVariant": "aws.sagemaker.target_variant",
-    "TargetContainerHostname": "aws.sagemaker.target_container_hostname",
-    "InferenceComponentName": "aws.sagemaker.inference_component",
+    "TargetVariant": TARGET_VARIANT,
+    "TargetContainerHostname": TARGET_CONTAINER_HOSTNAME,
+    "InferenceComponentName": INFERENCE_COMPONENT,
     "InferenceId": INFERENCE_ID,
     "SessionId": SESSION_ID,
-    "PrefixAwareId": "aws.sagemaker.prefix_aware_id",
+    "PrefixAwareId": PREFIX_AWARE_ID,
 }
 _RESPONSE_ATTRIBUTES = {
     INVOKE: (("InvokedProductionVariant", INVOKED_VARIANT), ("NewSessionId", SESSION_ID)),
     INVOKE_STREAM: (("InvokedProductionVariant", INVOKED_VARIANT),),
     INVOKE_ASYNC: (
         ("InferenceId", INFERENCE_ID),
-        ("OutputLocation", "aws.sagemaker.output_location"),
-        ("FailureLocation", "aws.sagemaker.failure_location"),
+        ("OutputLocation", OUTPUT_LOCATION),
+        ("FailureLocation", FAILURE_LOCATION),
     ),
 }
 _REQUEST_KEYS = frozenset(_REQUEST_ATTRIBUTES)
@@ -89,8 +97,8 @@ class Runtime(Extension):
     service = SERVICE
     operations = OPERATIONS
     static: ClassVar[Mapping[str, AttributeValue]] = {
-        "rpc.system": "aws-api",
-        "rpc.service": "SageMaker Runtime",
+        RPC_SYSTEM: "aws-api",
+        RPC_SERVICE: "SageMaker Runtime",
     }
 
     def __init__(self, options: ClientOptions, meters: Meters | None) -> None:

@@ -20,7 +20,16 @@ from botocore.exceptions import ClientError
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from sm_tracing._attributes import STATUS_CODE
+from sm_tracing._attributes import (
+    CHUNKS,
+    ERROR_CODE,
+    ORIGINAL_STATUS_CODE,
+    OUTCOME,
+    REQUEST_ID,
+    STATUS_CODE,
+    TIME_PER_CHUNK,
+    TIME_TO_FIRST_CHUNK,
+)
 from sm_tracing._guard import guard
 from sm_tracing._telemetry import end_span, record_error
 
@@ -31,15 +40,8 @@ if TYPE_CHECKING:
 else:  # wrapt's proxy is generic only to type checkers
     Proxy = wrapt.ObjectProxy
 
-CHUNKS = "aws.sagemaker.stream.chunk_count"
-OUTCOME = "aws.sagemaker.stream.outcome"
-TIME_TO_FIRST_CHUNK = "aws.sagemaker.stream.time_to_first_chunk"
-TIME_PER_CHUNK = "aws.sagemaker.stream.time_per_chunk"
 FIRST_CHUNK = "first_chunk"
 COMPLETE = "complete"
-REQUEST_ID = "aws.request_id"
-ERROR_CODE = "aws.error.code"
-ORIGINAL_STATUS_CODE = "aws.sagemaker.original_status_code"
 _END: Any = object()
 _now = time.time_ns
 

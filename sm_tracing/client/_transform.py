@@ -34,6 +34,7 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _codec, _propagation
+from sm_tracing._attributes import JOB_NAME, RPC_METHOD, RPC_SERVICE, RPC_SYSTEM
 from sm_tracing.client._lifecycle import Call, Extension
 from sm_tracing.client._streams import metadata_attributes
 
@@ -42,7 +43,6 @@ _logger = logging.getLogger(__name__)
 SERVICE = "sagemaker"
 OPERATION = "CreateTransformJob"
 SPAN_NAME = f"SageMaker.{OPERATION}"
-JOB_NAME = "aws.sagemaker.transform_job.name"
 MAX_VARIABLES = 16
 MAX_VALUE_LENGTH = 10240
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,1023}")
@@ -137,9 +137,9 @@ class TransformJobs(Extension):
     service = SERVICE
     operations = frozenset({OPERATION})
     static: ClassVar[Mapping[str, AttributeValue]] = {
-        "rpc.system": "aws-api",
-        "rpc.service": "SageMaker",
-        "rpc.method": OPERATION,
+        RPC_SYSTEM: "aws-api",
+        RPC_SERVICE: "SageMaker",
+        RPC_METHOD: OPERATION,
     }
     sending = "merge the trace context into a transform job's Environment"
     copies_params = True

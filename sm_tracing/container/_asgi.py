@@ -25,7 +25,13 @@ from typing import Any, TypeAlias
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from sm_tracing._attributes import HEADER_LOWER, SAGEMAKER_HEADERS, TARGET_MODEL
+from sm_tracing._attributes import (
+    HEADER_LOWER,
+    HTTP_METHOD,
+    SAGEMAKER_HEADERS,
+    TARGET_MODEL,
+    URL_PATH,
+)
 from sm_tracing._guard import guard
 from sm_tracing._propagation import strip_context
 from sm_tracing.container import _websocket
@@ -116,7 +122,7 @@ class ASGIMiddleware(Middleware[ASGIApp]):
     ) -> tuple[Scope, Invocation, dict[str, Any], dict[str, Any] | None]:
         method = scope.get("method") or "GET"
         # The span's HTTP attributes, set with the response's status.
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        attributes: dict[str, Any] = {HTTP_METHOD: method, URL_PATH: path}
         headers: RawHeaders = scope.get("headers") or ()
         read: RawHeaders | None = None
         if type(headers) is not list and not isinstance(headers, tuple):

@@ -13,7 +13,15 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
-from sm_tracing._attributes import ERROR_TYPE, HEADER, HEADER_LOWER, SERVER_DURATION, STATUS_CODE
+from sm_tracing._attributes import (
+    ERROR_TYPE,
+    HEADER,
+    HEADER_LOWER,
+    HTTP_METHOD,
+    HTTP_ROUTE,
+    SERVER_DURATION,
+    STATUS_CODE,
+)
 from sm_tracing._codec import format_echo
 from sm_tracing._guard import guard
 from sm_tracing._propagation import echo_value
@@ -118,7 +126,7 @@ class Middleware(Generic[App]):
             measure = None
             histogram = self._histogram
             if histogram is not None:
-                measured = {"http.request.method": method, "http.route": route}
+                measured = {HTTP_METHOD: method, HTTP_ROUTE: route}
                 measure = (histogram, measured)
             invocation = Invocation(carrier, self._tracer, self._policy, name, measure)
         invocation.begin()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from sm_tracing._attributes import SAGEMAKER_HEADERS
+from sm_tracing._attributes import MESSAGES_RECEIVED, MESSAGES_SENT, SAGEMAKER_HEADERS, URL_PATH
 from sm_tracing._guard import guard
 from sm_tracing.container._middleware import (
     ASGIApp,
@@ -26,8 +26,8 @@ from sm_tracing.container._middleware import (
 from sm_tracing.container._primitive import Invocation, Lifecycle
 
 BIDI_PATH = "/invocations-bidirectional-stream"
-RECEIVED = "aws.sagemaker.stream.messages_received"
-SENT = "aws.sagemaker.stream.messages_sent"
+RECEIVED = MESSAGES_RECEIVED
+SENT = MESSAGES_SENT
 CLOSE_CODE = "websocket.close_code"
 _HEADERS = {name.encode("ascii"): attribute for name, attribute in SAGEMAKER_HEADERS}
 
@@ -54,7 +54,7 @@ async def serve(  # noqa: PLR0917 - the ASGI call's own arguments, passed on
 def _start(
     middleware: Middleware[ASGIApp], extra: Mapping[str, Any], route: str, scope: Scope
 ) -> tuple[Scope, Invocation]:
-    attributes: dict[str, Any] = {"url.path": scope.get("path") or route}
+    attributes: dict[str, Any] = {URL_PATH: scope.get("path") or route}
     changes: dict[str, Any] = dict(extra)
     headers = scope.get("headers") or ()
     if type(headers) is not list and not isinstance(headers, tuple):

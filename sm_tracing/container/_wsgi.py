@@ -21,10 +21,12 @@ from typing import Any, TypeAlias
 
 from sm_tracing._attributes import (
     HEADER,
+    HTTP_METHOD,
     INFERENCE_ID,
     SAGEMAKER_ENVIRON_KEYS,
     SESSION_ID,
     TARGET_MODEL,
+    URL_PATH,
     environ_key,
 )
 from sm_tracing._guard import guard
@@ -66,7 +68,7 @@ class WSGIMiddleware(Middleware[WSGIApp]):
             route = MODEL_ROUTE
         method = environ.get("REQUEST_METHOD") or "GET"
         # The span's HTTP attributes, set with the response's status.
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        attributes: dict[str, Any] = {HTTP_METHOD: method, URL_PATH: path}
         started = guard(
             "start the container span", None, self._start, environ, attributes, route, model
         )
@@ -97,7 +99,7 @@ class WSGIMiddleware(Middleware[WSGIApp]):
         if value is not None:
             attributes[SESSION_ID] = value
         raw = get(_KEY)
-        invocation, measured = self.begin(raw, attributes["http.request.method"], route)
+        invocation, measured = self.begin(raw, attributes[HTTP_METHOD], route)
         remainder = invocation.remainder
         if remainder is not raw:
             if remainder:
