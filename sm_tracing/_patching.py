@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -148,6 +149,15 @@ def patch_of(function: object) -> Patch | None:
 
 
 _import_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while another thread held the lock leaves the child's copy held forever.
+    global _import_lock  # noqa: PLW0603 - replaced whole, in the only thread the child has
+    _import_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 _on_import: dict[str, dict[str, Callable[[ModuleType], None]]] = {}
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, MutableSequence
@@ -89,6 +90,15 @@ _STATIC: dict[str, AttributeValue] = {
 _INJECTING = "merge the trace context into a model query string"
 # Wrapping and unwrapping happen under one lock: the import hook may run in any thread.
 _LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while another thread held the lock leaves the child's copy held forever.
+    global _LOCK  # noqa: PLW0603 - replaced whole, in the only thread the child has
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class _QuerySetter(Setter[MutableSequence[tuple[str, str]]]):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 import time
 import weakref
@@ -56,6 +57,18 @@ _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # The call under way in this context, as the patch noted it: the client's event handlers find
 # it here. Reset when the call returns, so a call made inside another finds its own.
 _CALL: ContextVar[Call | None] = ContextVar("sm_tracing_call", default=None)
+
+# Every hook's lock is new in a forked child: a fork while another thread held one would leave
+# the child's copy held forever.
+_hooks: weakref.WeakSet[ClientHook] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for hook in list(_hooks):
+        hook._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class Extension:
@@ -225,6 +238,7 @@ class ClientHook:
         self.extensions = {extension.service: extension for extension in extensions}
         self.operations = frozenset().union(*(e.operations for e in extensions))
         self._lock = threading.Lock()
+        _hooks.add(self)
         self._patches: list[_patching.Patch] = []
         # Per client: what its traced calls share; None for a client of another service.
         self._clients: weakref.WeakKeyDictionary[Any, _Client | None] = weakref.WeakKeyDictionary()
