@@ -332,7 +332,11 @@ def _under_uvicorn(app: str, tmp_path: Path) -> tuple[Path, Any]:
     """*app* of this module under a real uvicorn, and the file its spans are written to."""
     spans = tmp_path / "spans.jsonl"
     container = launch(
-        "uvicorn", f"tests.test_promises:{app}", "fastapi", tmp_path, env={SPANS_ENV: str(spans)}
+        "uvicorn",
+        f"tests.e2e.test_promises:{app}",
+        "fastapi",
+        tmp_path,
+        env={SPANS_ENV: str(spans)},
     )
     return spans, container
 
@@ -449,7 +453,9 @@ def slow_first_chunk_app() -> Any:
 def test_a_wsgi_streams_container_time_runs_to_its_first_chunk(tmp_path: Path) -> None:
     """Under a real gunicorn, which sends the headers with the body's first chunk: the echoed
     container time covers the wait for that chunk, so none of it is counted as SageMaker's."""
-    container = launch("gunicorn", "tests.test_promises:slow_first_chunk_app()", "slow", tmp_path)
+    container = launch(
+        "gunicorn", "tests.e2e.test_promises:slow_first_chunk_app()", "slow", tmp_path
+    )
     with serving(container):
         value = "a=1;traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         with httpx.stream(
