@@ -44,10 +44,7 @@ class _PairSetter(Setter[MutableSequence[tuple[str, str]]]):
 
 class _PairGetter(Getter[Mapping[str, str]]):
     def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        if value is None:
-            # Our pairs are keyed in lower case; most fields already are.
-            value = carrier.get(key.lower())
+        value = carrier.get(key.lower())  # our pairs are keyed in lower case
         return None if value is None else [value]
 
     def keys(self, carrier: Mapping[str, str]) -> list[str]:

@@ -203,7 +203,7 @@ class Invocation:
                     # child; otherwise the caller's span is the parent, which joins the trace.
                     parent = remote
         span = self._tracer.start_span(self._name, parent, kind, None, links)
-        if not span.get_span_context().is_valid and parent is not None:
+        if span is trace.INVALID_SPAN and parent is not None:
             # Without an SDK, opentelemetry-api before 1.40 gives the invalid span, not one
             # carrying the parent's context as later releases do: the caller's context would
             # neither be echoed nor passed on.
@@ -239,22 +239,22 @@ class Invocation:
         if self.ended:
             return
         self.ended = True
+        guard("end the container span", None, self._end, error)
+
+    def _end(self, error: BaseException | None) -> None:
         measure = self._measure
-        if measure is not None:
-            histogram, attributes = measure
-            if error is not None:
-                attributes[ERROR_TYPE] = error_type(error)
-            guard(
-                "record the invocation's duration",
-                None,
-                histogram.record,
-                (perf_counter_ns() - self._began) / 1e9,
-                attributes,
-            )
-        if error is None:
-            guard("end the container span", None, self.span.end)
-        else:
-            end_span(self.span, error)
+        try:
+            if measure is not None:
+                histogram, attributes = measure
+                if error is not None:
+                    attributes[ERROR_TYPE] = error_type(error)
+                histogram.record((perf_counter_ns() - self._began) / 1e9, attributes)
+        finally:
+            # Ended whatever the measurement did.
+            if error is None:
+                self.span.end()
+            else:
+                end_span(self.span, error)
 
     def echo(self, custom_attributes: str | None) -> str | None:
         """The response CustomAttributes with this span echoed as ``traceresponse``, after what
