@@ -9,13 +9,14 @@ Python 3.12.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
@@ -34,6 +35,7 @@ from sm_tracing import _querystring
 from sm_tracing.local import LocalBidiRuntime
 
 Input = InvokeEndpointWithBidirectionalStreamInput
+T = TypeVar("T")
 _W3C = TraceContextTextMapPropagator()
 
 
@@ -159,3 +161,20 @@ async def make_client(runtime: LocalBidiRuntime) -> AsyncSageMakerRuntimeHTTP2Cl
         transport=runtime.transport(),
     )
     return AsyncSageMakerRuntimeHTTP2Client(config=config)
+
+
+def with_client(
+    runtime: LocalBidiRuntime,
+    scenario: Callable[[AsyncSageMakerRuntimeHTTP2Client], Awaitable[T]],
+) -> T:
+    """Run *scenario* on a new event loop with a client of *runtime*, closed after it; what
+    *scenario* returns."""
+
+    async def main() -> T:
+        client = await make_client(runtime)
+        try:
+            return await scenario(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 import botocore.session
@@ -192,6 +192,28 @@ def instrumenting(**options: Any) -> Iterator[None]:
         sm_tracing.uninstrument()
 
 
+@contextmanager
+def beside_upstream(
+    order: str, upstream: Any, tracer_provider: TracerProvider, **options: Any
+) -> Iterator[None]:
+    """sm_tracing (with *options*) and *upstream*, an OpenTelemetry instrumentor, both on with
+    *tracer_provider* for the block: ours first when *order* is ``"ours-first"``, theirs first
+    otherwise; taken off in reverse order."""
+    ours = (
+        lambda: sm_tracing.instrument(tracer_provider=tracer_provider, **options),
+        sm_tracing.uninstrument,
+    )
+    theirs = (lambda: upstream.instrument(tracer_provider=tracer_provider), upstream.uninstrument)
+    first, second = (ours, theirs) if order == "ours-first" else (theirs, ours)
+    first[0]()
+    second[0]()
+    try:
+        yield
+    finally:
+        second[1]()
+        first[1]()
+
+
 def remove_upstream_only() -> None:
     """Uninstrument opentelemetry-instrumentation-botocore. Its uninstrument() takes off only the
     outermost wrapper: where ours sits above its own, its wrapper stays under ours, and the call's
@@ -281,21 +303,48 @@ def _respond_by_path(path: str) -> Canned:
 
 
 @contextmanager
-def loopback(respond: Callable[[str], Canned] = _respond_by_path) -> Iterator[_Server]:
-    """A threaded HTTP server on 127.0.0.1 and an ephemeral port, answering with *respond*."""
-    server = _Server(respond)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serving_in_thread(server: HTTPServer) -> Iterator[str]:
+    """Serve *server* on a thread of its own for the block, then shut it down and close its
+    socket; its ``http://host:port`` URL."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
-        yield server
+        host, port = server.server_address[:2]
+        yield f"http://{host!s}:{port}"
     finally:
         server.shutdown()
         server.server_close()
-        thread.join(5)
+        thread.join(10)
+
+
+@contextmanager
+def loopback(respond: Callable[[str], Canned] = _respond_by_path) -> Iterator[_Server]:
+    """A threaded HTTP server on 127.0.0.1 and an ephemeral port, answering with *respond*."""
+    server = _Server(respond)
+    with serving_in_thread(server):
+        yield server
 
 
 def endpoint_url(server: _Server) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def aio_client(server: _Server) -> Any:
+    """An aiobotocore ``sagemaker-runtime`` client for *server*, to be entered with
+    ``async with``."""
+    import aiobotocore.session
+
+    return aiobotocore.session.get_session().create_client(
+        "sagemaker-runtime", region_name=REGION, endpoint_url=endpoint_url(server), **CREDENTIALS
+    )
+
+
+def sent_custom_attributes(server: _Server, index: int = -1) -> str | None:
+    """The CustomAttributes header of the *index*-th request *server* received."""
+    headers = {key.lower(): value for key, value in server.received[index].headers.items()}
+    return headers.get(HEADER.lower())
 
 
 def payloads(events: Sequence[Mapping[str, Any]]) -> list[bytes]:

@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 
 import sm_tracing
 
@@ -42,6 +50,29 @@ def caller(
     if clear is not None:
         clear.clear()
     return merged, span.get_span_context()
+
+
+def sampled_parent(
+    trace_id: int,
+    span_id: int,
+    *,
+    remote: bool = True,
+    trace_state: Sequence[tuple[str, str]] = (),
+    baggage_items: Mapping[str, str] | None = None,
+) -> tuple[Context, SpanContext]:
+    """A context whose current span is a sampled parent of these ids (with *trace_state*),
+    carrying *baggage_items*; and the parent's span context."""
+    parent = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=remote,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState(list(trace_state)),
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    for key, value in (baggage_items or {}).items():
+        context = baggage.set_baggage(key, value, context)
+    return context, parent
 
 
 def echoed(value: str | None) -> SpanContext:

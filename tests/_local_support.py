@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +30,7 @@ import boto3
 from botocore.config import Config
 
 from sm_tracing.local import LocalTransformJob
+from tests._client_support import serving_in_thread
 from tests._serving import ROOT, Container, launch, stop
 
 
@@ -146,22 +147,18 @@ class ModelContainer:
         self._lock = threading.Lock()
         self._server = _ContainerServer(self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._stack = ExitStack()
 
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
 
     def __enter__(self) -> ModelContainer:
-        self._thread.start()
+        self._stack.enter_context(serving_in_thread(self._server))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._stack.close()
 
 
 def runtime_client(url: str, service: str = "sagemaker-runtime", **config: Any) -> Any:

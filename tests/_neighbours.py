@@ -389,31 +389,19 @@ class _Child:
     def aio_call(self) -> str | None:
         """InvokeEndpoint on a new aiobotocore client, answered on loopback (a server kept for
         the whole scenario: stopping one takes half a second); the CustomAttributes it sent."""
-        import aiobotocore.session
-        from _client_support import (
-            CREDENTIALS,
-            HEADER,
-            REGION,
-            call_params,
-            endpoint_url,
-            loopback,
-        )
+        from _client_support import aio_client, call_params, loopback, sent_custom_attributes
 
         if self.server is None:
             self.server = self.servers.enter_context(loopback())
-        url = endpoint_url(self.server)
+        server = self.server
 
         async def call() -> None:
-            session = aiobotocore.session.get_session()
-            async with session.create_client(
-                "sagemaker-runtime", region_name=REGION, endpoint_url=url, **CREDENTIALS
-            ) as client:
+            async with aio_client(server) as client:
                 response = await client.invoke_endpoint(**call_params("invoke_endpoint"))
                 await response["Body"].read()
 
         asyncio.run(call())
-        headers = {key.lower(): value for key, value in self.server.received[-1].headers.items()}
-        return headers.get(HEADER.lower())
+        return sent_custom_attributes(server)
 
     def traced(self, what: str, call: Callable[[], str | None]) -> dict[str, Any]:
         """Make *call*, which returns the CustomAttributes it sent; what came of it."""

@@ -6,25 +6,24 @@ import importlib.metadata
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore
 import pytest
 from opentelemetry import propagate
-from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 from packaging.version import Version
 
-import sm_tracing
-
 # Tests in the folders below import the shared support modules beside this file by name.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tests._client_support import Wire, make_client
+from tests._client_support import Wire, instrumenting, make_client
+
+if TYPE_CHECKING:
+    from tests._otlp_receiver import OTLPReceiver
 
 
 @pytest.fixture
@@ -51,9 +50,8 @@ def tracer(tracer_provider: TracerProvider) -> Tracer:
 @pytest.fixture
 def instrumented(tracer_provider: TracerProvider) -> Iterator[None]:
     """sm_tracing instrumented with this test's provider, removed afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    yield
-    sm_tracing.uninstrument()
+    with instrumenting(tracer_provider=tracer_provider):
+        yield
 
 
 @pytest.fixture
@@ -69,6 +67,15 @@ def client(wire: Wire) -> Any:
 
 
 @pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    """An OTLP/HTTP receiver of this test's own on a free loopback port."""
+    from tests._otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as running:
+        yield running
+
+
+@pytest.fixture
 def global_propagator() -> Iterator[None]:
     """Restore the global propagator a test replaces."""
     saved = propagate.get_global_textmap()
@@ -76,25 +83,13 @@ def global_propagator() -> Iterator[None]:
     propagate.set_global_textmap(saved)
 
 
-class _RaisingPropagator(TextMapPropagator):
-    """Raises on inject and extract; lists its fields as the W3C one does."""
-
-    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
-        raise RuntimeError("boom")
-
-    def extract(self, carrier: object, context: object = None, getter: object = None) -> Context:
-        raise RuntimeError("boom")
-
-    @property
-    def fields(self) -> set[str]:
-        return {"traceparent"}
-
-
 @pytest.fixture
 def raising_propagator(global_propagator: None) -> Callable[[], None]:
     """Installs, when called, a global propagator whose inject and extract raise; restored
     after the test."""
-    return lambda: propagate.set_global_textmap(_RaisingPropagator())
+    from tests._robust_support import RaisingPropagator
+
+    return lambda: propagate.set_global_textmap(RaisingPropagator(fields={"traceparent"}))
 
 
 # The first botocore releases whose SageMaker Runtime model has these members: a test that sends

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 from _client_support import (
-    CREDENTIALS,
-    HEADER,
-    REGION,
+    aio_client,
+    beside_upstream,
     call_params,
-    endpoint_url,
     loopback,
     model_error,
     payloads,
+    sent_custom_attributes,
     traceparent_of,
 )
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,7 +25,7 @@ from opentelemetry.trace import StatusCode, Tracer
 import sm_tracing
 from tests.conftest import requires_package
 
-aiobotocore_session = pytest.importorskip("aiobotocore.session")
+pytest.importorskip("aiobotocore.session")
 
 CHUNKS = [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n']
 
@@ -35,18 +34,6 @@ CHUNKS = [b'{"token": "a"}\n', b'{"token": "b"}\n', b'{"token": "c"}\n']
 def server() -> Iterator[Any]:
     with loopback() as running:
         yield running
-
-
-def _client(server: Any) -> Any:
-    session = aiobotocore_session.get_session()
-    return session.create_client(
-        "sagemaker-runtime", region_name=REGION, endpoint_url=endpoint_url(server), **CREDENTIALS
-    )
-
-
-def _sent(server: Any, index: int = -1) -> str | None:
-    headers = {k.lower(): v for k, v in server.received[index].headers.items()}
-    return headers.get(HEADER.lower())
 
 
 @pytest.mark.usefixtures("instrumented")
@@ -58,7 +45,7 @@ def test_aio_call_injects_and_makes_a_span(
     caller's span."""
 
     async def main() -> None:
-        async with _client(server) as client:
+        async with aio_client(server) as client:
             with tracer.start_as_current_span("caller"):
                 response = await getattr(client, method)(
                     **call_params(method, CustomAttributes="accept_eula=true")
@@ -68,7 +55,7 @@ def test_aio_call_injects_and_makes_a_span(
 
     asyncio.run(main())
     (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("SageMaker")]
-    sent = _sent(server)
+    sent = sent_custom_attributes(server)
     assert sent is not None and sent.startswith("accept_eula=true;traceparent=")
     assert traceparent_of(sent)[1] == f"{span.context.span_id:016x}"
     assert span.parent is not None
@@ -83,7 +70,7 @@ def test_aio_stream_span_ends_after_async_for(server: Any, exporter: InMemorySpa
     seen_open: list[bool] = []
 
     async def main() -> list[Any]:
-        async with _client(server) as client:
+        async with aio_client(server) as client:
             response = await client.invoke_endpoint_with_response_stream(
                 **call_params("invoke_endpoint_with_response_stream")
             )
@@ -99,7 +86,7 @@ def test_aio_stream_span_ends_after_async_for(server: Any, exporter: InMemorySpa
     (span,) = exporter.get_finished_spans()
     assert span.attributes["aws.sagemaker.stream.chunk_count"] == 3
     assert span.attributes["aws.sagemaker.stream.outcome"] == "complete"
-    assert traceparent_of(_sent(server))[1] == f"{span.context.span_id:016x}"
+    assert traceparent_of(sent_custom_attributes(server))[1] == f"{span.context.span_id:016x}"
 
 
 @pytest.mark.usefixtures("instrumented")
@@ -107,7 +94,7 @@ def test_aio_stream_closed_early(server: Any, exporter: InMemorySpanExporter) ->
     """Closing an aiobotocore stream after one event ends the span as closed."""
 
     async def main() -> None:
-        async with _client(server) as client:
+        async with aio_client(server) as client:
             response = await client.invoke_endpoint_with_response_stream(
                 **call_params("invoke_endpoint_with_response_stream")
             )
@@ -129,7 +116,7 @@ def test_aio_model_error(exporter: InMemorySpanExporter) -> None:
 
     async def main() -> None:
         with loopback(lambda path: model_error()) as failing:
-            async with _client(failing) as client:
+            async with aio_client(failing) as client:
                 with pytest.raises(client.exceptions.ModelError):
                     await client.invoke_endpoint(**call_params("invoke_endpoint"))
 
@@ -145,15 +132,15 @@ def test_aio_uninstrument(
     """After uninstrument() an aiobotocore client already used neither injects nor traces."""
 
     async def main() -> None:
-        async with _client(server) as client:
+        async with aio_client(server) as client:
             sm_tracing.instrument(tracer_provider=tracer_provider)
             await client.invoke_endpoint(**call_params("invoke_endpoint"))
             sm_tracing.uninstrument()
             await client.invoke_endpoint(**call_params("invoke_endpoint"))
 
     asyncio.run(main())
-    assert _sent(server, 0) is not None
-    assert _sent(server, 1) is None
+    assert sent_custom_attributes(server, 0) is not None
+    assert sent_custom_attributes(server, 1) is None
     assert len(exporter.get_finished_spans()) == 1
 
 
@@ -167,32 +154,19 @@ def test_aio_with_upstream_makes_one_span(
     from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
     from opentelemetry.trace import SpanKind
 
-    def ours() -> None:
-        sm_tracing.instrument(tracer_provider=tracer_provider)
-
-    def theirs() -> None:
-        AiobotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
-
     async def main() -> None:
-        async with _client(server) as client:
+        async with aio_client(server) as client:
             for _ in range(2):
                 await client.invoke_endpoint(**call_params("invoke_endpoint"))
 
-    installs = [ours, theirs] if order == "ours-first" else [theirs, ours]
-    for install in installs:
-        install()
-    try:
+    with beside_upstream(order, AiobotocoreInstrumentor(), tracer_provider):
         asyncio.run(main())
-    finally:
-        if order == "ours-first":
-            AiobotocoreInstrumentor().uninstrument()
-            sm_tracing.uninstrument()
-        else:
-            sm_tracing.uninstrument()
-            AiobotocoreInstrumentor().uninstrument()
     spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert len(spans) == 2
     for index, span in enumerate(spans):
         assert span.instrumentation_scope.name != "sm_tracing"
         assert span.attributes["aws.sagemaker.endpoint.name"] == "my-endpoint"
-        assert traceparent_of(_sent(server, index))[1] == f"{span.context.span_id:016x}"
+        assert (
+            traceparent_of(sent_custom_attributes(server, index))[1]
+            == f"{span.context.span_id:016x}"
+        )

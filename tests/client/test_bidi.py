@@ -34,9 +34,9 @@ from tests._bidi_support import (
     EchoContainer,
     Input,
     bidi_stack,
-    make_client,
     part,
     payload,
+    with_client,
 )
 
 SPAN = "SageMaker Runtime HTTP2.InvokeEndpointWithBidirectionalStream"
@@ -92,17 +92,13 @@ async def wait_for(condition: Any, timeout: float = 10.0) -> None:
 def converse(runtime: Any, given: Any, texts: list[str], tracer: Tracer | None = None) -> list[str]:
     """Open a stream, send each text and read its answer, close; the answers."""
 
-    async def run() -> list[str]:
-        client = await make_client(runtime)
-        try:
-            if tracer is None:
-                return await _exchange(client, given, texts)
-            with tracer.start_as_current_span("caller"):
-                return await _exchange(client, given, texts)
-        finally:
-            await client.close()
+    async def scenario(client: Any) -> list[str]:
+        if tracer is None:
+            return await _exchange(client, given, texts)
+        with tracer.start_as_current_span("caller"):
+            return await _exchange(client, given, texts)
 
-    return asyncio.run(run())
+    return with_client(runtime, scenario)
 
 
 async def _exchange(client: AsyncSageMakerRuntimeHTTP2Client, given: Any, texts: list[str]) -> Any:
@@ -204,8 +200,7 @@ def test_the_span_ends_when_the_container_ends_the_session(
     """Reading the response stream to its end ends the span as complete, before any close."""
     _, runtime = stack
 
-    async def run() -> None:
-        client = await make_client(runtime)
+    async def scenario(client: Any) -> None:
         stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
         await stream.input_stream.send(part("hi"))
         await stream.input_stream.send(part("bye"))
@@ -214,9 +209,8 @@ def test_the_span_ends_when_the_container_ends_the_session(
         assert answers == [b"HI"]
         assert client_span(exporter).attributes["aws.sagemaker.stream.outcome"] == "complete"
         await stream.close()
-        await client.close()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
     attributes = client_span(exporter).attributes or {}
     assert attributes["aws.sagemaker.stream.request_chunk_count"] == 2
     assert attributes["aws.sagemaker.stream.chunk_count"] == 1
@@ -230,21 +224,15 @@ def test_a_container_failing_mid_stream_fails_the_span(
     ModelStreamError; the span records its type, ERROR, and no message."""
     _, runtime = stack
 
-    async def run() -> type[BaseException]:
-        client = await make_client(runtime)
-        try:
-            stream = await client.invoke_endpoint_with_bidirectional_stream(
-                Input(endpoint_name="e")
-            )
-            await stream.input_stream.send(part("fail"))
-            _, output = await stream.await_output()
-            with pytest.raises(Exception) as raised:
-                await output.receive()
-            return raised.type
-        finally:
-            await client.close()
+    async def scenario(client: Any) -> type[BaseException]:
+        stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
+        await stream.input_stream.send(part("fail"))
+        _, output = await stream.await_output()
+        with pytest.raises(Exception) as raised:
+            await output.receive()
+        return raised.type
 
-    raised = asyncio.run(run())
+    raised = with_client(runtime, scenario)
     span = client_span(exporter)
     assert raised.__name__ == "ModelStreamError"
     assert span.status.status_code is StatusCode.ERROR
@@ -262,18 +250,14 @@ def test_a_refused_session_fails_the_span(
     span ends with the error, the HTTP status and the container's own status."""
     with bidi_stack(tracer_provider, refuse=True) as (_, runtime):
 
-        async def run() -> None:
-            client = await make_client(runtime)
-            try:
-                stream = await client.invoke_endpoint_with_bidirectional_stream(
-                    Input(endpoint_name="e")
-                )
-                with pytest.raises(ModelError):
-                    await stream.await_output()
-            finally:
-                await client.close()
+        async def scenario(client: Any) -> None:
+            stream = await client.invoke_endpoint_with_bidirectional_stream(
+                Input(endpoint_name="e")
+            )
+            with pytest.raises(ModelError):
+                await stream.await_output()
 
-        asyncio.run(run())
+        with_client(runtime, scenario)
     span = client_span(exporter)
     attributes = span.attributes or {}
     assert span.status.status_code is StatusCode.ERROR
@@ -287,8 +271,7 @@ def test_an_abandoned_stream_ends_its_span(stack: Any, exporter: InMemorySpanExp
     """A stream the caller lets go of without closing ends its span as abandoned."""
     _, runtime = stack
 
-    async def run() -> None:
-        client = await make_client(runtime)
+    async def scenario(client: Any) -> None:
         stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
         await stream.input_stream.send(part("hi"))
         _, output = await stream.await_output()
@@ -299,9 +282,8 @@ def test_an_abandoned_stream_ends_its_span(stack: Any, exporter: InMemorySpanExp
         span = client_span(exporter)
         assert span.attributes["aws.sagemaker.stream.outcome"] == "abandoned"
         assert span.attributes["aws.sagemaker.stream.chunk_count"] == 1
-        await client.close()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
 
 
 @pytest.mark.usefixtures("hooked")
@@ -310,8 +292,7 @@ def test_async_with_gives_the_traced_stream(stack: Any, exporter: InMemorySpanEx
     leaving the stream's block ends the span."""
     _, runtime = stack
 
-    async def run() -> None:
-        client = await make_client(runtime)
+    async def scenario(client: Any) -> None:
         stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
         async with stream as entered:
             assert entered is stream
@@ -323,9 +304,8 @@ def test_async_with_gives_the_traced_stream(stack: Any, exporter: InMemorySpanEx
                 assert payload(await reading.receive()) == b"ONE"
                 assert not [s for s in exporter.get_finished_spans() if s.name == SPAN]
         assert client_span(exporter).attributes["aws.sagemaker.stream.outcome"] == "closed"
-        await client.close()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
 
 
 @pytest.mark.usefixtures("hooked")
@@ -336,18 +316,14 @@ def test_a_query_string_sagemaker_would_refuse_is_sent_as_it_was(
     SageMaker's own InputValidationError, not one of ours."""
     container, runtime = stack
 
-    async def run() -> None:
-        client = await make_client(runtime)
-        try:
-            stream = await client.invoke_endpoint_with_bidirectional_stream(
-                Input(endpoint_name="e", model_query_string="lang=en us")
-            )
-            with pytest.raises(InputValidationError):
-                await stream.await_output()
-        finally:
-            await client.close()
+    async def scenario(client: Any) -> None:
+        stream = await client.invoke_endpoint_with_bidirectional_stream(
+            Input(endpoint_name="e", model_query_string="lang=en us")
+        )
+        with pytest.raises(InputValidationError):
+            await stream.await_output()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
     assert container.sessions == []
     assert client_span(exporter).status.status_code is StatusCode.ERROR
 
@@ -391,8 +367,7 @@ def test_clients_made_before_install_are_covered_and_uninstall_undoes_it(
     container, runtime = stack
     original = AsyncSageMakerRuntimeHTTP2Client.__dict__[_bidi.METHOD]
 
-    async def run() -> None:
-        client = await make_client(runtime)
+    async def scenario(client: Any) -> None:
         hook = _bidi.install(ClientOptions(tracer_provider=tracer_provider))
         try:
             await _exchange(client, Input(endpoint_name="e", model_query_string="a=1"), ["x"])
@@ -400,9 +375,8 @@ def test_clients_made_before_install_are_covered_and_uninstall_undoes_it(
             _bidi.uninstall(hook)
         assert AsyncSageMakerRuntimeHTTP2Client.__dict__[_bidi.METHOD] is original
         await _exchange(client, Input(endpoint_name="e", model_query_string="a=1"), ["y"])
-        await client.close()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
     assert container.sessions[0].query.startswith("a=1&traceparent=")
     assert container.sessions[1].query == "a=1"
     assert len([s for s in exporter.get_finished_spans() if s.name == SPAN]) == 1
@@ -415,13 +389,11 @@ def test_suppressed_instrumentation_makes_no_span_and_injects_nothing(
     """Under OpenTelemetry's suppression flag the call goes out as it was."""
     container, runtime = stack
 
-    async def run() -> None:
-        client = await make_client(runtime)
+    async def scenario(client: Any) -> None:
         with suppress_instrumentation():
             await _exchange(client, Input(endpoint_name="e", model_query_string="a=1"), ["x"])
-        await client.close()
 
-    asyncio.run(run())
+    with_client(runtime, scenario)
     assert container.sessions[0].query == "a=1"
     assert not [s for s in exporter.get_finished_spans() if s.name == SPAN]
     assert otel_context.get_current() == otel_context.Context()

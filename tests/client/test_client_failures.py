@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 from _client_support import (
-    CREDENTIALS,
-    REGION,
     REQUEST_ID,
     Canned,
     Wire,
+    aio_client,
     call_params,
     canned_for,
-    endpoint_url,
+    instrumenting,
     loopback,
     make_client,
     model_stream_error,
@@ -139,25 +138,16 @@ def test_aio_model_error_records_codes_never_the_message(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """The aiobotocore path records a ModelError the same way."""
-    aio_session = pytest.importorskip("aiobotocore.session")
+    pytest.importorskip("aiobotocore.session")
 
     async def main() -> None:
         with loopback(lambda path: _model_error()) as server:
-            session = aio_session.get_session()
-            async with session.create_client(
-                "sagemaker-runtime",
-                region_name=REGION,
-                endpoint_url=endpoint_url(server),
-                **CREDENTIALS,
-            ) as client:
+            async with aio_client(server) as client:
                 with pytest.raises(client.exceptions.ModelError):
                     await client.invoke_endpoint(**call_params("invoke_endpoint"))
 
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         asyncio.run(main())
-    finally:
-        sm_tracing.uninstrument()
     span = _only_span(exporter)
     _assert_type_only(span, "ModelError")
     assert span.attributes is not None

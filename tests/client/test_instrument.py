@@ -70,11 +70,9 @@ def test_every_client_is_covered(
 
 
 def test_instrument_twice_is_harmless(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, client: Any, wire: Wire
 ) -> None:
     """A second instrument() adds no second wrapper: one span and one traceparent per call."""
-    wire = Wire()
-    client = make_client(wire=wire)
     with instrumenting(tracer_provider=tracer_provider):
         sm_tracing.instrument(tracer_provider=tracer_provider, endpoints={"none"})
         client.invoke_endpoint(**call_params("invoke_endpoint"))
@@ -84,13 +82,11 @@ def test_instrument_twice_is_harmless(
 
 
 def test_uninstrument_stops_everything_on_used_clients(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, client: Any, wire: Wire
 ) -> None:
     """After uninstrument(), a client that was already traced neither injects nor makes spans,
     and _make_api_call is botocore's own again."""
     original = botocore.client.BaseClient.__dict__["_make_api_call"]
-    wire = Wire()
-    client = make_client(wire=wire)
     sm_tracing.instrument(tracer_provider=tracer_provider)
     client.invoke_endpoint(**call_params("invoke_endpoint"))
     assert _injected(wire)
@@ -109,11 +105,9 @@ def test_uninstrument_without_instrument_is_harmless() -> None:
 
 
 def test_reinstrument_after_uninstrument(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, client: Any, wire: Wire
 ) -> None:
     """instrument(), uninstrument(), instrument() again traces once per call."""
-    wire = Wire()
-    client = make_client(wire=wire)
     for _ in range(2):
         sm_tracing.instrument(tracer_provider=tracer_provider)
         sm_tracing.uninstrument()
@@ -123,11 +117,9 @@ def test_reinstrument_after_uninstrument(
 
 
 def test_instrumentor_class_takes_the_same_options(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, client: Any, wire: Wire
 ) -> None:
     """SageMakerInstrumentor().instrument() accepts tracer_provider and the options."""
-    wire = Wire()
-    client = make_client(wire=wire)
     instrumentor = SageMakerInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, endpoints=["other"])
     try:
@@ -243,13 +235,11 @@ def _all_at_once(action: Any, threads: int = 8) -> None:
 
 
 def test_instrument_and_uninstrument_from_many_threads_at_once(
-    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, client: Any, wire: Wire
 ) -> None:
     """Eight threads instrumenting at once wrap once: one span and one traceparent per call;
     eight threads uninstrumenting at once leave botocore's own method and no handler."""
     original = botocore.client.BaseClient.__dict__["_make_api_call"]
-    wire = Wire()
-    client = make_client(wire=wire)
     for _ in range(3):
         exporter.clear()
         _all_at_once(lambda: sm_tracing.instrument(tracer_provider=tracer_provider))

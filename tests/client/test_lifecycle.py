@@ -18,14 +18,13 @@ from typing import Any
 import botocore.client
 import pytest
 from _client_support import (
-    CREDENTIALS,
-    HEADER,
-    REGION,
     Wire,
+    aio_client,
     call_params,
-    endpoint_url,
+    instrumenting,
     loopback,
     make_client,
+    sent_custom_attributes,
     traceparent_of,
 )
 from opentelemetry.sdk.trace import TracerProvider
@@ -281,37 +280,28 @@ def test_the_patched_aio_method_takes_every_parameter_by_name(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """aiobotocore's patched _make_api_call names self too, and takes it by name."""
-    aio_client = pytest.importorskip("aiobotocore.client")
-    aio_session = pytest.importorskip("aiobotocore.session")
-    owner = aio_client.AioBaseClient
+    aio_module = pytest.importorskip("aiobotocore.client")
+    pytest.importorskip("aiobotocore.session")
+    owner = aio_module.AioBaseClient
     params = call_params("invoke_endpoint")
     kept = copy.deepcopy(params)
 
     async def main(server: Any) -> None:
-        session = aio_session.get_session()
-        async with session.create_client(
-            "sagemaker-runtime",
-            region_name=REGION,
-            endpoint_url=endpoint_url(server),
-            **CREDENTIALS,
-        ) as client:
+        async with aio_client(server) as client:
             response = await owner._make_api_call(
                 self=client, operation_name="InvokeEndpoint", api_params=params
             )
             await response["Body"].read()
 
-    sm_tracing.instrument(tracer_provider=tracer_provider)
-    try:
+    with instrumenting(tracer_provider=tracer_provider):
         parameters = list(inspect.signature(owner._make_api_call).parameters)
         with loopback() as server:
             asyncio.run(main(server))
-            headers = {k.lower(): v for k, v in server.received[-1].headers.items()}
-    finally:
-        sm_tracing.uninstrument()
+            sent = sent_custom_attributes(server)
     assert parameters == PARAMETERS
     assert params == kept
     (span,) = exporter.get_finished_spans()
-    assert traceparent_of(headers.get(HEADER.lower()))[1] == f"{span.context.span_id:016x}"
+    assert traceparent_of(sent)[1] == f"{span.context.span_id:016x}"
 
 
 # -- instrument() asked twice ------------------------------------------------------------

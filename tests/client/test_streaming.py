@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -75,31 +76,38 @@ def test_span_is_not_current_while_the_caller_reads(
     assert span.parent is not None and span.parent.span_id == caller.get_span_context().span_id
 
 
-@pytest.mark.usefixtures("instrumented")
-def test_partly_read_then_closed(client: Any, exporter: InMemorySpanExporter) -> None:
-    """close() after a partial read ends the span once, with the chunks read so far."""
-    body = _stream(client)["Body"]
-    for _ in body:
-        break
-    assert _spans(exporter) == []
+def _close_twice(body: Any) -> None:
     body.close()
     body.close()
-    (span,) = _spans(exporter)
-    assert span.attributes["aws.sagemaker.stream.chunk_count"] == 1
-    assert span.attributes["aws.sagemaker.stream.outcome"] == "closed"
 
 
-@pytest.mark.usefixtures("instrumented")
-def test_break_then_read_on(client: Any, exporter: InMemorySpanExporter) -> None:
-    """Leaving a for loop early does not end the span; reading on to the end does."""
-    body = _stream(client)["Body"]
-    for _ in body:
-        break
-    assert _spans(exporter) == []
+def _read_on(body: Any) -> None:
     assert len(list(body)) == 2
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize(
+    ("then", "chunks", "outcome"),
+    [(_close_twice, 1, "closed"), (_read_on, 3, "complete")],
+    ids=["close", "read-on"],
+)
+def test_break_then_close_or_read_on(
+    client: Any,
+    exporter: InMemorySpanExporter,
+    then: Callable[[Any], None],
+    chunks: int,
+    outcome: str,
+) -> None:
+    """Leaving a for loop early does not end the span; close() then ends it once with the
+    chunks read so far, and reading on to the end ends it complete."""
+    body = _stream(client)["Body"]
+    for _ in body:
+        break
+    assert _spans(exporter) == []
+    then(body)
     (span,) = _spans(exporter)
-    assert span.attributes["aws.sagemaker.stream.chunk_count"] == 3
-    assert span.attributes["aws.sagemaker.stream.outcome"] == "complete"
+    assert span.attributes["aws.sagemaker.stream.chunk_count"] == chunks
+    assert span.attributes["aws.sagemaker.stream.outcome"] == outcome
 
 
 @pytest.mark.usefixtures("instrumented")

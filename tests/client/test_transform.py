@@ -39,7 +39,9 @@ from tests._client_support import (
     REQUEST_ID,
     SageMakerWire,
     Wire,
+    beside_upstream,
     endpoint_url,
+    instrumenting,
     job,
     job_answer,
     loopback,
@@ -57,9 +59,8 @@ CONTAINER_SPAN = "POST /invocations"
 @pytest.fixture
 def hook(tracer_provider: TracerProvider) -> Iterator[None]:
     """CreateTransformJob traced with this test's provider, untraced afterwards."""
-    sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
-    yield
-    sm_tracing.uninstrument()
+    with instrumenting(tracer_provider=tracer_provider, transform_jobs=True):
+        yield
 
 
 @pytest.fixture
@@ -457,21 +458,9 @@ def test_with_the_botocore_instrumentation_its_span_is_the_parent(
     one and the TRACEPARENT names it."""
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
-    if order == "ours-first":
-        sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
-    BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
-    if order != "ours-first":
-        sm_tracing.instrument(tracer_provider=tracer_provider, transform_jobs=True)
-    try:
-        wire = SageMakerWire()
+    wire = SageMakerWire()
+    with beside_upstream(order, BotocoreInstrumentor(), tracer_provider, transform_jobs=True):
         sagemaker_client(wire).create_transform_job(**job(Environment=dict(MINE)))
-    finally:
-        if order == "ours-first":
-            BotocoreInstrumentor().uninstrument()
-            sm_tracing.uninstrument()
-        else:
-            sm_tracing.uninstrument()
-            BotocoreInstrumentor().uninstrument()
     (span,) = exporter.get_finished_spans()
     assert span.instrumentation_scope is not None
     assert span.instrumentation_scope.name.startswith("opentelemetry.instrumentation.botocore")

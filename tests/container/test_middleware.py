@@ -18,20 +18,13 @@ from _container_support import (
     Transport,
     caller,
     echoed,
+    sampled_parent,
     server_spans,
 )
 from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-    TraceState,
-)
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 import sm_tracing
 
@@ -418,15 +411,12 @@ def test_a_raising_propagator_leaves_the_headers_as_they_were(
 def test_tracestate_and_baggage_are_forwarded(serve: Serve, exporter: InMemorySpanExporter) -> None:
     """The composite propagator's tracestate and baggage, sent in CustomAttributes, reach the
     app next to our traceparent."""
-    parent = SpanContext(
+    context, parent = sampled_parent(
         TRACE_ID,
         CALLER_SPAN_ID,
-        is_remote=False,
-        trace_flags=TraceFlags(1),
-        trace_state=TraceState([("vendor", "value")]),
-    )
-    context = baggage.set_baggage(
-        "user", "alice", trace.set_span_in_context(NonRecordingSpan(parent))
+        remote=False,
+        trace_state=[("vendor", "value")],
+        baggage_items={"user": "alice"},
     )
     value = sm_tracing.inject_context(None, context)
     assert value is not None and "tracestate=" in value and "baggage=" in value

@@ -10,7 +10,6 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,6 @@ from tests.conftest import requires_package
 REQUESTS = 12
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 NEVER_MS = 600_000
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    """An OTLP receiver on loopback."""
-    with OTLPReceiver() as receiver:
-        yield receiver
 
 
 def invoke(url: str, count: int) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +43,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sm_tracing
 from sm_tracing import _configure
 from sm_tracing._configure import Configured
+from tests._client_support import serving_in_thread
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan, decode, named
 
 _ENV = (
@@ -97,13 +99,6 @@ def fresh_global(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         _configure._installed = None
 
 
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    """An OTLP/HTTP receiver on a free loopback port."""
-    with OTLPReceiver() as running:
-        yield running
-
-
 def exporters(configured: Configured) -> list[SpanExporter]:
     """The span exporters configure() installed (an OTLP one out of the wrapper that checks
     its collector listens)."""
@@ -153,11 +148,15 @@ def test_installs_the_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_is_otlp_http_on_localhost() -> None:
-    """Without arguments or variables it exports OTLP/HTTP to Jaeger's default port."""
+    """Without arguments or variables it exports OTLP/HTTP to Jaeger's default port: spans,
+    and metrics beside them."""
     configured = sm_tracing.configure()
     (exporter,) = exporters(configured)
     assert isinstance(exporter, OTLPSpanExporter)
     assert endpoints(configured.span_exporters) == ["http://localhost:4318/v1/traces"]
+    (metric_exporter,) = metric_exporters(configured)
+    assert isinstance(metric_exporter, OTLPMetricExporter)
+    assert endpoints(configured.metric_exporters) == ["http://localhost:4318/v1/metrics"]
 
 
 @pytest.mark.parametrize(
@@ -583,9 +582,7 @@ class Collector:
         self._changed = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._stack = ExitStack()
 
     @property
     def url(self) -> str:
@@ -603,13 +600,11 @@ class Collector:
                 self._changed.wait(remaining)
 
     def __enter__(self) -> Collector:
-        self._thread.start()
+        self._stack.enter_context(serving_in_thread(self._server))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
+        self._stack.close()
 
     def _received(self, path: str, body: bytes) -> None:
         with self._changed:
@@ -797,14 +792,6 @@ def test_names_both_providers_it_installed() -> None:
     assert [type(e) for e in configured.span_exporters] == [ConsoleSpanExporter]
     assert [type(e) for e in metric_exporters(configured)] == [ConsoleMetricExporter]
     assert configured.force_flush(5_000)
-
-
-def test_default_metrics_are_otlp_http_on_localhost() -> None:
-    """Without arguments or variables metrics go over OTLP/HTTP beside the spans."""
-    configured = sm_tracing.configure()
-    (exporter,) = metric_exporters(configured)
-    assert isinstance(exporter, OTLPMetricExporter)
-    assert endpoints(configured.metric_exporters) == ["http://localhost:4318/v1/metrics"]
 
 
 @pytest.mark.parametrize(

@@ -17,16 +17,10 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-)
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 import sm_tracing
+from sm_tracing import _propagation
 from sm_tracing._attributes import environ_key
 from tests._container_support import (
     ASGI,
@@ -37,6 +31,7 @@ from tests._container_support import (
     caller,
     provider_from_env,
     read_spans,
+    sampled_parent,
 )
 from tests._serving import launch, serving
 
@@ -76,7 +71,7 @@ def test_an_opaque_value_the_client_appended_to_gives_back_exactly_the_callers(
     the span continues the caller's trace."""
     original = '{"note": "a;b=c", "n": 1}'
     with tracer.start_as_current_span("caller") as parent:
-        merged, _ = sm_tracing._propagation.merge_context(original, opaque=True)
+        merged, _ = _propagation.merge_context(original, opaque=True)
     assert merged is not None and merged.startswith(original + ";traceparent=")
     exporter = InMemorySpanExporter()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -125,17 +120,14 @@ def test_every_propagator_round_trips(
     extracted, and the app sees exactly the caller's own pairs."""
     propagate.set_global_textmap(_propagators()[name]())
     # Flags 01: OT's format reads any other value as "not sampled".
-    parent = NonRecordingSpan(
-        SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
+    context, parent = sampled_parent(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, baggage_items=_BAGGAGE
     )
-    context = trace.set_span_in_context(parent)
-    for key, value in _BAGGAGE.items():
-        context = baggage.set_baggage(key, value, context)
     sent = sm_tracing.inject_context("accept_eula=true;x-request=7", context)
     assert sent is not None and sent != "accept_eula=true;x-request=7"
 
     # OT's format carries the low 64 bits of the trace id only.
-    trace_id = parent.get_span_context().trace_id
+    trace_id = parent.trace_id
     if name == "ottrace":
         trace_id &= (1 << 64) - 1
     extracted = sm_tracing.extract_context(sent)
@@ -149,7 +141,7 @@ def test_every_propagator_round_trips(
     (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert span.context.trace_id == trace_id
     assert span.parent is not None
-    assert span.parent.span_id == parent.get_span_context().span_id
+    assert span.parent.span_id == parent.span_id
 
 
 def test_duplicate_headers_each_keep_their_own_value(

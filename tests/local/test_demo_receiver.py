@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from _otlp_receiver import OTLPReceiver, named, trace_count
@@ -15,13 +14,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, StatusCode
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    """A receiver on a free loopback port."""
-    with OTLPReceiver() as running:
-        yield running
 
 
 def provider_to(url: str, compression: Compression = Compression.NoCompression) -> TracerProvider:

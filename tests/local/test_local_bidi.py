@@ -24,7 +24,15 @@ from aws_sdk_sagemaker_runtime_http2.models import (
 from opentelemetry.sdk.trace import TracerProvider
 
 from sm_tracing.local import LocalBidiRuntime
-from tests._bidi_support import EchoContainer, Input, bidi_stack, make_client, part, payload
+from tests._bidi_support import (
+    EchoContainer,
+    Input,
+    bidi_stack,
+    part,
+    payload,
+    serve_container,
+    with_client,
+)
 
 
 @pytest.fixture
@@ -32,17 +40,6 @@ def stack(tracer_provider: TracerProvider) -> Iterator[tuple[EchoContainer, Loca
     """The uvicorn container and the local runtime in front of it."""
     with bidi_stack(tracer_provider) as pair:
         yield pair
-
-
-def run(runtime: LocalBidiRuntime, scenario: Any) -> Any:
-    async def main() -> Any:
-        client = await make_client(runtime)
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
 
 
 def test_only_the_path_and_the_query_string_reach_the_container(stack: Any) -> None:
@@ -65,7 +62,7 @@ def test_only_the_path_and_the_query_string_reach_the_container(stack: Any) -> N
         assert payload(await events.receive()) == b"X"
         await stream.close()
 
-    run(runtime, scenario)
+    with_client(runtime, scenario)
     (session,) = container.sessions
     assert (session.path, session.query) == ("/stream/v2", "model=nova-3&note=a%20b")
     forwarded = {name for name in session.headers if name.startswith(("x-amz", "authorization"))}
@@ -88,7 +85,7 @@ def test_the_stream_is_full_duplex(tracer_provider: TracerProvider) -> None:
             await stream.close()
             return [first, second]
 
-        assert run(runtime, scenario) == [b"ready", b"THEN"]
+        assert with_client(runtime, scenario) == [b"ready", b"THEN"]
         assert container.sessions[0].received == ["then"]
 
 
@@ -107,7 +104,7 @@ def test_binary_parts_travel_as_binary_frames_of_any_size(stack: Any) -> None:
         await stream.close()
         return payload(answer), answer.value.data_type
 
-    answer, data_type = run(runtime, scenario)
+    answer, data_type = with_client(runtime, scenario)
     assert answer == big[::-1]
     assert data_type == "BINARY"
     assert container.sessions[0].received == [big]
@@ -127,7 +124,7 @@ def test_ending_the_request_stream_closes_the_websocket(stack: Any) -> None:
         rest = [payload(event) async for event in events]
         return [first, *rest]
 
-    assert run(runtime, scenario) == [b"LAST"]
+    assert with_client(runtime, scenario) == [b"LAST"]
     assert container.sessions[0].received == ["last"]
 
 
@@ -154,20 +151,17 @@ def test_what_the_api_refuses_never_reaches_the_container(
             await stream.await_output()
         return raised.value.message
 
-    assert stage in run(runtime, scenario)
+    assert stage in with_client(runtime, scenario)
     assert container.sessions == []
 
 
 def test_the_runtime_stops_with_sessions_open(tracer_provider: TracerProvider) -> None:
     """Closing the runtime with a session open ends it, and frees the container's WebSocket."""
     container = EchoContainer(tracer_provider)
-    from tests._bidi_support import serve_container
-
     with serve_container(container) as url:
         runtime = LocalBidiRuntime(url).start()
 
-        async def scenario() -> None:
-            client = await make_client(runtime)
+        async def scenario(client: Any) -> None:
             stream = await client.invoke_endpoint_with_bidirectional_stream(
                 Input(endpoint_name="e")
             )
@@ -179,8 +173,7 @@ def test_the_runtime_stops_with_sessions_open(tracer_provider: TracerProvider) -
                 while await asyncio.wait_for(events.receive(), 10) is not None:
                     pass
                 raise EOFError
-            await client.close()
 
-        asyncio.run(scenario())
+        with_client(runtime, scenario)
         with pytest.raises(RuntimeError, match="not running"):
             _ = runtime.url

@@ -249,20 +249,25 @@ def test_a_signal_stops_it_cleanly(container: str, sig: int) -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def run_local(*args: str) -> subprocess.CompletedProcess[str]:
+    """``sm-tracing local *args`` run to its end in a clean environment, output captured."""
+    return subprocess.run(
+        [str(SM_TRACING), "local", *args],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_a_port_in_use_is_refused(container: str) -> None:
     """A port already taken fails at once, with exit status 1, naming ``--port 0``."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [str(SM_TRACING), "local", "--container", container, "--port", str(port)],
-            env=clean_environment(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_local("--container", container, "--port", str(port))
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "--port 0" in done.stderr
@@ -283,14 +288,7 @@ def test_a_container_that_does_not_answer_is_reported(s3_root: Path) -> None:
 
 def test_a_container_url_that_is_not_http_is_refused() -> None:
     """``--container`` must be an http(s) URL: anything else exits 2, saying why."""
-    done = subprocess.run(
-        [str(SM_TRACING), "local", "--container", "127.0.0.1:8080"],
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_local("--container", "127.0.0.1:8080")
     assert done.returncode == 2
     assert "must be http:// or https://host:port" in done.stderr
 

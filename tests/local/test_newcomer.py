@@ -10,22 +10,20 @@ client), and an OTLP/HTTP receiver where spans go to ``localhost:4318``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _local_support import LocalCommand, ModelContainer
+from _local_support import LocalCommand, ModelContainer, clean_environment
 from _otlp_receiver import OTLPReceiver, ReceivedSpan, named
+from _serving import Container, wait_ready
 
 import sm_tracing
 from sm_tracing.local import LocalRuntime, _command
@@ -99,24 +97,6 @@ def test_every_python_snippet_is_run_here() -> None:
 # -- running snippets -----------------------------------------------------------------------
 
 
-def user_environment(**more: str) -> dict[str, str]:
-    """This environment without AWS or OpenTelemetry settings, as on a fresh machine, plus
-    *more*; AWS configuration files are pointed away so none is read."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "OTEL_", "SM_TRACING_"))
-    }
-    env.update(
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(more)
-    return env
-
-
 def aws_for(runtime: LocalRuntime) -> dict[str, str]:
     """The variables that send a plain boto3 client to *runtime*: what ``~/.aws`` and an
     endpoint name give a user."""
@@ -149,13 +129,6 @@ def span(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
 
 
 @pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    """Jaeger's stand-in: an OTLP/HTTP receiver on loopback."""
-    with OTLPReceiver() as running:
-        yield running
-
-
-@pytest.fixture
 def endpoint() -> Iterator[tuple[ModelContainer, LocalRuntime]]:
     """A model container that answers with the body upper-cased, behind a local runtime."""
     with ModelContainer() as container, LocalRuntime(container.url) as runtime:
@@ -175,7 +148,7 @@ def test_client_snippet(
     container, runtime = endpoint
     app = tmp_path / "app.py"
     app.write_text(code)
-    env = user_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **aws_for(runtime))
+    env = clean_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **aws_for(runtime))
     done = run([sys.executable, str(app)], env, tmp_path)
 
     pattern = re.escape(shown).replace("<trace\\-id>", "([0-9a-f]{32})")
@@ -215,7 +188,7 @@ def test_zero_code_snippets(
     argv = [word for word in words if "=" not in word]
     assert argv == ["opentelemetry-instrument", "python", "app.py"]
     # Spans go where the distro sends them by default (localhost:4318) in the user's run.
-    env = user_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **aws_for(runtime))
+    env = clean_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **aws_for(runtime))
     env.update(variables)
     done = run([str(BIN / argv[0]), sys.executable, argv[2]], env, tmp_path)
 
@@ -241,19 +214,9 @@ def test_zero_code_snippets(
 # -- the container and the local runtime -------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 def serve(
     app_dir: Path, stack: str, env: Mapping[str, str], args: Sequence[str] = ("app:app",)
-) -> Server:
+) -> Container:
     """Serve ``app_dir/app.py`` as the README says (*args* after the address), on a loopback
     socket bound here."""
     listener = socket.socket()
@@ -276,18 +239,14 @@ def serve(
         )
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     listener.close()
-    server = Server(process, url, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"{stack} did not start:\n{server.output()}")
+    server = Container(stack, process, url, log)
+    try:
+        wait_ready(server)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    return server
 
 
 @pytest.mark.parametrize(("index", "stack"), [(0, "gunicorn"), (1, "uvicorn")])
@@ -301,7 +260,7 @@ def test_container_and_local_runtime_snippets(
     app_dir.mkdir()
     (app_dir / "app.py").write_text(snippet("Continue the trace in the container", index=index))
     # The spans go where the README's go (localhost:4318) when a user runs them.
-    env = user_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
+    env = clean_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
     server = serve(app_dir, stack, env)
     try:
         code = snippet("A local SageMaker runtime for your tests")
@@ -369,7 +328,7 @@ def test_no_aws_snippets(tmp_path: Path, receiver: OTLPReceiver) -> None:
     assert [argv[0] for argv in commands] == ["gunicorn", "sm-tracing"]
     (tmp_path / "app.py").write_text(snippet("Continue the trace in the container", index=0))
     (tmp_path / "client.py").write_text(snippet("Instrument the client"))
-    env = user_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
+    env = clean_environment(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="50")
 
     # The container, on a socket bound here rather than the README's port 8080.
     gunicorn = commands[0]
@@ -415,7 +374,7 @@ def test_testing_snippets(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:ddtrace"],
         cwd=tmp_path,
-        env=user_environment(),
+        env=clean_environment(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -448,7 +407,7 @@ def test_warnings_reach_stderr_without_logging_set_up(
 ) -> None:
     """In an application that configured no logging, our warnings print on stderr, as
     OpenTelemetry's own do."""
-    env = user_environment(**variables)
+    env = clean_environment(**variables)
     done = run([sys.executable, "-c", f"import sm_tracing\n{code}"], env, ROOT)
     assert warning in done.stderr
 
@@ -461,7 +420,7 @@ def test_warnings_follow_the_application_logging() -> None:
         "sm_tracing.configure(exporter='none')\n"
         "sm_tracing.configure(exporter='none')\n"
     )
-    done = run([sys.executable, "-c", code], user_environment(), ROOT)
+    done = run([sys.executable, "-c", code], clean_environment(), ROOT)
     assert done.stderr == ""
     assert done.stdout.splitlines() == [
         "sm_tracing._configure|WARNING|"

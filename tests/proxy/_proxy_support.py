@@ -7,7 +7,6 @@ import http.client
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests._client_support import serving_in_thread
 from tests._serving import ROOT, Container, closed_port
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -160,15 +160,9 @@ def raw_upstream(
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    upstream.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving_in_thread(server) as url:
+        upstream.url = url
         yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def read_chunked(stream: Any, on_chunk: Callable[[bytes], None] | None = None) -> bytes:

@@ -85,6 +85,23 @@ def _check_chain(spans: list[ReceivedSpan], client: ReadableSpan, inner: str) ->
     return proxy
 
 
+def _chain(
+    receiver: OTLPReceiver, exporter: InMemorySpanExporter, served: str
+) -> tuple[ReadableSpan, str, ReceivedSpan]:
+    """The one client span, its trace id and the proxy's span, once the proxy's span, the
+    model server's *served* span and its SERVER span have arrived, the chain checked as
+    :func:`_check_chain` does (the server's own span ``generate``)."""
+    span = _client_span(exporter)
+    trace_id = _hex(span.context.trace_id, 32)
+    spans = _trace_of(
+        receiver,
+        trace_id,
+        {("proxy", "POST /invocations"), ("model-server", served)},
+        model_server=True,
+    )
+    return span, trace_id, _check_chain(spans, span, "generate")
+
+
 def test_sync_invocation_is_one_trace(
     runtime: LocalRuntime, receiver: OTLPReceiver, traced: Any
 ) -> None:
@@ -101,15 +118,7 @@ def test_sync_invocation_is_one_trace(
     )
     seen = json.loads(response["Body"].read())
     assert response["CustomAttributes"] == "page=2"
-    span = _client_span(exporter)
-    trace_id = _hex(span.context.trace_id, 32)
-    spans = _trace_of(
-        receiver,
-        trace_id,
-        {("proxy", "POST /invocations"), ("model-server", "generate")},
-        model_server=True,
-    )
-    proxy = _check_chain(spans, span, "generate")
+    span, trace_id, proxy = _chain(receiver, exporter, "generate")
     assert seen["trace_id"] == trace_id
     assert seen["headers"]["traceparent"].split("-")[2] == proxy.span_id
     assert seen["headers"]["x-amzn-sagemaker-custom-attributes"] == "accept_eula=true"
@@ -134,15 +143,7 @@ def test_streamed_invocation_is_one_trace(
     events = [line for line in body.split(b"\n\n") if line]
     assert len(events) == 7
     assert events[-1] == b'data: {"token": 5}'
-    span = _client_span(exporter)
-    trace_id = _hex(span.context.trace_id, 32)
-    spans = _trace_of(
-        receiver,
-        trace_id,
-        {("proxy", "POST /invocations"), ("model-server", "generate_stream")},
-        model_server=True,
-    )
-    proxy = _check_chain(spans, span, "generate")
+    span, _, proxy = _chain(receiver, exporter, "generate_stream")
     assert proxy.status != "error"
     assert span.attributes[CONTAINER_SPAN_ID] == proxy.span_id
 
