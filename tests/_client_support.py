@@ -11,10 +11,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import botocore.session
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
@@ -34,6 +34,7 @@ CREDENTIALS = {
 }
 REQUEST_ID = "4b1d2c3e-0000-4000-8000-00000000abcd"
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:transform-job/job-1"
+_S = TypeVar("_S", bound="ServedInThread")
 TRACEPARENT_RE = re.compile(r"traceparent=00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 OPERATIONS = {
@@ -317,6 +318,21 @@ def serving_in_thread(server: HTTPServer) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class ServedInThread:
+    """Serves *server* on a thread of its own while entered as a context manager."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self._server = server
+        self._stack = ExitStack()
+
+    def __enter__(self: _S) -> _S:
+        self._stack.enter_context(serving_in_thread(self._server))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
 
 
 @contextmanager

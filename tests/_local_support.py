@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +30,7 @@ import boto3
 from botocore.config import Config
 
 from sm_tracing.local import LocalTransformJob
-from tests._client_support import serving_in_thread
+from tests._client_support import ServedInThread
 from tests._serving import ROOT, Container, launch, stop
 
 
@@ -136,29 +136,23 @@ class _ContainerServer(ThreadingHTTPServer):
         pass  # the runtime cut a connection on close: expected in some tests
 
 
-class ModelContainer:
+class ModelContainer(ServedInThread):
     """A model container answering ``/invocations`` and ``/models/<name>/invoke``, ``GET /ping``
-    and, when ``execution_parameters`` is set, ``GET /execution-parameters``."""
+    and, when ``execution_parameters`` is set, ``GET /execution-parameters``; served while
+    entered."""
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self.handler: Handler = echo
         self.execution_parameters: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._server = _ContainerServer(self)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._stack = ExitStack()
+        server = _ContainerServer(self)
+        super().__init__(server)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
 
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
-
-    def __enter__(self) -> ModelContainer:
-        self._stack.enter_context(serving_in_thread(self._server))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
 
 def runtime_client(url: str, service: str = "sagemaker-runtime", **config: Any) -> Any:

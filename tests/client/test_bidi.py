@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 import sm_tracing
 from sm_tracing.client import _bidi
 from sm_tracing.client._options import ClientOptions
+from sm_tracing.local import LocalBidiRuntime
 from tests._bidi_support import (
     EchoContainer,
     Input,
@@ -44,10 +45,22 @@ USER_QUERY = "model=nova-3&language=en"
 
 
 @pytest.fixture
-def stack(tracer_provider: TracerProvider) -> Iterator[tuple[EchoContainer, Any]]:
+def stack(tracer_provider: TracerProvider) -> Iterator[tuple[EchoContainer, LocalBidiRuntime]]:
     """The uvicorn container and the local runtime in front of it."""
     with bidi_stack(tracer_provider) as pair:
         yield pair
+
+
+@pytest.fixture
+def container(stack: tuple[EchoContainer, LocalBidiRuntime]) -> EchoContainer:
+    """The container of ``stack``."""
+    return stack[0]
+
+
+@pytest.fixture
+def runtime(stack: tuple[EchoContainer, LocalBidiRuntime]) -> LocalBidiRuntime:
+    """The local runtime of ``stack``."""
+    return stack[1]
 
 
 @pytest.fixture
@@ -101,6 +114,14 @@ def converse(runtime: Any, given: Any, texts: list[str], tracer: Tracer | None =
     return with_client(runtime, scenario)
 
 
+async def _opened(client: AsyncSageMakerRuntimeHTTP2Client, *texts: str) -> Any:
+    """A stream to endpoint ``e``, with *texts* sent on it."""
+    stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
+    for text in texts:
+        await stream.input_stream.send(part(text))
+    return stream
+
+
 async def _exchange(client: AsyncSageMakerRuntimeHTTP2Client, given: Any, texts: list[str]) -> Any:
     stream = await client.invoke_endpoint_with_bidirectional_stream(given)
     answers = []
@@ -116,11 +137,13 @@ async def _exchange(client: AsyncSageMakerRuntimeHTTP2Client, given: Any, texts:
 
 @pytest.mark.usefixtures("hooked")
 def test_one_trace_from_the_caller_into_the_container_session(
-    stack: Any, exporter: InMemorySpanExporter, tracer: Tracer
+    container: EchoContainer,
+    runtime: LocalBidiRuntime,
+    exporter: InMemorySpanExporter,
+    tracer: Tracer,
 ) -> None:
     """The caller's span, the stream's CLIENT span and the container's session span are one
     trace; the container gets the caller's query parameters first and intact, then ours."""
-    container, runtime = stack
     given = Input(endpoint_name="speech", model_query_string=USER_QUERY)
 
     answers = converse(runtime, given, ["hello", "again"], tracer)
@@ -145,11 +168,10 @@ def test_one_trace_from_the_caller_into_the_container_session(
 
 @pytest.mark.usefixtures("hooked")
 def test_span_counts_parts_each_way_and_marks_the_first_response_part(
-    stack: Any, exporter: InMemorySpanExporter
+    runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """The span records the parts sent and received, a first_chunk event, the SageMaker
     attributes of the call, and never the query string."""
-    _, runtime = stack
     given = Input(endpoint_name="speech", model_query_string="secret=abc")
 
     converse(runtime, given, ["a", "b", "c"])
@@ -173,11 +195,10 @@ def test_span_counts_parts_each_way_and_marks_the_first_response_part(
 
 @pytest.mark.usefixtures("hooked")
 def test_an_earlier_traceparent_is_replaced_and_the_path_forwarded(
-    stack: Any, exporter: InMemorySpanExporter
+    container: EchoContainer, runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """A traceparent already in the query string (a reused input) is replaced, not repeated;
     a ModelInvocationPath reaches the container as its WebSocket path."""
-    container, runtime = stack
     stale = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
     given = Input(
         endpoint_name="speech",
@@ -195,15 +216,12 @@ def test_an_earlier_traceparent_is_replaced_and_the_path_forwarded(
 
 @pytest.mark.usefixtures("hooked")
 def test_the_span_ends_when_the_container_ends_the_session(
-    stack: Any, exporter: InMemorySpanExporter
+    runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """Reading the response stream to its end ends the span as complete, before any close."""
-    _, runtime = stack
 
     async def scenario(client: Any) -> None:
-        stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
-        await stream.input_stream.send(part("hi"))
-        await stream.input_stream.send(part("bye"))
+        stream = await _opened(client, "hi", "bye")
         _, output = await stream.await_output()
         answers = [payload(event) async for event in output]
         assert answers == [b"HI"]
@@ -218,15 +236,13 @@ def test_the_span_ends_when_the_container_ends_the_session(
 
 @pytest.mark.usefixtures("hooked")
 def test_a_container_failing_mid_stream_fails_the_span(
-    stack: Any, exporter: InMemorySpanExporter
+    runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """A container that closes its WebSocket with an error code reaches the caller as a
     ModelStreamError; the span records its type, ERROR, and no message."""
-    _, runtime = stack
 
     async def scenario(client: Any) -> type[BaseException]:
-        stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
-        await stream.input_stream.send(part("fail"))
+        stream = await _opened(client, "fail")
         _, output = await stream.await_output()
         with pytest.raises(Exception) as raised:
             await output.receive()
@@ -267,13 +283,13 @@ def test_a_refused_session_fails_the_span(
 
 
 @pytest.mark.usefixtures("hooked")
-def test_an_abandoned_stream_ends_its_span(stack: Any, exporter: InMemorySpanExporter) -> None:
+def test_an_abandoned_stream_ends_its_span(
+    runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
+) -> None:
     """A stream the caller lets go of without closing ends its span as abandoned."""
-    _, runtime = stack
 
     async def scenario(client: Any) -> None:
-        stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
-        await stream.input_stream.send(part("hi"))
+        stream = await _opened(client, "hi")
         _, output = await stream.await_output()
         await output.receive()
         assert not [s for s in exporter.get_finished_spans() if s.name == SPAN]
@@ -287,10 +303,11 @@ def test_an_abandoned_stream_ends_its_span(stack: Any, exporter: InMemorySpanExp
 
 
 @pytest.mark.usefixtures("hooked")
-def test_async_with_gives_the_traced_stream(stack: Any, exporter: InMemorySpanExporter) -> None:
+def test_async_with_gives_the_traced_stream(
+    runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
+) -> None:
     """``async with`` on the stream, its input or its output gives the traced object, and
     leaving the stream's block ends the span."""
-    _, runtime = stack
 
     async def scenario(client: Any) -> None:
         stream = await client.invoke_endpoint_with_bidirectional_stream(Input(endpoint_name="e"))
@@ -310,11 +327,10 @@ def test_async_with_gives_the_traced_stream(stack: Any, exporter: InMemorySpanEx
 
 @pytest.mark.usefixtures("hooked")
 def test_a_query_string_sagemaker_would_refuse_is_sent_as_it_was(
-    stack: Any, exporter: InMemorySpanExporter
+    container: EchoContainer, runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """A ModelQueryString outside the API's pattern goes out untouched, so the caller gets
     SageMaker's own InputValidationError, not one of ours."""
-    container, runtime = stack
 
     async def scenario(client: Any) -> None:
         stream = await client.invoke_endpoint_with_bidirectional_stream(
@@ -330,10 +346,12 @@ def test_a_query_string_sagemaker_would_refuse_is_sent_as_it_was(
 
 @pytest.mark.usefixtures("hooked")
 def test_no_room_within_2048_characters_sends_the_query_as_it_was(
-    stack: Any, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+    container: EchoContainer,
+    runtime: LocalBidiRuntime,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A query string too long to take the context is sent unchanged, with one warning."""
-    container, runtime = stack
     full = "k=" + "v" * 2000
     with caplog.at_level(logging.WARNING, logger="sm_tracing"):
         converse(runtime, Input(endpoint_name="long", model_query_string=full), ["x"])
@@ -343,11 +361,13 @@ def test_no_room_within_2048_characters_sends_the_query_as_it_was(
 
 
 def test_the_endpoints_option_limits_injection(
-    stack: Any, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    container: EchoContainer,
+    runtime: LocalBidiRuntime,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
 ) -> None:
     """``endpoints`` names where the context goes: other endpoints get their query string as
     it was, and a span all the same."""
-    container, runtime = stack
     hook = _bidi.install(ClientOptions(tracer_provider=tracer_provider, endpoints={"traced"}))
     try:
         converse(runtime, Input(endpoint_name="other", model_query_string=USER_QUERY), ["x"])
@@ -360,11 +380,13 @@ def test_the_endpoints_option_limits_injection(
 
 
 def test_clients_made_before_install_are_covered_and_uninstall_undoes_it(
-    stack: Any, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    container: EchoContainer,
+    runtime: LocalBidiRuntime,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
 ) -> None:
     """The hook reaches a client made before it was installed; after uninstall, calls go out
     untouched and untraced, and the method is the SDK's own again."""
-    container, runtime = stack
     original = AsyncSageMakerRuntimeHTTP2Client.__dict__[_bidi.METHOD]
 
     async def scenario(client: Any) -> None:
@@ -384,10 +406,9 @@ def test_clients_made_before_install_are_covered_and_uninstall_undoes_it(
 
 @pytest.mark.usefixtures("hooked")
 def test_suppressed_instrumentation_makes_no_span_and_injects_nothing(
-    stack: Any, exporter: InMemorySpanExporter
+    container: EchoContainer, runtime: LocalBidiRuntime, exporter: InMemorySpanExporter
 ) -> None:
     """Under OpenTelemetry's suppression flag the call goes out as it was."""
-    container, runtime = stack
 
     async def scenario(client: Any) -> None:
         with suppress_instrumentation():
@@ -400,10 +421,12 @@ def test_suppressed_instrumentation_makes_no_span_and_injects_nothing(
 
 
 def test_instrument_covers_bidirectional_streams(
-    stack: Any, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+    container: EchoContainer,
+    runtime: LocalBidiRuntime,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
 ) -> None:
     """``sm_tracing.instrument()`` traces bidirectional streams too; ``uninstrument()`` stops."""
-    container, runtime = stack
     sm_tracing.instrument(tracer_provider=tracer_provider)
     try:
         converse(runtime, Input(endpoint_name="e", model_query_string="a=1"), ["x"])

@@ -116,12 +116,12 @@ def links(span: ReadableSpan) -> list[tuple[int, int]]:
     return [ids(link.context) for link in span.links]
 
 
+@pytest.mark.usefixtures("model_server")
 def test_a_request_is_one_span_whatever_the_signatures(
     tracer: Tracer,
     exporter: InMemorySpanExporter,
     traced: Decorator,
     user_module: Callable[..., None],
-    model_server: None,
 ) -> None:
     """input_fn with context, predict_fn without (the usual signature), output_fn undecorated:
     one SERVER span, child of the caller's, the decorated functions INTERNAL children of it;
@@ -168,12 +168,12 @@ def test_a_request_is_one_span_whatever_the_signatures(
     assert echoed(echo).span_id == server.context.span_id
 
 
+@pytest.mark.usefixtures("model_server")
 def test_a_batch_keeps_each_item_in_its_callers_trace(
     tracer: Tracer,
     exporter: InMemorySpanExporter,
     traced: Decorator,
     user_module: Callable[..., None],
-    model_server: None,
 ) -> None:
     """Three requests from three callers in one batch: the Transformer calls the functions
     once per item with the batch's context and no index, yet each item's spans go under its
@@ -214,11 +214,9 @@ def test_a_batch_keeps_each_item_in_its_callers_trace(
     assert len(spans) == 10
 
 
+@pytest.mark.usefixtures("model_server")
 def test_a_batch_handler_runs_under_the_batch_span(
-    tracer: Tracer,
-    exporter: InMemorySpanExporter,
-    tracer_provider: TracerProvider,
-    model_server: None,
+    tracer: Tracer, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
     """A custom handle(data, context) serving a whole batch: its span (and anything under it)
     is a child of the batch span, never of one caller's; each request still gets its own span
@@ -248,8 +246,9 @@ def test_a_batch_handler_runs_under_the_batch_span(
         assert echoed(echo).span_id == server.context.span_id
 
 
+@pytest.mark.usefixtures("model_server")
 def test_a_request_without_a_caller_is_a_root(
-    exporter: InMemorySpanExporter, tracer_provider: TracerProvider, model_server: None
+    exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
     """No CustomAttributes (or none of ours): a new root SERVER span, and the echo alone."""
 
@@ -272,12 +271,9 @@ def test_a_request_without_a_caller_is_a_root(
         (PredictionException("bad", 400), 400, "mms.service.PredictionException"),
     ],
 )
+@pytest.mark.usefixtures("model_server")
 def test_a_failing_handler_marks_every_request(
-    exporter: InMemorySpanExporter,
-    model_server: None,
-    error: BaseException,
-    code: int,
-    recorded: str,
+    exporter: InMemorySpanExporter, error: BaseException, code: int, recorded: str
 ) -> None:
     """The entry point raises: each request's span gets the status the server answers with and
     the exception's type (no message); the server answers as it would without us."""
@@ -296,8 +292,9 @@ def test_a_failing_handler_marks_every_request(
         assert [event.attributes for event in span.events] == [{"exception.type": recorded}]
 
 
+@pytest.mark.usefixtures("model_server")
 def test_an_answer_of_the_wrong_length_is_a_503(
-    exporter: InMemorySpanExporter, tracer_provider: TracerProvider, model_server: None
+    exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
     """The server answers 503 to every request when the handler's list doesn't match the
     batch; the spans say so."""
@@ -310,8 +307,9 @@ def test_an_answer_of_the_wrong_length_is_a_503(
     assert codes == [503, 503]
 
 
+@pytest.mark.usefixtures("model_server")
 def test_loading_and_probing_make_no_span(
-    exporter: InMemorySpanExporter, traced: Decorator, model_server: None
+    exporter: InMemorySpanExporter, traced: Decorator
 ) -> None:
     """Outside a request, in a process whose model server is traced: a decorated model_fn
     and TorchServe's handle(None, context) probe run untraced."""
@@ -326,8 +324,9 @@ def test_loading_and_probing_make_no_span(
     assert exporter.get_finished_spans() == ()
 
 
+@pytest.mark.usefixtures("model_server")
 def test_uninstrumenting_takes_the_hook_out(
-    exporter: InMemorySpanExporter, tracer_provider: TracerProvider, model_server: None
+    exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
     """After uninstrument_model_server() the service's predict is MMS's own again and serves
     without a span; instrumenting twice changes nothing."""
@@ -363,11 +362,9 @@ def test_instrument_cycles_leave_one_hook(
     assert parent_id(span) == parent.span_id
 
 
+@pytest.mark.usefixtures("model_server")
 def test_a_release_without_the_entry_point_attribute_is_served_untraced(
-    tracer: Tracer,
-    exporter: InMemorySpanExporter,
-    model_server: None,
-    monkeypatch: pytest.MonkeyPatch,
+    tracer: Tracer, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where a model server's Service keeps its entry point under another name, predict
     serves as it would untraced: the handler's answer, our keys left alone, no span."""

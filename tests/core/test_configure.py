@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,7 +42,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sm_tracing
 from sm_tracing import _configure
 from sm_tracing._configure import Configured
-from tests._client_support import serving_in_thread
+from tests._client_support import ServedInThread
 from tests._otlp_receiver import OTLPReceiver, ReceivedSpan, decode, named
 
 _ENV = (
@@ -570,7 +569,7 @@ def decode_metrics(
     return points
 
 
-class Collector:
+class Collector(ServedInThread):
     """An OTLP/HTTP receiver on loopback for both signals: spans at ``/v1/traces`` (decoded as
     the demo's receiver does), metric data points at ``/v1/metrics``."""
 
@@ -580,9 +579,9 @@ class Collector:
         self.temporalities: dict[str, AggregationTemporality] = {}
         self.requests: list[str] = []
         self._changed = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._stack = ExitStack()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True
+        super().__init__(server)
 
     @property
     def url(self) -> str:
@@ -598,13 +597,6 @@ class Collector:
                 if remaining <= 0:
                     raise TimeoutError(f"received so far: {self.requests}")
                 self._changed.wait(remaining)
-
-    def __enter__(self) -> Collector:
-        self._stack.enter_context(serving_in_thread(self._server))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stack.close()
 
     def _received(self, path: str, body: bytes) -> None:
         with self._changed:
