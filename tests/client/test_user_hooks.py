@@ -64,6 +64,19 @@ def _read(method: str, response: dict[str, Any]) -> None:
         list(response["Body"])
 
 
+@pytest.fixture
+def traced_call(tracer_provider: TracerProvider, client: Any) -> Callable[..., None]:
+    """``traced_call(method, params, **options)``: *method* of ``client`` called with *params*
+    under sm_tracing instrumented with this test's provider and *options*, a stream read to its
+    end."""
+
+    def call(method: str, params: dict[str, Any], **options: Any) -> None:
+        with instrumenting(tracer_provider=tracer_provider, **options):
+            _read(method, getattr(client, method)(**params))
+
+    return call
+
+
 def _only_span(exporter: InMemorySpanExporter, method: str) -> ReadableSpan:
     spans = exporter.get_finished_spans()
     assert [span.name for span in spans] == [f"SageMaker Runtime.{OPERATIONS[method]}"]
@@ -115,10 +128,10 @@ _USER_HANDLERS: dict[str, Callable[..., Any]] = {
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("event", sorted(_USER_HANDLERS))
 def test_a_user_handler_setting_custom_attributes_is_kept(
-    tracer_provider: TracerProvider,
     client: Any,
     wire: Wire,
     exporter: InMemorySpanExporter,
+    traced_call: Callable[..., None],
     event: str,
     method: str,
 ) -> None:
@@ -132,8 +145,7 @@ def test_a_user_handler_setting_custom_attributes_is_kept(
     plain = wire.last
     assert wire.custom_attributes() == DEFAULT  # the handler works without sm_tracing
 
-    with instrumenting(tracer_provider=tracer_provider):
-        _read(method, getattr(client, method)(**call_params(method)))
+    traced_call(method, call_params(method))
     traced = wire.last
 
     span = _only_span(exporter, method)
@@ -149,10 +161,10 @@ def test_a_user_handler_setting_custom_attributes_is_kept(
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_dict_returned_by_a_user_handler_is_left_as_it_was(
-    tracer_provider: TracerProvider,
     client: Any,
     wire: Wire,
     exporter: InMemorySpanExporter,
+    traced_call: Callable[..., None],
     method: str,
 ) -> None:
     """The parameters a user's provide-client-params handler returns in place of the caller's
@@ -171,8 +183,7 @@ def test_a_dict_returned_by_a_user_handler_is_left_as_it_was(
     )
     params = call_params(method)
     kept = copy.deepcopy(params)
-    with instrumenting(tracer_provider=tracer_provider):
-        _read(method, getattr(client, method)(**params))
+    traced_call(method, params)
 
     assert params == kept
     assert defaults == kept_defaults
@@ -186,10 +197,10 @@ def test_a_dict_returned_by_a_user_handler_is_left_as_it_was(
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("given", [None, "a=1"], ids=["without", "with-custom-attributes"])
 def test_user_handlers_see_the_callers_parameters(
-    tracer_provider: TracerProvider,
     client: Any,
     wire: Wire,
     exporter: InMemorySpanExporter,
+    traced_call: Callable[..., None],
     method: str,
     given: str | None,
 ) -> None:
@@ -204,8 +215,7 @@ def test_user_handlers_see_the_callers_parameters(
     for event in ("provide-client-params", "before-parameter-build"):
         client.meta.events.register(f"{event}.sagemaker-runtime.{operation}", look)
     params = call_params(method) if given is None else call_params(method, CustomAttributes=given)
-    with instrumenting(tracer_provider=tracer_provider):
-        _read(method, getattr(client, method)(**params))
+    traced_call(method, params)
 
     assert seen == {"provide-client-params": params, "before-parameter-build": params}
     sent = wire.custom_attributes()
@@ -261,17 +271,15 @@ def test_a_stubber_test_passes_with_inference_id_from_trace(
 
 @pytest.mark.parametrize("method", METHODS)
 def test_inference_id_from_trace_on_the_wire(
-    tracer_provider: TracerProvider,
-    client: Any,
     wire: Wire,
     exporter: InMemorySpanExporter,
+    traced_call: Callable[..., None],
     method: str,
 ) -> None:
     """With inference_id_from_trace, a call without InferenceId sends the trace id as its
     X-Amzn-SageMaker-Inference-Id, signed; the span records it."""
     wire.respond = _answer_with_the_inference_id_sent
-    with instrumenting(tracer_provider=tracer_provider, inference_id_from_trace=True):
-        _read(method, getattr(client, method)(**call_params(method)))
+    traced_call(method, call_params(method), inference_id_from_trace=True)
     span = _only_span(exporter, method)
     trace_id = f"{span.context.trace_id:032x}"
     assert header(wire.last.headers, INFERENCE_ID_HEADER) == trace_id
@@ -300,10 +308,10 @@ def _default_inference_id(params: dict[str, Any], **_: Any) -> None:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("source", ["caller", "handler"])
 def test_inference_id_from_trace_leaves_a_set_one(
-    tracer_provider: TracerProvider,
     client: Any,
     wire: Wire,
     exporter: InMemorySpanExporter,
+    traced_call: Callable[..., None],
     method: str,
     source: str,
 ) -> None:
@@ -314,8 +322,7 @@ def test_inference_id_from_trace_leaves_a_set_one(
         event = f"before-parameter-build.sagemaker-runtime.{OPERATIONS[method]}"
         client.meta.events.register(event, _default_inference_id)
         params, expected = call_params(method), "from-handler"
-    with instrumenting(tracer_provider=tracer_provider, inference_id_from_trace=True):
-        _read(method, getattr(client, method)(**params))
+    traced_call(method, params, inference_id_from_trace=True)
     assert header(wire.last.headers, INFERENCE_ID_HEADER) == expected
     span = _only_span(exporter, method)
     assert traceparent_of(wire.custom_attributes())[0] == f"{span.context.trace_id:032x}"
