@@ -257,12 +257,25 @@ def client_floor() -> Scenario:
 def client_floor_attributes() -> Scenario:
     """The floor's span with the attributes ours records: what the SDK itself charges for the
     span, the inject and those attributes, with no code of ours."""
+    tracer_provider, exporter, call = _floor_with_attributes(Wire(), read_echo=False)
+
+    def check(calls: int) -> None:
+        _expect_spans(exporter, calls)
+        expect_attributes(exporter)
+
+    return Scenario(per_call(call), check, tracer_provider.shutdown)
+
+
+def _floor_with_attributes(wire: Wire, read_echo: bool) -> tuple[Any, Any, Callable[[], object]]:
+    """A provider, its exporter, and a call under the floor's span with the attributes ours
+    records; with *read_echo*, the echo read by plain string splitting: the container's trace
+    and span ids on the span, the echo taken out of what the caller sees."""
     from opentelemetry.propagate import inject
     from opentelemetry.trace import SpanKind
 
     tracer_provider, exporter = provider()
     tracer = tracer_provider.get_tracer("bench.floor")
-    invoke_endpoint = client(Wire()).invoke_endpoint
+    invoke_endpoint = client(wire).invoke_endpoint
 
     def call() -> object:
         with tracer.start_as_current_span(
@@ -272,20 +285,27 @@ def client_floor_attributes() -> Scenario:
             inject(carrier)
             response = invoke_endpoint(**REQUEST)
             metadata = response["ResponseMetadata"]
-            span.set_attributes(
-                {
-                    "aws.request_id": metadata["RequestId"],
-                    "http.response.status_code": metadata["HTTPStatusCode"],
-                    VARIANT_ATTRIBUTE: response["InvokedProductionVariant"],
-                }
-            )
-            return response["Body"].read()
+            attributes = {
+                "aws.request_id": metadata["RequestId"],
+                "http.response.status_code": metadata["HTTPStatusCode"],
+                VARIANT_ATTRIBUTE: response["InvokedProductionVariant"],
+            }
+            if read_echo:
+                kept = []
+                for pair in response["CustomAttributes"].split(";"):
+                    key, _, value = pair.partition("=")
+                    if key == "traceresponse":
+                        _, trace_id, span_id, _ = value.split("-")
+                        attributes["aws.sagemaker.container.trace_id"] = trace_id
+                        attributes["aws.sagemaker.container.span_id"] = span_id
+                    else:
+                        kept.append(pair)
+                response["CustomAttributes"] = ";".join(kept)
+            span.set_attributes(attributes)
+            body = response["Body"].read()
+            return response["CustomAttributes"] if read_echo else body
 
-    def check(calls: int) -> None:
-        _expect_spans(exporter, calls)
-        expect_attributes(exporter)
-
-    return Scenario(per_call(call), check, tracer_provider.shutdown)
+    return tracer_provider, exporter, call
 
 
 def client_upstream() -> Scenario:
@@ -382,42 +402,8 @@ def echo_bare() -> Scenario:
 
 def echo_floor() -> Scenario:
     """The floor with the attributes ours records, reading the echo by plain string splitting:
-    the container's trace and span ids on the span, the echo taken out of what the caller sees.
-    What the SDK charges for that, with no code of ours."""
-    from opentelemetry.propagate import inject
-    from opentelemetry.trace import SpanKind
-
-    tracer_provider, exporter = provider()
-    tracer = tracer_provider.get_tracer("bench.floor")
-    wire = Wire(echo=True)
-    invoke_endpoint = client(wire).invoke_endpoint
-
-    def call() -> object:
-        with tracer.start_as_current_span(
-            "SageMaker Runtime.InvokeEndpoint", kind=SpanKind.CLIENT, attributes=START_ATTRIBUTES
-        ) as span:
-            carrier: dict[str, str] = {}
-            inject(carrier)
-            response = invoke_endpoint(**REQUEST)
-            metadata = response["ResponseMetadata"]
-            attributes = {
-                "aws.request_id": metadata["RequestId"],
-                "http.response.status_code": metadata["HTTPStatusCode"],
-                VARIANT_ATTRIBUTE: response["InvokedProductionVariant"],
-            }
-            kept = []
-            for pair in response["CustomAttributes"].split(";"):
-                key, _, value = pair.partition("=")
-                if key == "traceresponse":
-                    _, trace_id, span_id, _ = value.split("-")
-                    attributes["aws.sagemaker.container.trace_id"] = trace_id
-                    attributes["aws.sagemaker.container.span_id"] = span_id
-                else:
-                    kept.append(pair)
-            response["CustomAttributes"] = ";".join(kept)
-            span.set_attributes(attributes)
-            response["Body"].read()
-            return response["CustomAttributes"]
+    what the SDK charges for that, with no code of ours."""
+    tracer_provider, exporter, call = _floor_with_attributes(Wire(echo=True), read_echo=True)
 
     def check(calls: int) -> None:
         _expect_spans(exporter, calls)
