@@ -107,9 +107,23 @@ def is_valid(value: str) -> bool:
 
 def encode_value(value: str) -> str:
     """Percent-encode what would break a pair (``%`` ``,`` ``;`` ``=``, spaces, non-ASCII)."""
-    if _NEEDS_ESCAPE.search(value) is None:
+    if _is_plain(value):
         return value
     return _NEEDS_ESCAPE.sub(_escape, value)
+
+
+def _is_plain(value: str) -> bool:
+    """Whether *value* has nothing :func:`encode_value` escapes: the common case (a
+    ``traceparent`` is hex digits and dashes), told by string methods rather than a scan."""
+    return (
+        value.isascii()
+        and value.isprintable()
+        and " " not in value
+        and "%" not in value
+        and "," not in value
+        and ";" not in value
+        and "=" not in value
+    )
 
 
 def _escape(match: re.Match[str]) -> str:

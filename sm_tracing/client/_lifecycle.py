@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
@@ -119,6 +118,7 @@ class Call:
 
     __slots__ = (
         "client",
+        "context",
         "extension",
         "labels",
         "name",
@@ -145,6 +145,8 @@ class Call:
         self.parent = otel_context.get_current()
         self.started = _now()
         self.span: Span | None = None
+        self.context = self.parent
+        """The context whose span is the call's, once it has one."""
         self.own = False
         self.token: object | None = None
         self.labels: dict[str, AttributeValue] | None = None
@@ -152,8 +154,8 @@ class Call:
 
     def __enter__(self) -> Call:
         self.noted = _CALL.set(self)
-        if self.own and self.span is not None:
-            self.token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
+        if self.own:
+            self.token = otel_context.attach(self.context)
         return self
 
     def __exit__(
@@ -190,14 +192,6 @@ class Call:
         finally:
             span.end()
         self.extension.ended(self, error)
-
-    @property
-    def context(self) -> Context:
-        """The context whose span is the call's."""
-        span = self.span
-        if span is None:
-            return self.parent
-        return trace.set_span_in_context(span, otel_context.get_current())
 
 
 class _Client:
@@ -435,6 +429,7 @@ class ClientHook:
             call.name, call.parent, SpanKind.CLIENT, attributes, start_time=call.started
         )
         call.span = span
+        call.context = trace.set_span_in_context(span, call.parent)
         call.own = True
         if self._watch_provider and not span.is_recording():
             self._say_untraced()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from opentelemetry import metrics
 from opentelemetry.metrics import Histogram, Meter, MeterProvider
 from opentelemetry.util.types import AttributeValue
 
@@ -20,16 +23,27 @@ _FIRST_CHUNK_BUCKETS = (
     *(0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
 )
 _PER_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# How long, in seconds, the answer to "is the global meter provider an SDK one" is kept.
+_LOOK_AGAIN = 1.0
 _OVERHEAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Meters:
     """The client's histograms: each under the GenAI client metric's name for an endpoint that
     ``genai_models`` names, under ``aws.sagemaker.client.operation.*`` for any other; and
-    SageMaker's own share of a call. The global meter provider's instruments record once an
-    SDK provider is installed."""
+    SageMaker's own share of a call. Without a provider of its own, it measures once an SDK
+    ``MeterProvider`` is the global one: until then the API's stand-in would drop every
+    measurement, so none is made. Which provider is global is looked up at most once a
+    second, as asking costs more than a measurement."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, given: bool = True) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+
+        self._given = given
+        self._sdk_provider = SdkMeterProvider
+        self._global_is_sdk = False
+        self._look_again = 0.0
+
         def pair(
             name: str, description: str, buckets: tuple[float, ...]
         ) -> tuple[Histogram, Histogram]:
@@ -62,6 +76,17 @@ class Meters:
             _OVERHEAD_BUCKETS,
         )
 
+    def recording(self) -> bool:
+        """Whether measurements now reach a provider: the one given, or an SDK one installed
+        globally."""
+        if self._given:
+            return True
+        now = time.monotonic()
+        if now >= self._look_again:
+            self._look_again = now + _LOOK_AGAIN
+            self._global_is_sdk = isinstance(metrics.get_meter_provider(), self._sdk_provider)
+        return self._global_is_sdk
+
     def measure(
         self, labels: dict[str, AttributeValue], seconds: float, error: BaseException | None
     ) -> None:
@@ -91,4 +116,4 @@ def meters(meter_provider: MeterProvider | None) -> Meters | None:
 
 
 def _make(meter_provider: MeterProvider | None) -> Meters:
-    return Meters(get_meter(meter_provider))
+    return Meters(get_meter(meter_provider), given=meter_provider is not None)

@@ -121,7 +121,7 @@ class Runtime(Extension):
             attributes[GENAI_PROVIDER] = SAGEMAKER_PROVIDER
             attributes[GENAI_OPERATION] = COMPLETION
             attributes[GENAI_MODEL] = model
-        if self.meters is not None:
+        if self.meters is not None and self.meters.recording():
             # The metric attributes: few values each, never per request.
             call.labels = {key: attributes[key] for key in _LABELS if key in attributes}
         return attributes

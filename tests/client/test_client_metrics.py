@@ -266,7 +266,7 @@ def test_genai_models_of_another_kind_is_a_type_error(models: Any) -> None:
 
 def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
     """With no meter_provider given, the client measures nothing until an SDK MeterProvider is
-    installed globally, and the calls from a tenth of a second after that on."""
+    installed globally, and the calls from a second after that on."""
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
@@ -281,7 +281,7 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
         "client.invoke_endpoint(**call_params('invoke_endpoint'))\n"
         "reader = InMemoryMetricReader()\n"
         "metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
-        "time.sleep(0.15)\n"
+        "time.sleep(1.05)\n"
         "client.invoke_endpoint(**call_params('invoke_endpoint'))\n"
         "data = reader.get_metrics_data()\n"
         "for rm in data.resource_metrics:\n"

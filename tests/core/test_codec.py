@@ -170,6 +170,18 @@ def test_traceparent_needs_no_encoding() -> None:
     assert _codec.encode_value(TP) is TP
 
 
+def test_every_character_is_sent_as_it_is_only_when_safe() -> None:
+    """Each character up to U+0300, alone and inside a value: kept as it is exactly when it is
+    visible ASCII and none of '%' ',' ';' '=', escaped otherwise, and decoded back."""
+    safe = {chr(c) for c in range(0x21, 0x7F)} - set("%,;=")
+    for code in range(0x300):
+        character = chr(code)
+        for raw in (character, f"ab{character}cd"):
+            encoded = _codec.encode_value(raw)
+            assert (encoded == raw) is (character in safe), raw
+            assert _codec.decode_value(encoded) == raw
+
+
 def test_decode_keeps_malformed_escapes() -> None:
     """An escape that is not valid UTF-8 is kept rather than raising."""
     assert _codec.decode_value("%FF%FE") == "%FF%FE"
