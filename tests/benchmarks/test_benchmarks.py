@@ -797,7 +797,13 @@ def test_run_command_measures_the_proxy_part(
     """``run.py --quick --only proxy --no-valgrind`` starts both proxies in front of a model
     server, prints the proxy table with wall-clock figures and no verdict, and exits 0."""
     tiny = _proxy_scenarios.Counts(
-        warmup=2, requests=(2, 4), streams=1, chunks=(2, 4), wall_requests=30, wall_rounds=3
+        warmup=2,
+        requests=(2, 4),
+        streams=1,
+        chunks=(2, 4),
+        samples=1,
+        wall_requests=30,
+        wall_rounds=3,
     )
     monkeypatch.setattr(_proxy_scenarios, "QUICK", tiny)
     assert run.main(["--quick", "--only", "proxy", "--no-valgrind"]) == 0
