@@ -31,17 +31,14 @@ _OVERHEAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 
 class Meters:
     """The client's histograms: each under the GenAI client metric's name for an endpoint that
     ``genai_models`` names, under ``aws.sagemaker.client.operation.*`` for any other; and
-    SageMaker's own share of a call. Without a provider of its own, it measures once an SDK
-    ``MeterProvider`` is the global one: until then the API's stand-in would drop every
-    measurement, so none is made. Which provider is global is looked up at most once a
-    second, as asking costs more than a measurement."""
+    SageMaker's own share of a call. Without a provider of its own, it measures once a
+    provider is installed globally: until then the global one is the API's stand-in, which
+    would drop every measurement, so none is made. Which provider is global is looked up at
+    most once a second, as asking costs more than a measurement."""
 
     def __init__(self, meter: Meter, given: bool = True) -> None:
-        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-
         self._given = given
-        self._sdk_provider = SdkMeterProvider
-        self._global_is_sdk = False
+        self._global_records = False
         self._look_again = 0.0
 
         def pair(
@@ -77,15 +74,15 @@ class Meters:
         )
 
     def recording(self) -> bool:
-        """Whether measurements now reach a provider: the one given, or an SDK one installed
+        """Whether measurements now reach a provider: the one given, or one installed
         globally."""
         if self._given:
             return True
         now = time.monotonic()
         if now >= self._look_again:
             self._look_again = now + _LOOK_AGAIN
-            self._global_is_sdk = isinstance(metrics.get_meter_provider(), self._sdk_provider)
-        return self._global_is_sdk
+            self._global_records = _records(metrics.get_meter_provider())
+        return self._global_records
 
     def measure(
         self, labels: dict[str, AttributeValue], seconds: float, error: BaseException | None
@@ -107,6 +104,13 @@ class Meters:
         per_chunk = times.time_per_chunk
         if per_chunk is not None:
             self.per_chunk[genai].record(per_chunk, labels)
+
+
+def _records(provider: MeterProvider) -> bool:
+    """Whether *provider* records anything: every provider does but the API package's own, the
+    no-op one and the stand-in it answers with while none is installed (the API package has no
+    implementation; the SDK's and any other live elsewhere)."""
+    return not type(provider).__module__.startswith("opentelemetry.metrics")
 
 
 def meters(meter_provider: MeterProvider | None) -> Meters | None:

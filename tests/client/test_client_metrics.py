@@ -291,3 +291,37 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
     )
     done = run_python(code)
     assert done.stdout.split() == ["aws.sagemaker.client.operation.duration", "1"]
+
+
+def test_metrics_reach_a_global_meter_provider_that_is_not_the_sdks() -> None:
+    """A MeterProvider of another implementation than the SDK's, installed globally, gets the
+    client's measurements too: only the API's own stand-in is skipped."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "import sm_tracing\n"
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from _client_support import Wire, call_params, make_client\n"
+        "recorded = []\n"
+        "class Histogram(metrics.NoOpHistogram):\n"
+        "    def __init__(self, name):\n"
+        "        super().__init__(name)\n"
+        "        self.called = name\n"
+        "    def record(self, amount, attributes=None, context=None):\n"
+        "        recorded.append((self.called, dict(attributes or {})))\n"
+        "class Meter(metrics.NoOpMeter):\n"
+        "    def create_histogram(self, name, *args, **kwargs):\n"
+        "        return Histogram(name)\n"
+        "class Provider(metrics.MeterProvider):\n"
+        "    def get_meter(self, name, *args, **kwargs):\n"
+        "        return Meter(name)\n"
+        "metrics.set_meter_provider(Provider())\n"
+        "sm_tracing.instrument(tracer_provider=TracerProvider())\n"
+        "client = make_client(wire=Wire())\n"
+        "client.invoke_endpoint(**call_params('invoke_endpoint'))\n"
+        "for name, attributes in recorded:\n"
+        "    print(name, attributes['rpc.method'])\n"
+    )
+    done = run_python(code)
+    assert done.stdout.split() == ["aws.sagemaker.client.operation.duration", "InvokeEndpoint"]
