@@ -5,6 +5,7 @@ whatever their processors do."""
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -26,6 +27,40 @@ from sm_tracing.version import __version__
 
 RECORD_MESSAGES_ENV = "SM_TRACING_RECORD_EXCEPTION_MESSAGES"
 _ERROR = Status(StatusCode.ERROR)
+
+
+# How long, in seconds, the answer to "does the global meter provider record" is kept.
+_LOOK_AGAIN = 1.0
+
+
+class Recording:
+    """Whether measurements now reach a meter provider that records them: the one given, or
+    the global one once a provider is installed. Until then the global one is the API's
+    stand-in, which drops every measurement, so none need be made. Which provider is global is
+    looked up at most once a second, as asking costs more than a measurement. Call it."""
+
+    __slots__ = ("_answer", "_given", "_look_again")
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        self._given = meter_provider is not None
+        self._answer = False
+        self._look_again = 0.0
+
+    def __call__(self) -> bool:
+        if self._given:
+            return True
+        now = time.monotonic()
+        if now >= self._look_again:
+            self._look_again = now + _LOOK_AGAIN
+            self._answer = records(metrics.get_meter_provider())
+        return self._answer
+
+
+def records(provider: MeterProvider) -> bool:
+    """Whether *provider* records anything: every provider does but the API package's own, the
+    no-op one and the stand-in it answers with while none is installed (the API package has no
+    implementation; the SDK's and any other live elsewhere)."""
+    return not type(provider).__module__.startswith("opentelemetry.metrics")
 
 
 # Tracers by provider, held no longer than their provider is.

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
-from opentelemetry import metrics
 from opentelemetry.metrics import Histogram, Meter, MeterProvider
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing._attributes import ERROR_TYPE, GENAI_MODEL, OVERHEAD
 from sm_tracing._guard import guard
-from sm_tracing._telemetry import create_histogram, error_type, get_meter
+from sm_tracing._telemetry import Recording, create_histogram, error_type, get_meter
 from sm_tracing.client._streams import StreamTimes
 
 # Bucket advice of the GenAI client metrics; SageMaker's own share is small.
@@ -23,23 +20,17 @@ _FIRST_CHUNK_BUCKETS = (
     *(0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
 )
 _PER_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
-# How long, in seconds, the answer to "is the global meter provider an SDK one" is kept.
-_LOOK_AGAIN = 1.0
 _OVERHEAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Meters:
     """The client's histograms: each under the GenAI client metric's name for an endpoint that
     ``genai_models`` names, under ``aws.sagemaker.client.operation.*`` for any other; and
-    SageMaker's own share of a call. Without a provider of its own, it measures once a
-    provider is installed globally: until then the global one is the API's stand-in, which
-    would drop every measurement, so none is made. Which provider is global is looked up at
-    most once a second, as asking costs more than a measurement."""
+    SageMaker's own share of a call. :attr:`recording` says whether a call is worth
+    measuring."""
 
-    def __init__(self, meter: Meter, given: bool = True) -> None:
-        self._given = given
-        self._global_records = False
-        self._look_again = 0.0
+    def __init__(self, meter: Meter, recording: Recording) -> None:
+        self.recording = recording
 
         def pair(
             name: str, description: str, buckets: tuple[float, ...]
@@ -73,17 +64,6 @@ class Meters:
             _OVERHEAD_BUCKETS,
         )
 
-    def recording(self) -> bool:
-        """Whether measurements now reach a provider: the one given, or one installed
-        globally."""
-        if self._given:
-            return True
-        now = time.monotonic()
-        if now >= self._look_again:
-            self._look_again = now + _LOOK_AGAIN
-            self._global_records = _records(metrics.get_meter_provider())
-        return self._global_records
-
     def measure(
         self, labels: dict[str, AttributeValue], seconds: float, error: BaseException | None
     ) -> None:
@@ -106,13 +86,6 @@ class Meters:
             self.per_chunk[genai].record(per_chunk, labels)
 
 
-def _records(provider: MeterProvider) -> bool:
-    """Whether *provider* records anything: every provider does but the API package's own, the
-    no-op one and the stand-in it answers with while none is installed (the API package has no
-    implementation; the SDK's and any other live elsewhere)."""
-    return not type(provider).__module__.startswith("opentelemetry.metrics")
-
-
 def meters(meter_provider: MeterProvider | None) -> Meters | None:
     """The client's histograms from *meter_provider* (the global one by default); None, logged,
     when they can't be made."""
@@ -120,4 +93,4 @@ def meters(meter_provider: MeterProvider | None) -> Meters | None:
 
 
 def _make(meter_provider: MeterProvider | None) -> Meters:
-    return Meters(get_meter(meter_provider), given=meter_provider is not None)
+    return Meters(get_meter(meter_provider), Recording(meter_provider))

@@ -25,7 +25,7 @@ from sm_tracing._attributes import (
 from sm_tracing._codec import format_echo
 from sm_tracing._guard import guard
 from sm_tracing._propagation import echo_value
-from sm_tracing._telemetry import duration_histogram, get_tracer
+from sm_tracing._telemetry import Recording, duration_histogram, get_tracer
 from sm_tracing.container._primitive import (
     Invocation,
     Lifecycle,
@@ -103,8 +103,8 @@ class Middleware(Generic[App]):
         self.inject_headers = inject_headers_option(inject_headers)
         self._echo = echo
         self._name = name
-        # The global meter provider's histogram records once an SDK provider is set.
         self._histogram = duration_histogram(SERVER_DURATION, meter_provider)
+        self._recording = Recording(meter_provider)
         self._setup()
 
     def _setup(self) -> None:
@@ -125,7 +125,7 @@ class Middleware(Generic[App]):
         else:
             measure = None
             histogram = self._histogram
-            if histogram is not None:
+            if histogram is not None and self._recording():
                 measured = {HTTP_METHOD: method, HTTP_ROUTE: route}
                 measure = (histogram, measured)
             invocation = Invocation(carrier, self._tracer, self._policy, name, measure)
