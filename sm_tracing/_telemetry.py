@@ -29,6 +29,8 @@ RECORD_MESSAGES_ENV = "SM_TRACING_RECORD_EXCEPTION_MESSAGES"
 _ERROR = Status(StatusCode.ERROR)
 
 
+# The OpenTelemetry metrics API package, whose own providers record nothing.
+_API = "opentelemetry.metrics"
 # How long, in seconds, the answer to "does the global meter provider record" is kept.
 _LOOK_AGAIN = 1.0
 
@@ -37,7 +39,8 @@ class Recording:
     """Whether measurements now reach a meter provider that records them: the one given, or
     the global one once a provider is installed. Until then the global one is the API's
     stand-in, which drops every measurement, so none need be made. Which provider is global is
-    looked up at most once a second, as asking costs more than a measurement. Call it."""
+    looked up at most once a second, as asking costs more than a measurement, and no more once
+    one records: the global provider is set once for the life of the process. Call it."""
 
     __slots__ = ("_answer", "_given", "_look_again")
 
@@ -47,7 +50,7 @@ class Recording:
         self._look_again = 0.0
 
     def __call__(self) -> bool:
-        if self._given:
+        if self._given or self._answer:
             return True
         now = time.monotonic()
         if now >= self._look_again:
@@ -60,7 +63,8 @@ def records(provider: MeterProvider) -> bool:
     """Whether *provider* records anything: every provider does but the API package's own, the
     no-op one and the stand-in it answers with while none is installed (the API package has no
     implementation; the SDK's and any other live elsewhere)."""
-    return not type(provider).__module__.startswith("opentelemetry.metrics")
+    module = type(provider).__module__
+    return module != _API and not module.startswith(f"{_API}.")
 
 
 # Tracers by provider, held no longer than their provider is.

@@ -266,11 +266,19 @@ def test_genai_models_of_another_kind_is_a_type_error(models: Any) -> None:
 
 def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
     """With no meter_provider given, the client measures nothing until an SDK MeterProvider is
-    installed globally, and the calls from a second after that on."""
+    installed globally (not even into the API's stand-in, which would drop it), and the calls
+    from a second after that on."""
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
         "import sm_tracing\n"
+        "from sm_tracing.client._metrics import Meters\n"
+        "measured = []\n"
+        "measure = Meters.measure\n"
+        "def counting(self, *args):\n"
+        "    measured.append(1)\n"
+        "    return measure(self, *args)\n"
+        "Meters.measure = counting\n"
         "from opentelemetry import metrics\n"
         "from opentelemetry.sdk.metrics import MeterProvider\n"
         "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
@@ -279,6 +287,7 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
         "sm_tracing.instrument(tracer_provider=TracerProvider())\n"
         "client = make_client(wire=Wire())\n"
         "client.invoke_endpoint(**call_params('invoke_endpoint'))\n"
+        "print('measured', len(measured))\n"
         "reader = InMemoryMetricReader()\n"
         "metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
         "time.sleep(1.05)\n"
@@ -290,7 +299,12 @@ def test_metrics_reach_a_meter_provider_installed_after_instrument() -> None:
         "            print(m.name, sum(p.count for p in m.data.data_points))\n"
     )
     done = run_python(code)
-    assert done.stdout.split() == ["aws.sagemaker.client.operation.duration", "1"]
+    assert done.stdout.split() == [
+        "measured",
+        "0",
+        "aws.sagemaker.client.operation.duration",
+        "1",
+    ]
 
 
 def test_metrics_reach_a_global_meter_provider_that_is_not_the_sdks() -> None:

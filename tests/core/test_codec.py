@@ -182,6 +182,16 @@ def test_every_character_is_sent_as_it_is_only_when_safe() -> None:
             assert _codec.decode_value(encoded) == raw
 
 
+def test_plain_values_are_told_apart_as_the_escape_pattern_tells_them() -> None:
+    """Over every code point, alone and inside a value: a value is sent as it is exactly when
+    the escape pattern finds nothing to escape in it."""
+    for code in range(0x110000):
+        character = chr(code)
+        for raw in (character, f"ab{character}cd"):
+            assert _codec._is_plain(raw) is (_codec._NEEDS_ESCAPE.search(raw) is None), code
+    assert _codec._is_plain("")
+
+
 def test_decode_keeps_malformed_escapes() -> None:
     """An escape that is not valid UTF-8 is kept rather than raising."""
     assert _codec.decode_value("%FF%FE") == "%FF%FE"
