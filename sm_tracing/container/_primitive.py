@@ -28,7 +28,7 @@ from sm_tracing import _propagation
 from sm_tracing._attributes import ERROR_TYPE, INVOCATION_DURATION
 from sm_tracing._guard import guard
 from sm_tracing._propagation import carried
-from sm_tracing._telemetry import duration_histogram, end_span, error_type, get_tracer
+from sm_tracing._telemetry import Recording, duration_histogram, end_span, error_type, get_tracer
 
 _logger = logging.getLogger(__name__)
 
@@ -330,6 +330,10 @@ class Lifecycle:
         self.end(error)
 
 
+# Whether the global meter provider records: one answer for every continue_trace() call.
+_global_recording = Recording(None)
+
+
 def continue_trace(
     custom_attributes: str | None,
     *,
@@ -349,14 +353,19 @@ def continue_trace(
     root span. The returned object's ``echo(value)`` gives the response CustomAttributes with
     the span's ``traceresponse`` merged in. Its duration is recorded in seconds as
     ``aws.sagemaker.container.invocation.duration`` (by ``name`` and error type) through
-    ``meter_provider``, or the global MeterProvider.
+    ``meter_provider``, or the global MeterProvider once one is installed (looked up at most once
+    a second).
     """
-    histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
+    measure = None
+    if meter_provider is not None or _global_recording():
+        histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
+        if histogram is not None:
+            measure = (histogram, {"aws.sagemaker.handler": name})
     return Invocation(
         custom_attributes,
         get_tracer(tracer_provider),
         remote_context_policy(remote_context),
         name,
-        measure=None if histogram is None else (histogram, {"aws.sagemaker.handler": name}),
+        measure=measure,
         attributes=attributes,
     )

@@ -129,7 +129,7 @@ def test_without_a_meter_provider_nothing_breaks(transport: Transport, tracer: T
     assert served.answer({HEADER: value})["seen"] == "a=1"
 
 
-_GLOBAL = """
+_LATER = """
 import json
 import time
 from opentelemetry import metrics
@@ -137,24 +137,20 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import sm_tracing
 
-reader = InMemoryMetricReader()
-def app(environ, start_response):
-    start_response("200 OK", [])
-    return [b"{}"]
-middleware = sm_tracing.WSGIMiddleware(app)
 counted = []
-histogram = middleware._histogram
 class Counting:
+    def __init__(self, histogram):
+        self.histogram = histogram
     def record(self, *args, **kwargs):
         counted.append(1)
-        histogram.record(*args, **kwargs)
-middleware._histogram = Counting()
-environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations"}
-list(middleware(dict(environ), lambda *a: None))  # no MeterProvider yet: nothing to measure
+        self.histogram.record(*args, **kwargs)
+reader = InMemoryMetricReader()
+SETUP
+call()  # no MeterProvider yet: nothing to measure
 print(json.dumps(len(counted)))
 metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 time.sleep(1.05)  # the global provider is looked up again at most once a second
-list(middleware(dict(environ), lambda *a: None))
+call()
 names = [
     (metric.name, point.count)
     for resource in reader.get_metrics_data().resource_metrics
@@ -164,22 +160,51 @@ names = [
 ]
 print(json.dumps(names))
 """
+_MIDDLEWARE = """
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"{}"]
+middleware = sm_tracing.WSGIMiddleware(app)
+middleware._histogram = Counting(middleware._histogram)
+def call():
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations"}
+    list(middleware(environ, lambda *a: None))
+"""
+_CONTINUE_TRACE = """
+from opentelemetry.sdk.trace import TracerProvider
+from sm_tracing.container import _primitive
+made = _primitive.duration_histogram
+_primitive.duration_histogram = lambda *args, **kwargs: Counting(made(*args, **kwargs))
+tracer_provider = TracerProvider()
+def call():
+    with sm_tracing.continue_trace(None, tracer_provider=tracer_provider):
+        pass
+"""
 
 
-def test_a_global_meter_provider_installed_later_is_used() -> None:
-    """Without meter_provider=, the middleware measures into the global SDK MeterProvider
-    within a second of its install, and not before: not even into the API's stand-in, which
-    would drop it."""
+@pytest.mark.parametrize(
+    ("setup", "metric"),
+    [
+        (_MIDDLEWARE, "http.server.request.duration"),
+        (_CONTINUE_TRACE, "aws.sagemaker.container.invocation.duration"),
+    ],
+    ids=["middleware", "continue_trace"],
+)
+def test_a_global_meter_provider_installed_later_is_used(setup: str, metric: str) -> None:
+    """Without meter_provider=, the middleware and continue_trace() measure into the global SDK
+    MeterProvider within a second of its install, and not before: not even into the API's
+    stand-in, which would drop it."""
     import json
     import subprocess
     import sys
 
+    code = _LATER.replace("SETUP", setup)
     done = subprocess.run(
-        [sys.executable, "-c", _GLOBAL], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     before, after = done.stdout.splitlines()[-2:]
     assert json.loads(before) == 0
-    assert json.loads(after) == [["http.server.request.duration", 1]]
+    assert json.loads(after) == [[metric, 1]]
 
 
 class _FailingMeter:
