@@ -356,7 +356,7 @@ def continue_trace(
     ``meter_provider``, or the global MeterProvider once one is installed (looked up at most once
     a second).
     """
-    measure = None
+    measure: tuple[Histogram, dict[str, AttributeValue]] | None = None
     if meter_provider is not None or _global_recording():
         histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
         if histogram is not None:
