@@ -25,7 +25,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TracerProvide
 from opentelemetry.util.types import AttributeValue
 
 from sm_tracing import _propagation
-from sm_tracing._attributes import ERROR_TYPE, INVOCATION_DURATION
+from sm_tracing._attributes import ERROR_TYPE, HANDLER, INVOCATION_DURATION
 from sm_tracing._guard import guard
 from sm_tracing._propagation import carried
 from sm_tracing._telemetry import Recording, duration_histogram, end_span, error_type, get_tracer
@@ -360,7 +360,7 @@ def continue_trace(
     if meter_provider is not None or _global_recording():
         histogram = duration_histogram(INVOCATION_DURATION, meter_provider)
         if histogram is not None:
-            measure = (histogram, {"aws.sagemaker.handler": name})
+            measure = (histogram, {HANDLER: name})
     return Invocation(
         custom_attributes,
         get_tracer(tracer_provider),

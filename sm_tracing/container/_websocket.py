@@ -26,8 +26,6 @@ from sm_tracing.container._middleware import (
 from sm_tracing.container._primitive import Invocation, Lifecycle
 
 BIDI_PATH = "/invocations-bidirectional-stream"
-RECEIVED = MESSAGES_RECEIVED
-SENT = MESSAGES_SENT
 CLOSE_CODE = "websocket.close_code"
 _HEADERS = {name.encode("ascii"): attribute for name, attribute in SAGEMAKER_HEADERS}
 
@@ -120,7 +118,7 @@ class _Session(Lifecycle):
         invocation = self._invocation
         if invocation.ended:
             return
-        attributes: dict[str, Any] = {RECEIVED: self.received, SENT: self.sent}
+        attributes: dict[str, Any] = {MESSAGES_RECEIVED: self.received, MESSAGES_SENT: self.sent}
         if isinstance(code, int):
             attributes[CLOSE_CODE] = code
         guard("record the session", None, invocation.span.set_attributes, attributes)
