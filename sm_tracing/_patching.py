@@ -5,7 +5,9 @@ under the wrapt proxies other tools put there (opentelemetry-instrumentation-bot
 X-Ray SDK wrap botocore's methods with wrapt). Their removal takes off the outermost proxy,
 which is then always theirs, never ours; ours is spliced out of the chain wherever it sits, so
 it never takes theirs either. The patch calls what it wraps through its own ``__wrapped__``,
-read on each call, so splicing is repointing the wrapper above it.
+read on each call, so splicing is repointing the wrapper above it. A wrapper another tool's
+removal left bound to no instance can't be gone under (see ``_BOUND``): the patch goes on top
+of it instead.
 
 Post-import hooks go through one registration per module for the life of the process: wrapt's
 registry keeps every hook it is given, so registering on each install would grow it forever.
@@ -20,7 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 import wrapt
@@ -35,6 +37,11 @@ _PATCH = "_sm_tracing_patch"
 # wrapt 2 names the common base of its proxies and wrappers BaseObjectProxy; wrapt 1 has only
 # ObjectProxy.
 _PROXIES = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy),)
+# A wrapper bound to no instance, left in a class by a tool that took off the wrapper around it
+# with ``setattr(cls, name, getattr(cls, name).__wrapped__)`` (opentelemetry's and ddtrace's
+# ``unwrap`` do). Each call binds afresh through the wrapper it was bound from, not through its
+# own ``__wrapped__``: repointing that would change nothing a call reaches.
+_BOUND = (wrapt.BoundFunctionWrapper,)
 
 
 class Patch:
@@ -70,7 +77,7 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
     repointed, keeping its signature; a coroutine function gets a coroutine function."""
     parent: Any = None
     original = owner.__dict__[name]
-    while isinstance(original, _PROXIES) or patch_of(original) is not None:
+    while _repointable(original):
         parent, original = original, original.__wrapped__
     method = isinstance(owner, type)
     handle: Patch
@@ -113,9 +120,20 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
     return handle
 
 
+def _repointable(node: object) -> bool:
+    """Whether calls through *node* reach what its ``__wrapped__`` says, read on each call, so
+    that another function can be put there: a patch of ours or a wrapt proxy, but not a bound
+    wrapper (see ``_BOUND``)."""
+    if isinstance(node, _PROXIES):
+        return not isinstance(node, _BOUND)
+    return patch_of(node) is not None
+
+
 def _repoint(owner: type | ModuleType, name: str, parent: Any, target: Any) -> bool:
     """Make *target* what *parent* wraps (``owner.name`` itself for None); False when it can't
     be repointed."""
+    if parent is not None and not _repointable(parent):
+        return False
     try:
         if parent is None:
             setattr(owner, name, target)
@@ -143,7 +161,10 @@ def unpatch(handle: Patch) -> None:
 
 
 def patch_of(function: object) -> Patch | None:
-    """The patch *function* is, or None."""
+    """The patch *function* is, or None: a proxy around a patch (which shows the patch's
+    attributes as its own) is not one."""
+    if type(function) is not FunctionType:
+        return None
     handle = getattr(function, _PATCH, None)
     return handle if isinstance(handle, Patch) else None
 

@@ -52,6 +52,8 @@ _AIO_MODULE = "aiobotocore.client"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _now = time.time_ns
 _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+# The scope names of OpenTelemetry's instrumentations: botocore's and aiobotocore's among them.
+_INSTRUMENTATIONS = "opentelemetry.instrumentation."
 
 # The call under way in this context, as the patch noted it: the client's event handlers find
 # it here. Reset when the call returns, so a call made inside another finds its own.
@@ -462,14 +464,16 @@ class ClientHook:
 
 def _made_for(span: Span, call: Call) -> bool:
     """Whether *span* is a CLIENT span another instrumentation started for *call*: named as
-    opentelemetry-instrumentation-botocore names it, not one of ours."""
+    opentelemetry-instrumentation-botocore names it, by an instrumentation of OpenTelemetry's
+    (an application's own span of that name is a parent, not the call's)."""
     if not span.is_recording():
         return False
-    scope = getattr(span, "instrumentation_scope", None)
+    scope = getattr(getattr(span, "instrumentation_scope", None), "name", None)
     return (
         getattr(span, "name", None) == call.name
         and getattr(span, "kind", None) is SpanKind.CLIENT
-        and getattr(scope, "name", None) != "sm_tracing"
+        and isinstance(scope, str)
+        and scope.startswith(_INSTRUMENTATIONS)
     )
 
 

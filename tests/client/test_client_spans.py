@@ -172,6 +172,30 @@ def test_span_is_a_child_of_the_callers_span_and_context_is_restored(
 
 
 @pytest.mark.usefixtures("instrumented")
+def test_a_callers_span_named_like_the_call_is_a_parent_not_the_calls_span(
+    client: Any, wire: Wire, exporter: InMemorySpanExporter, tracer: Tracer
+) -> None:
+    """An application's own CLIENT span named "SageMaker Runtime.InvokeEndpoint" around two
+    calls is their parent: each call has a span of its own, sent as its context, and the
+    application's span gets none of the calls' attributes."""
+    sent = []
+    name = "SageMaker Runtime.InvokeEndpoint"
+    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT) as caller:
+        for endpoint in ("first", "second"):
+            client.invoke_endpoint(**call_params("invoke_endpoint", EndpointName=endpoint))
+            sent.append(traceparent_of(wire.custom_attributes()))
+    caller_id = caller.get_span_context().span_id
+    (mine,) = [s for s in exporter.get_finished_spans() if s.context.span_id == caller_id]
+    calls = [s for s in exporter.get_finished_spans() if s.context.span_id != caller_id]
+    assert [s.attributes["aws.sagemaker.endpoint.name"] for s in calls] == ["first", "second"]
+    for span, context_sent in zip(calls, sent, strict=True):
+        assert span.parent is not None
+        assert span.parent.span_id == caller_id
+        assert context_sent == (f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}")
+    assert "aws.sagemaker.endpoint.name" not in (mine.attributes or {})
+
+
+@pytest.mark.usefixtures("instrumented")
 def test_custom_attributes_and_bodies_are_never_recorded(
     client: Any, wire: Wire, exporter: InMemorySpanExporter
 ) -> None:

@@ -183,6 +183,63 @@ def test_beside_tracers_that_stay(tool: str, installed: str) -> None:
     check(steps, play(steps))
 
 
+# Orders in which one tool's removal leaves, in botocore's class, the wrapper of another bound
+# to no instance (opentelemetry's and ddtrace's unwrap put back the outer wrapper's
+# ``__wrapped__`` as the class hands it out): sm_tracing, on before or after, must still be
+# reached by every call while it says it instruments.
+_LEFT_BOUND = {
+    "xray, upstream on and off, then ours": (
+        ["+xray", "+upstream", "-upstream", "+sm", "call", "-sm", "call", "+sm", "call"],
+        ("xray",),
+    ),
+    "ours, xray, ddtrace on and off, ours off and on": (
+        ["+sm", "+xray", "+ddtrace", "-ddtrace", "call", "-sm", "call", "+sm", "call"],
+        ("xray", "ddtrace"),
+    ),
+    "xray, ours, upstream on and off, ours off and on": (
+        ["+xray", "+sm", "+upstream", "-upstream", "call", "-sm", "call", "+sm", "call"],
+        ("xray",),
+    ),
+}
+
+
+@pytest.mark.parametrize("order", sorted(_LEFT_BOUND))
+def test_beside_a_wrapper_left_bound_by_another_tools_removal(order: str) -> None:
+    """When another tool's removal leaves a third tool's wrapper bound in botocore's class,
+    sm_tracing, instrumented before or after, still sends the context of one CLIENT span per
+    call, sync and aio, and goes quiet again on uninstrument()."""
+    steps, tools = _LEFT_BOUND[order]
+    needed = {"xray": "aws_xray_sdk", "ddtrace": "ddtrace"}
+    for tool in tools:
+        if not _installed(needed[tool]):
+            pytest.skip(f"{needed[tool]} is not installed")
+    check(steps, play(steps, aio=_upstream_has_aio()))
+
+
+@needs_ddtrace
+def test_on_top_of_upstreams_wrapper_left_bound() -> None:
+    """The documented limit: when ddtrace's unpatch leaves the upstream botocore
+    instrumentation's wrapper bound in botocore's class, sm_tracing can only go on top of it.
+    Each call then sends the context of sm_tracing's span, and upstream's CLIENT span is a
+    second one, its child; uninstrument() takes sm_tracing off again."""
+    steps = ["+upstream", "+ddtrace", "-ddtrace", "+sm", "call", "-sm", "call"]
+    records = play(steps)
+    assert records[3]["instrumented_after"] is True
+    for call in records[4]["calls"]:
+        ours = [span for span in call["spans"] if span["scope"] == OUR_SCOPE]
+        theirs = [span for span in call["spans"] if span["scope"] != OUR_SCOPE]
+        assert len(ours) == 1, call
+        assert call["sent"] == [ours[0]["trace_id"], ours[0]["span_id"]], call
+        assert ours[0]["endpoint"] == ENDPOINT, call
+        assert call["recorded_by"]["upstream"] == 1, call
+        assert [span["trace_id"] for span in theirs] == [ours[0]["trace_id"]], call
+    assert records[5]["instrumented_after"] is False
+    for call in records[6]["calls"]:
+        assert call["sent"] is None, call
+        assert not [span for span in call["spans"] if span["scope"] == OUR_SCOPE], call
+        assert call["recorded_by"]["upstream"] == 1, call
+
+
 @needs_ddtrace
 def test_under_ddtrace_opentelemetry_provider() -> None:
     """Under ddtrace's own OpenTelemetry provider, with ``ddtrace.auto``, a traced call sends
