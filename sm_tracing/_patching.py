@@ -48,13 +48,16 @@ class Patch:
     """One patch of ``owner.name``: while *active*, calls go through *wrapper*; afterwards
     straight to what it wraps, wherever it still sits."""
 
-    __slots__ = ("active", "function", "name", "owner")
+    __slots__ = ("active", "function", "name", "over_bound", "owner")
 
     def __init__(self, owner: type | ModuleType, name: str, function: Any) -> None:
         self.owner = owner
         self.name = name
         self.function = function
         self.active = True
+        self.over_bound = False
+        """Whether it went on top of a bound wrapper (see ``_BOUND``), and so above whatever
+        that wrapper calls."""
 
     def installed(self) -> bool:
         """Whether calls of ``owner.name`` still reach this patch. False when the chain of
@@ -112,6 +115,7 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
         function = patched
     functools.update_wrapper(function, original, updated=())
     handle = Patch(owner, name, function)
+    handle.over_bound = isinstance(original, _BOUND)
     setattr(function, _PATCH, handle)
     if not _repoint(owner, name, parent, function):
         # A proxy that can't be repointed: on top of everything instead.

@@ -7,7 +7,9 @@
    (opentelemetry-instrumentation-botocore) already made current for it, which then gains our
    attributes, or else one of ours, made current for the call. The patch is the innermost
    wrapper (see :mod:`sm_tracing._patching`), so every other tool's wrapper has started by then,
-   whatever order they were installed in;
+   whatever order they were installed in. Where it had to go on top of a wrapper left bound in
+   the class, the call gets its span at its first event (``before-parameter-build``) instead,
+   once the wrappers under the patch have started;
 2. the extension writes the trace context where the operation carries it: into the built
    request's CustomAttributes header at ``before-sign``, after the user's own handlers (so the
    caller's parameters, and botocore's Stubber, never see it), or into the parameters at
@@ -50,6 +52,8 @@ _METHOD = "_make_api_call"
 _PARAMETERS = ["operation_name", "api_params"]
 _AIO_MODULE = "aiobotocore.client"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+# The first event of every call: before the parameters are checked, before a Stubber answers.
+_FIRST_EVENT = "before-parameter-build"
 _now = time.time_ns
 _UNTRACEABLE = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # The scope names of OpenTelemetry's instrumentations: botocore's and aiobotocore's among them.
@@ -123,6 +127,7 @@ class Call:
         "context",
         "extension",
         "labels",
+        "late",
         "name",
         "noted",
         "operation",
@@ -153,6 +158,15 @@ class Call:
         self.token: object | None = None
         self.labels: dict[str, AttributeValue] | None = None
         """The metric attributes of the call, set by extensions that measure it."""
+        self.late: Callable[[Call], None] | None = None
+        """What gives the call its span, where that waits for the call's first event (see
+        :meth:`ClientHook._start`)."""
+
+    def settle(self) -> None:
+        """Give the call its span now, if that was left for later."""
+        late, self.late = self.late, None
+        if late is not None:
+            guard("start the span of a SageMaker call", None, late, self)
 
     def __enter__(self) -> Call:
         self.noted = _CALL.set(self)
@@ -170,11 +184,15 @@ class Call:
         if self.token is not None:
             otel_context.detach(self.token)  # type: ignore[arg-type]
             self.token = None
+        if error is not None and self.late is not None:
+            self.settle()
         if error is not None and self.own:
             guard("end the span of a SageMaker call", None, self._end, error)
 
     def returned(self, result: Any) -> Any:
         """*result*, once our own span has ended or been handed to the response stream."""
+        if self.late is not None:
+            self.settle()
         if self.own:
             guard("end the span of a SageMaker call", None, self._returned, result)
         return result
@@ -239,6 +257,8 @@ class ClientHook:
         # Per client: what its traced calls share; None for a client of another service.
         self._clients: weakref.WeakKeyDictionary[Any, _Client | None] = weakref.WeakKeyDictionary()
         self._lost_warned = False
+        # Whether a patch went on top of a bound wrapper: calls then get their spans late.
+        self._late = False
 
     # -- installing -------------------------------------------------------------------------
 
@@ -267,7 +287,9 @@ class ClientHook:
                     _PARAMETERS,
                 )
                 return
-            self._patches.append(_patching.patch(owner, _METHOD, wrapper))
+            handle = _patching.patch(owner, _METHOD, wrapper)
+            self._patches.append(handle)
+            self._late = self._late or handle.over_bound
 
     def uninstall(self) -> None:
         """Undo :meth:`install`: the patches go (or pass calls through where another tool's
@@ -340,7 +362,12 @@ class ClientHook:
         if not isinstance(params, dict) or operation not in known.extension.operations:
             return None
         call = Call(client, known, operation, params)
-        self._start_span(call)
+        if self._late:
+            # Under a bound wrapper, another instrumentation's span of the call starts after
+            # ours would: wait for the call's first event (or its end) to see it.
+            call.late = self._settle
+        else:
+            self._start_span(call, call.parent)
         return call
 
     # -- the client's handlers ----------------------------------------------------------------
@@ -367,7 +394,10 @@ class ClientHook:
         # Stubber, whatever operation those name.
         events = client.meta.events
         ref = weakref.ref(client)
-        for event in extension.events:
+        names = extension.events
+        if self._late and _FIRST_EVENT not in names:
+            names = (_FIRST_EVENT, *names)  # where a late call gets its span
+        for event in names:
             handler = partial(self._handlers[event], ref)
             events.register_last(event, handler, unique_id=self._unique_id(event))
 
@@ -394,6 +424,8 @@ class ClientHook:
             return None  # a handler left on a client after uninstall
         call = _CALL.get()
         if call is not None and call.client is client_ref() and call.operation == operation:
+            if call.late is not None:
+                call.settle()
             return call
         if call is None and operation in self.operations:
             self._check_lost()
@@ -416,14 +448,18 @@ class ClientHook:
         if call is not None and call.span is not None and not call.own:
             guard("record the response", None, call.extension.after_call, call, parsed)
 
-    def _start_span(self, call: Call) -> None:
+    def _settle(self, call: Call) -> None:
+        self._start_span(call, otel_context.get_current())
+
+    def _start_span(self, call: Call, context: otel_context.Context) -> None:
         """Give *call* its span: the CLIENT span another instrumentation made current for it
-        (with our attributes added), or one of ours, started now."""
+        in *context* (with our attributes added), or one of ours, started now."""
         attributes = call.extension.attributes(call, call.params)
-        current = trace.get_current_span(call.parent)
+        current = trace.get_current_span(context)
         if _made_for(current, call):
             current.set_attributes(attributes)
             call.span = current
+            call.context = context
             self._register_after_call(call.client)
             return
         attributes.update(call.static)

@@ -168,3 +168,72 @@ def test_their_own_uninstrument_under_ours_keeps_the_context_going_out(
         spans = {span.context.span_id for span in _client_spans(exporter)}
         assert int(traceparent_of(wire.custom_attributes())[1], 16) in spans
     assert botocore.client.BaseClient.__dict__["_make_api_call"] is original
+
+
+def _pass_through(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    return wrapped(*args, **kwargs)
+
+
+@contextmanager
+def _left_bound(tracer_provider: TracerProvider, upstream: bool) -> Iterator[None]:
+    """botocore's method as another tool's removal leaves it: a wrapper (the upstream
+    instrumentation's, or a plain wrapt one) under a second wrapt wrapper that is then taken off
+    the way opentelemetry's ``unwrap`` does it, which leaves the first bound to no instance in
+    the class; then ours. All off afterwards, botocore's own method back."""
+    import botocore.client
+    import wrapt
+    from opentelemetry.instrumentation.utils import unwrap
+
+    owner = botocore.client.BaseClient
+    original = owner.__dict__["_make_api_call"]
+    if upstream:
+        BotocoreInstrumentor().instrument(tracer_provider=tracer_provider)
+    else:
+        wrapt.wrap_function_wrapper(owner, "_make_api_call", _pass_through)
+    wrapt.wrap_function_wrapper(owner, "_make_api_call", _pass_through)
+    unwrap(owner, "_make_api_call")
+    assert isinstance(owner.__dict__["_make_api_call"], wrapt.BoundFunctionWrapper)
+    sm_tracing.instrument(tracer_provider=tracer_provider)
+    try:
+        yield
+    finally:
+        sm_tracing.uninstrument()
+        if upstream:
+            BotocoreInstrumentor().uninstrument()
+        owner._make_api_call = original  # type: ignore[method-assign]
+
+
+def _stubbed_and_failed_calls(client: Any) -> None:
+    """A call botocore's Stubber answers, and one that fails before it is built."""
+    from botocore.exceptions import ParamValidationError
+    from botocore.stub import Stubber
+
+    with Stubber(client) as stubber:
+        stubber.add_response("invoke_endpoint", {"Body": b"{}"})
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+    with pytest.raises(ParamValidationError):
+        client.invoke_endpoint(EndpointName="my-endpoint")
+
+
+@pytest.mark.parametrize("upstream", [True, False], ids=["upstream-bound", "other-bound"])
+def test_on_top_of_a_wrapper_left_bound_every_call_has_one_span(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter, upstream: bool
+) -> None:
+    """On top of a wrapper left bound in botocore's class, where ours can't go under it: a
+    call still has one CLIENT span, named by the context sent and carrying our attributes: the
+    upstream instrumentation's when that is the wrapper under ours, else our own; so do a
+    stubbed call and one that fails before its request is built."""
+    with _left_bound(tracer_provider, upstream):
+        wire = Wire()
+        client = make_client(wire=wire)
+        client.invoke_endpoint(**call_params("invoke_endpoint"))
+        (span,) = _client_spans(exporter)
+        assert traceparent_of(wire.custom_attributes())[1] == f"{span.context.span_id:016x}"
+        _stubbed_and_failed_calls(client)
+    spans = _client_spans(exporter)
+    assert len(spans) == 3, [s.name for s in spans]
+    scope = "opentelemetry.instrumentation.botocore" if upstream else "sm_tracing"
+    for span in spans:
+        assert span.instrumentation_scope.name.startswith(scope)
+        assert span.attributes["aws.sagemaker.endpoint.name"] == "my-endpoint"
+    assert spans[2].status.status_code.name == "ERROR"
