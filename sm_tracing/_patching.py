@@ -50,12 +50,14 @@ class Patch:
 
     __slots__ = ("active", "function", "name", "over_bound", "owner")
 
-    def __init__(self, owner: type | ModuleType, name: str, function: Any) -> None:
+    def __init__(
+        self, owner: type | ModuleType, name: str, function: Any, over_bound: bool
+    ) -> None:
         self.owner = owner
         self.name = name
         self.function = function
         self.active = True
-        self.over_bound = False
+        self.over_bound = over_bound
         """Whether it went on top of a bound wrapper (see ``_BOUND``), and so above whatever
         that wrapper calls."""
 
@@ -114,8 +116,7 @@ def patch(owner: type | ModuleType, name: str, wrapper: Wrapper) -> Patch:
 
         function = patched
     functools.update_wrapper(function, original, updated=())
-    handle = Patch(owner, name, function)
-    handle.over_bound = isinstance(original, _BOUND)
+    handle = Patch(owner, name, function, isinstance(original, _BOUND))
     setattr(function, _PATCH, handle)
     if not _repoint(owner, name, parent, function):
         # A proxy that can't be repointed: on top of everything instead.
