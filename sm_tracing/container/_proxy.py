@@ -36,6 +36,7 @@ from opentelemetry.trace import TracerProvider
 
 from sm_tracing._attributes import ERROR_TYPE
 from sm_tracing._hints import command_parser, install_hint
+from sm_tracing._telemetry import error_type
 
 if TYPE_CHECKING:
     import httpx
@@ -313,7 +314,7 @@ async def _fail(send: Send, status: int, reason: str, error: BaseException) -> N
     _logger.warning("%s (%s): answering %d", reason, kind, status)
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attribute(ERROR_TYPE, f"{type(error).__module__}.{type(error).__qualname__}")
+        span.set_attribute(ERROR_TYPE, error_type(error))
     body = f"{reason} ({kind})\n".encode()
     await send({"type": "http.response.start", "status": status, "headers": _PLAIN_TEXT})
     await send({"type": "http.response.body", "body": body, "more_body": False})
