@@ -266,22 +266,60 @@ def client_floor_attributes() -> Scenario:
     return Scenario(per_call(call), check, tracer_provider.shutdown)
 
 
-def _floor_with_attributes(wire: Wire, read_echo: bool) -> tuple[Any, Any, Callable[[], object]]:
+def client_floor_header() -> Scenario:
+    """The floor with attributes that also puts the injected context on the wire the way ours
+    must: appended to the request's CustomAttributes header by a ``before-sign`` handler. What
+    botocore and the SDK charge for the whole job, with no code of ours."""
+    wire = Wire()
+    tracer_provider, exporter, call = _floor_with_attributes(wire, read_echo=False, header=True)
+
+    def check(calls: int) -> None:
+        _expect_spans(exporter, calls)
+        expect_attributes(exporter)
+        _expect_injected(wire)
+
+    return Scenario(per_call(call), check, tracer_provider.shutdown)
+
+
+def _send_in_header(made: Any, carrier: dict[str, str]) -> None:
+    """On *made*, append *carrier*'s ``traceparent`` to each request's CustomAttributes header
+    just before it is signed: the plainest code that does what ours does at that point."""
+
+    def write(request: Any, **_kwargs: Any) -> None:
+        headers = request.headers
+        pair = f"traceparent={carrier['traceparent']}"
+        value = headers.get(HEADER)
+        if value is None:
+            headers[HEADER] = pair
+        else:
+            headers.replace_header(HEADER, f"{value};{pair}")
+
+    made.meta.events.register_last("before-sign", write)
+
+
+def _floor_with_attributes(
+    wire: Wire, read_echo: bool, header: bool = False
+) -> tuple[Any, Any, Callable[[], object]]:
     """A provider, its exporter, and a call under the floor's span with the attributes ours
     records; with *read_echo*, the echo read by plain string splitting: the container's trace
-    and span ids on the span, the echo taken out of what the caller sees."""
+    and span ids on the span, the echo taken out of what the caller sees; with *header*, the
+    injected context sent in the CustomAttributes header (see :func:`_send_in_header`)."""
     from opentelemetry.propagate import inject
     from opentelemetry.trace import SpanKind
 
     tracer_provider, exporter = provider()
     tracer = tracer_provider.get_tracer("bench.floor")
-    invoke_endpoint = client(wire).invoke_endpoint
+    made = client(wire)
+    invoke_endpoint = made.invoke_endpoint
+    # One carrier for every call: each inject writes the call's own traceparent into it.
+    carrier: dict[str, str] = {}
+    if header:
+        _send_in_header(made, carrier)
 
     def call() -> object:
         with tracer.start_as_current_span(
             "SageMaker Runtime.InvokeEndpoint", kind=SpanKind.CLIENT, attributes=START_ATTRIBUTES
         ) as span:
-            carrier: dict[str, str] = {}
             inject(carrier)
             response = invoke_endpoint(**REQUEST)
             metadata = response["ResponseMetadata"]
@@ -409,6 +447,21 @@ def echo_floor() -> Scenario:
         _expect_spans(exporter, calls)
         seen = call()
         expect(seen == CONTAINER_ATTRIBUTES, f"the caller saw {seen!r}, not the container's pair")
+
+    return Scenario(per_call(call), check, tracer_provider.shutdown)
+
+
+def echo_floor_header() -> Scenario:
+    """The echo's floor that also sends the context in the CustomAttributes header, as
+    :func:`client_floor_header` does."""
+    wire = Wire(echo=True)
+    tracer_provider, exporter, call = _floor_with_attributes(wire, read_echo=True, header=True)
+
+    def check(calls: int) -> None:
+        _expect_spans(exporter, calls)
+        seen = call()
+        expect(seen == CONTAINER_ATTRIBUTES, f"the caller saw {seen!r}, not the container's pair")
+        _expect_injected(wire)
 
     return Scenario(per_call(call), check, tracer_provider.shutdown)
 

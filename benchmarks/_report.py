@@ -86,6 +86,7 @@ LABELS = {
     "client-bare": "bare botocore call",
     "client-floor": "floor: SDK span + inject",
     "client-floor-attributes": "floor + ours' 9 span attributes",
+    "client-floor-header": "floor + attributes, context in header",
     "client-upstream": "upstream: otel botocore",
     "client-ours": "ours: sm_tracing.instrument",
     "client-ours-metrics": "ours + MeterProvider",
@@ -94,6 +95,7 @@ LABELS = {
     "client-xray": "peer: X-Ray SDK botocore patch",
     "echo-bare": "bare botocore call",
     "echo-floor": "floor + attributes, echo split",
+    "echo-floor-header": "floor + attributes, echo, header",
     "echo-upstream": "upstream: otel botocore",
     "echo-ours": "ours: sm_tracing.instrument",
     "stream-bare": "bare botocore stream",
@@ -184,6 +186,7 @@ GROUPS = (
             "client-bare",
             "client-floor",
             "client-floor-attributes",
+            "client-floor-header",
             "client-upstream",
             "client-ours",
             "client-ours-metrics",
@@ -207,6 +210,15 @@ GROUPS = (
             # charges for each. These two separate that cost from ours.
             Comparison("ours / floor", "client-ours", "client-floor"),
             Comparison("floor + attributes / floor", "client-floor-attributes", "client-floor"),
+            # Ours must also put the context on the wire, in the request's header before it is
+            # signed; the floors above only inject it into a dict. This floor does that whole
+            # job in the plainest code: ours over it is what ours' own code adds, and it over
+            # upstream is the least any code doing the job can add.
+            Comparison("ours / floor + header", "client-ours", "client-floor-header"),
+            Comparison(
+                "floor + header / without header", "client-floor-header", "client-floor-attributes"
+            ),
+            Comparison("floor + header / upstream", "client-floor-header", "client-upstream"),
             # Likewise the SDK charges for each measurement: these separate that from ours.
             Comparison(_METRICS_NOTE, "client-ours-metrics", "client-ours"),
             Comparison("ours + SDK record / ours", "client-ours-record", "client-ours"),
@@ -229,10 +241,16 @@ GROUPS = (
         ),
         unit="call",
         bare="echo-bare",
-        configs=("echo-bare", "echo-floor", "echo-upstream", "echo-ours"),
+        configs=("echo-bare", "echo-floor", "echo-floor-header", "echo-upstream", "echo-ours"),
         targets=(
             Target("ours / floor + attributes, echo split", "echo-ours", "echo-floor", 1.1),
             Target("ours / upstream", "echo-ours", "echo-upstream", 0.8),
+        ),
+        comparisons=(
+            # As in the client group: the floor that also sends the context in the header.
+            Comparison("ours / floor + header", "echo-ours", "echo-floor-header"),
+            Comparison("floor + header / without header", "echo-floor-header", "echo-floor"),
+            Comparison("floor + header / upstream", "echo-floor-header", "echo-upstream"),
         ),
         counts=(40, 200),
         quick_counts=(5, 15),

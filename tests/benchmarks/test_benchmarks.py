@@ -654,24 +654,28 @@ def test_table_shows_added_costs_and_verdicts() -> None:
 
 def test_table_shows_where_the_cost_comes_from() -> None:
     """The information rows print ours over the plain floor, the floor with attributes over
-    the plain floor, and metrics over ours with and without the SDK's own record, with no
-    verdict."""
+    the plain floor, ours and upstream against the floor that also sends the context in the
+    header, and metrics over ours with and without the SDK's own record, with no verdict."""
     costs = {
         **CLIENT_COSTS,
+        "client-floor-header": 2_240_000.0,  # +240,000
         "client-ours": 2_300_000.0,
         "client-ours-metrics": 2_390_000.0,
         "client-ours-record": 2_375_000.0,
     }
     table = _table(_report.Results(instructions=costs))
     rows = [line for line in table.splitlines() if "information" in line and "/" in line]
-    assert len(rows) == 6
+    assert len(rows) == 9
     assert "ours / floor, added" in rows[0] and "2.00 " in rows[0]  # 300k / 150k
     assert "floor + attributes / floor" in rows[1] and "1.33 " in rows[1]  # 200k / 150k
-    assert "ours + metrics / ours, added" in rows[2] and "1.30 " in rows[2]  # 390k / 300k
-    assert "ours + SDK record / ours" in rows[3] and "1.25 " in rows[3]  # 375k / 300k
+    assert "ours / floor + header, added" in rows[2] and "1.25 " in rows[2]  # 300k / 240k
+    assert "floor + header / without header" in rows[3] and "1.20 " in rows[3]  # 240k / 200k
+    assert "floor + header / upstream" in rows[4] and "0.60 " in rows[4]  # 240k / 400k
+    assert "ours + metrics / ours, added" in rows[5] and "1.30 " in rows[5]  # 390k / 300k
+    assert "ours + SDK record / ours" in rows[6] and "1.25 " in rows[6]  # 375k / 300k
     # The peers were not measured here: their ratios say so.
-    assert "ours / OpenLLMetry, added" in rows[4] and " - " in rows[4]
-    assert "ours / X-Ray SDK, added" in rows[5] and " - " in rows[5]
+    assert "ours / OpenLLMetry, added" in rows[7] and " - " in rows[7]
+    assert "ours / X-Ray SDK, added" in rows[8] and " - " in rows[8]
     assert not any(verdict in row for row in rows for verdict in (_report.MET, _report.NOT_MET))
 
 
